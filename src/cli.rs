@@ -1,0 +1,398 @@
+//! Command-line flags: PlanB's names, short forms and defaults, each also read from `HYPACHE_<FLAG>`.
+//!
+//! Unlike PlanB (which prints the help and exits 0), a bad value exits 2 with a message naming the flag.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::config::{
+    AccessLogTarget, Config, Extensions, Limits, RedisAddr, RedisConfig, Timeouts,
+};
+
+/// hypache: a reverse proxy routed by Redis, a drop-in replacement for PlanB and Hipache.
+#[derive(Debug, Parser)]
+#[command(name = "hypache", version, disable_version_flag = true)]
+pub struct Cli {
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+
+    /// Plain HTTP listen address; `disabled` turns the plain listener off.
+    #[arg(
+        short = 'l',
+        long,
+        env = "HYPACHE_LISTEN",
+        default_value = "0.0.0.0:8989"
+    )]
+    pub listen: String,
+
+    /// TLS listen address (empty: no TLS listener).
+    #[arg(long, env = "HYPACHE_TLS_LISTEN", default_value = "")]
+    pub tls_listen: String,
+
+    /// TLS preset: modern, intermediate or old.
+    #[arg(long, env = "HYPACHE_TLS_PRESET", default_value = "modern")]
+    pub tls_preset: String,
+
+    /// Address of the Prometheus /metrics listener (empty: none).
+    #[arg(long, env = "HYPACHE_METRICS_ADDRESS", default_value = "")]
+    pub metrics_address: String,
+
+    /// Where TLS certificates come from: `redis` or a directory.
+    #[arg(long, env = "HYPACHE_LOAD_CERTIFICATES_FROM", default_value = "redis")]
+    pub load_certificates_from: String,
+
+    /// Read Redis network: tcp or unix.
+    #[arg(long, env = "HYPACHE_READ_REDIS_NETWORK", default_value = "tcp", value_parser = ["tcp", "unix"])]
+    pub read_redis_network: String,
+    /// Read Redis host, or the socket path with the unix network.
+    #[arg(long, env = "HYPACHE_READ_REDIS_HOST", default_value = "127.0.0.1")]
+    pub read_redis_host: String,
+    /// Read Redis port.
+    #[arg(long, env = "HYPACHE_READ_REDIS_PORT", default_value_t = 6379)]
+    pub read_redis_port: u16,
+    /// Comma-separated Sentinel addresses for the read Redis.
+    #[arg(long, env = "HYPACHE_READ_REDIS_SENTINEL_ADDRS", default_value = "")]
+    pub read_redis_sentinel_addrs: String,
+    /// Sentinel master name for the read Redis.
+    #[arg(long, env = "HYPACHE_READ_REDIS_SENTINEL_NAME", default_value = "")]
+    pub read_redis_sentinel_name: String,
+    /// Read Redis password.
+    #[arg(
+        long,
+        env = "HYPACHE_READ_REDIS_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub read_redis_password: String,
+    /// Read Redis database number.
+    #[arg(long, env = "HYPACHE_READ_REDIS_DB", default_value_t = 0)]
+    pub read_redis_db: u32,
+
+    /// Write Redis network: tcp or unix.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_NETWORK", default_value = "tcp", value_parser = ["tcp", "unix"])]
+    pub write_redis_network: String,
+    /// Write Redis host, or the socket path with the unix network.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_HOST", default_value = "127.0.0.1")]
+    pub write_redis_host: String,
+    /// Write Redis port.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_PORT", default_value_t = 6379)]
+    pub write_redis_port: u16,
+    /// Comma-separated Sentinel addresses for the write Redis.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_SENTINEL_ADDRS", default_value = "")]
+    pub write_redis_sentinel_addrs: String,
+    /// Sentinel master name for the write Redis.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_SENTINEL_NAME", default_value = "")]
+    pub write_redis_sentinel_name: String,
+    /// Write Redis password.
+    #[arg(
+        long,
+        env = "HYPACHE_WRITE_REDIS_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub write_redis_password: String,
+    /// Write Redis database number.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_DB", default_value_t = 0)]
+    pub write_redis_db: u32,
+
+    /// Access log: a file path, `stdout`, `syslog` or `none`.
+    #[arg(long, env = "HYPACHE_ACCESS_LOG", default_value = "./access.log")]
+    pub access_log: String,
+
+    /// Seconds to wait for a backend's response headers (0: no limit).
+    #[arg(
+        long,
+        env = "HYPACHE_REQUEST_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECONDS"
+    )]
+    pub request_timeout: u64,
+    /// Seconds to wait for a TCP connection to a backend.
+    #[arg(
+        long,
+        env = "HYPACHE_DIAL_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub dial_timeout: u64,
+    /// Limit for reading a request head from its first byte (Go duration, 0s: none).
+    #[arg(long, env = "HYPACHE_CLIENT_READ_TIMEOUT", default_value = "0s", value_parser = parse_go_duration)]
+    pub client_read_timeout: Duration,
+    /// Limit for reading a request head (Go duration; 0s means hypache's default of 60s).
+    #[arg(long, env = "HYPACHE_CLIENT_READ_HEADER_TIMEOUT", default_value = "0s", value_parser = parse_go_duration)]
+    pub client_read_header_timeout: Duration,
+    /// Limit for writing a response after its request head was read (Go duration, 0s: none).
+    #[arg(long, env = "HYPACHE_CLIENT_WRITE_TIMEOUT", default_value = "0s", value_parser = parse_go_duration)]
+    pub client_write_timeout: Duration,
+    /// Idle keep-alive connections are closed after this (Go duration, 0s: none).
+    #[arg(long, env = "HYPACHE_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_go_duration)]
+    pub client_idle_timeout: Duration,
+    /// Seconds a passively marked backend stays in the dead set (0 means 30).
+    #[arg(
+        long,
+        env = "HYPACHE_DEAD_BACKEND_TIME",
+        default_value_t = 30,
+        value_name = "SECONDS"
+    )]
+    pub dead_backend_time: u64,
+    /// Milliseconds between response flushes (hypache flushes every chunk at once).
+    #[arg(
+        long,
+        env = "HYPACHE_FLUSH_INTERVAL",
+        default_value_t = 10,
+        value_name = "MS"
+    )]
+    pub flush_interval: u64,
+    /// Header carrying a request id; generated (UUID v4) when a request has none.
+    #[arg(long, env = "HYPACHE_REQUEST_ID_HEADER", default_value = "")]
+    pub request_id_header: String,
+    /// Probe dead backends and revive them (PlanB's monitor).
+    #[arg(long, env = "HYPACHE_ACTIVE_HEALTHCHECK")]
+    pub active_healthcheck: bool,
+    /// Engine: native, sni or fasthttp.
+    #[arg(long, env = "HYPACHE_ENGINE", default_value = "native", value_parser = ["native", "sni", "fasthttp"])]
+    pub engine: String,
+    /// Cache route lookups for 2 s.
+    #[arg(long, env = "HYPACHE_BACKEND_CACHE")]
+    pub backend_cache: bool,
+
+    /// Do not retry a missed lookup with the host lower-cased.
+    #[arg(long, env = "HYPACHE_NO_LOWERCASE_LOOKUP")]
+    pub no_lowercase_lookup: bool,
+    /// Do not look up Hipache wildcard frontends (`frontend:*.<parent>`).
+    #[arg(long, env = "HYPACHE_NO_WILDCARD_LOOKUP")]
+    pub no_wildcard_lookup: bool,
+    /// Do not fall back to the `frontend:*` catch-all.
+    #[arg(long, env = "HYPACHE_NO_CATCH_ALL")]
+    pub no_catch_all: bool,
+    /// Do not try the next live backend when connecting to the chosen one fails (PlanB's single attempt).
+    #[arg(long, env = "HYPACHE_NO_FAILOVER")]
+    pub no_failover: bool,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (Go duration).
+    #[arg(long, env = "HYPACHE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_go_duration)]
+    pub shutdown_timeout: Duration,
+    /// Largest request head accepted, in bytes; larger gets 431.
+    #[arg(long, env = "HYPACHE_MAX_HEADER_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+}
+
+/// A flag that parsed but cannot be used; exits 2 like a clap error.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl Cli {
+    /// Resolve the flags into a [`Config`].
+    pub fn into_config(self) -> Result<Config, CliError> {
+        let not_yet = |flag: &str| Err(CliError(format!("{flag} is not implemented yet")));
+        if !self.tls_listen.is_empty() {
+            return not_yet("--tls-listen");
+        }
+        if !self.metrics_address.is_empty() {
+            return not_yet("--metrics-address");
+        }
+        if self.active_healthcheck {
+            return not_yet("--active-healthcheck");
+        }
+        if self.backend_cache {
+            return not_yet("--backend-cache");
+        }
+        if self.engine == "sni" {
+            return not_yet("--engine sni");
+        }
+        if self.engine == "fasthttp" {
+            return not_yet("--engine fasthttp");
+        }
+        if !self.read_redis_sentinel_addrs.is_empty() || !self.read_redis_sentinel_name.is_empty() {
+            return not_yet("--read-redis-sentinel-addrs");
+        }
+        if !self.write_redis_sentinel_addrs.is_empty() || !self.write_redis_sentinel_name.is_empty()
+        {
+            return not_yet("--write-redis-sentinel-addrs");
+        }
+        if self.tls_preset != "modern" {
+            return not_yet("--tls-preset");
+        }
+        if self.load_certificates_from != "redis" {
+            return not_yet("--load-certificates-from");
+        }
+
+        let listen = match self.listen.as_str() {
+            "disabled" => None,
+            addr => Some(
+                parse_listen(addr)
+                    .map_err(|e| CliError(format!("invalid value '{addr}' for '--listen': {e}")))?,
+            ),
+        };
+        if listen.is_none() {
+            return Err(CliError(
+                "--listen is disabled and no --tls-listen is set: nothing to serve".into(),
+            ));
+        }
+        let read_redis = redis_config(
+            &self.read_redis_network,
+            self.read_redis_host,
+            self.read_redis_port,
+            self.read_redis_password,
+            self.read_redis_db,
+        );
+        let write_redis = redis_config(
+            &self.write_redis_network,
+            self.write_redis_host,
+            self.write_redis_port,
+            self.write_redis_password,
+            self.write_redis_db,
+        );
+        let access_log = match self.access_log.as_str() {
+            "" | "none" => AccessLogTarget::None,
+            "stdout" => AccessLogTarget::Stdout,
+            "syslog" => AccessLogTarget::Syslog,
+            path => AccessLogTarget::File(PathBuf::from(path)),
+        };
+        let request_id_header = match self.request_id_header.as_str() {
+            "" => None,
+            name => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                CliError(format!(
+                    "invalid value '{name}' for '--request-id-header': not a header name"
+                ))
+            })?),
+        };
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let client_read = nonzero(self.client_read_timeout);
+        Ok(Config {
+            listen,
+            read_redis,
+            write_redis,
+            access_log,
+            timeouts: Timeouts {
+                request: nonzero(Duration::from_secs(self.request_timeout)),
+                dial: Duration::from_secs(self.dial_timeout),
+                client_read,
+                client_read_header: nonzero(self.client_read_header_timeout)
+                    .unwrap_or(Duration::from_secs(60)),
+                client_write: nonzero(self.client_write_timeout),
+                client_idle: nonzero(self.client_idle_timeout).or(client_read),
+                shutdown: self.shutdown_timeout,
+            },
+            dead_backend_ttl: Duration::from_secs(match self.dead_backend_time {
+                0 => 30,
+                n => n,
+            }),
+            flush_interval: Duration::from_millis(self.flush_interval),
+            request_id_header,
+            extensions: Extensions {
+                lowercase_lookup: !self.no_lowercase_lookup,
+                wildcard_lookup: !self.no_wildcard_lookup,
+                catch_all: !self.no_catch_all,
+                failover: !self.no_failover,
+            },
+            limits: Limits {
+                max_header_bytes: self.max_header_bytes as usize,
+                ..Limits::default()
+            },
+        })
+    }
+}
+
+fn redis_config(network: &str, host: String, port: u16, password: String, db: u32) -> RedisConfig {
+    let addr = match network {
+        "unix" => RedisAddr::Unix(PathBuf::from(host)),
+        _ => RedisAddr::Tcp { host, port },
+    };
+    RedisConfig {
+        addr,
+        password: (!password.is_empty()).then_some(password),
+        db: i64::from(db),
+    }
+}
+
+/// Parse a listen address the way Go does: `:80` means every interface, a host name is resolved.
+fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    full.to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "no address".to_string())
+}
+
+/// Parse a Go duration (`300ms`, `1.5s`, `1m30s`, `2h`, `0`), as PlanB's duration flags take.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {text:?}"))?;
+        if num_len == 0 {
+            return Err(format!("invalid duration {text:?}"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| format!("invalid duration {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_go_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("5").is_err());
+        assert!(parse_go_duration("s").is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen(":80").unwrap(), "0.0.0.0:80".parse().unwrap());
+        assert_eq!(
+            parse_listen("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert!(parse_listen("nope").is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! Every response hypache writes itself comes from [`Reject::response`], so status codes, bodies and headers
+//! cannot drift between code paths (PlanB spec §5).
+
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Why the proxy answered a request itself instead of relaying a backend's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// No frontend, an identifier-only list, or an empty backend URL: 400 `no such route`.
+    NoRoute,
+    /// Every backend index is in the dead set: 503 `all backends are dead`.
+    AllDead,
+    /// Redis failed, the backend failed or timed out, or its URL is unusable: 503 with an empty body.
+    Unavailable,
+    /// HTTP/1.1 without a Host header: Go's 400, which closes the connection.
+    MissingHost,
+    /// A Host header that is not a valid host, or more than one: Go's 400.
+    BadHost(&'static str),
+    /// `Host: __ping__` answered by a healthy Redis.
+    PingOk,
+    /// `Host: __ping__` while the read Redis fails: 500 with the error text.
+    PingFailed(String),
+}
+
+impl Reject {
+    /// The status PlanB gives this case.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::NoRoute | Reject::MissingHost | Reject::BadHost(_) => StatusCode::BAD_REQUEST,
+            Reject::AllDead | Reject::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::PingOk => StatusCode::OK,
+            Reject::PingFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The body PlanB gives this case.
+    pub fn body(&self) -> String {
+        match self {
+            Reject::NoRoute => "no such route".into(),
+            Reject::AllDead => "all backends are dead".into(),
+            Reject::Unavailable => String::new(),
+            Reject::MissingHost => "400 Bad Request: missing required Host header".into(),
+            Reject::BadHost(why) => format!("400 Bad Request: {why}"),
+            Reject::PingOk => "OK".into(),
+            Reject::PingFailed(text) => text.clone(),
+        }
+    }
+
+    /// The whole response, with the headers Go's server would have written.
+    pub fn response(&self) -> Response<ProxyBody> {
+        let body = self.body();
+        let mut resp = Response::new(ProxyBody::full(body.clone()));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        if !body.is_empty() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Reject::MissingHost | Reject::BadHost(_) = self {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            let reason = format!("Bad Request: {}", &body["400 Bad Request: ".len()..]);
+            if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+                resp.extensions_mut().insert(reason);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,43 @@
+//! The `hypache` binary: flags in, [`hypache::run`] until SIGTERM or SIGINT.
+
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() {
+    let cli = hypache::cli::Cli::parse();
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
+    let result = runtime.block_on(hypache::run(config, shutdown_signal()));
+    if let Err(e) = result {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+/// SIGTERM or SIGINT: stop accepting and drain.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

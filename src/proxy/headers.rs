@@ -1,0 +1,154 @@
+//! Header rewriting on the way to the backend and back (PlanB spec §6.1-§6.2).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::upstream::Target;
+
+/// Headers that belong to one connection and never cross the proxy (RFC 9110 §7.6.1 and Go's list).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_HOST: HeaderName = HeaderName::from_static("x-host");
+pub const X_DEBUG_ROUTER: HeaderName = HeaderName::from_static("x-debug-router");
+pub const X_DEBUG_BACKEND_URL: HeaderName = HeaderName::from_static("x-debug-backend-url");
+pub const X_DEBUG_BACKEND_ID: HeaderName = HeaderName::from_static("x-debug-backend-id");
+pub const X_DEBUG_FRONTEND_KEY: HeaderName = HeaderName::from_static("x-debug-frontend-key");
+/// PlanB's internal scratch header; a client-sent one is dropped.
+const PLANB_X_FORWARDED_FOR: HeaderName = HeaderName::from_static("planb-x-forwarded-for");
+
+/// Remove hop-by-hop headers and those named in `Connection`.
+///
+/// On requests, `TE: trailers` is kept (Go ≥ 1.11 does) and `Trailer` goes; on responses `Trailer` stays so the
+/// client learns which trailers follow, as Go's ReverseProxy re-announces them.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        if *name == header::TRAILER && !request {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if request {
+        headers.remove(header::TRAILER);
+        let keep_te = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes() == b"trailers")
+            && headers.get_all(header::TE).iter().count() == 1;
+        if !keep_te {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Join the client's X-Forwarded-For values with `, ` and append the peer; returns the first value as received
+/// (for the access log).
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) -> String {
+    headers.remove(PLANB_X_FORWARDED_FOR);
+    let received: Vec<&[u8]> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let first = received
+        .first()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let Some(peer) = peer else { return first };
+    let mut joined = received.join(&b", "[..]);
+    if !joined.is_empty() {
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.to_string().as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    first
+}
+
+/// A named backend gets `Host: <its name>` and the original Host in `X-Host`/`X-Forwarded-Host`; an IP-literal
+/// backend keeps the original Host.
+pub fn set_host(headers: &mut HeaderMap, target: &Target, original: &str) {
+    let original = HeaderValue::from_str(original).ok();
+    if target.host_is_ip {
+        match original {
+            Some(host) if !host.is_empty() => {
+                headers.insert(header::HOST, host);
+            }
+            _ => {}
+        }
+        return;
+    }
+    if let Ok(name) = HeaderValue::from_str(&target.host) {
+        headers.insert(header::HOST, name);
+    }
+    if let Some(original) = original {
+        headers.insert(X_HOST, original.clone());
+        headers.insert(X_FORWARDED_HOST, original);
+    }
+}
+
+/// Go's `httpguts.ValidHostHeader`: the bytes a Host value may hold.
+pub fn valid_host(host: &[u8]) -> bool {
+    host.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=[]_~".contains(&b) || b >= 0x80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_request() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("trailer", "x-tr".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h, true);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["te", "x-kept"]);
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip".parse().unwrap());
+        remove_hop_by_hop(&mut h, true);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_joins() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
+        let first = append_forwarded_for(&mut h, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(first, "1.1.1.1");
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn host_validation() {
+        assert!(valid_host(b"a.com:80"));
+        assert!(valid_host(b"[::1]:80"));
+        assert!(!valid_host(b"a com"));
+        assert!(!valid_host(b"a/b"));
+        assert!(!valid_host(b"a\x01"));
+    }
+}

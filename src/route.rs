@@ -1,0 +1,249 @@
+//! Frontend lookup and backend selection (PlanB spec §2-§3, plus the lookup extensions of DESIGN §2).
+//!
+//! Vocabulary: the *Host* is what the client asked for; the *frontend key* is the Redis key suffix that matched
+//! (`frontend:<key>`, `dead:<key>`); the *backends* are the list elements after the identifier.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::config::Extensions;
+use crate::store::{FrontendData, RedisClient, StoreError};
+
+/// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
+/// without bound.
+const MAX_COUNTERS: usize = 100_000;
+
+/// A frontend that matched, with its backends and dead set as read from Redis.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The key that matched: the Host, its port-stripped form, or an extension candidate (`*.a.com`, `*`).
+    pub key: String,
+    /// Backend URLs, identifier excluded.
+    pub backends: Vec<String>,
+    /// `dead[i]` is true when index `i` is in `dead:<key>`.
+    pub dead: Vec<bool>,
+}
+
+/// Why no route was found.
+#[derive(Debug)]
+pub enum LookupError {
+    /// No candidate key has a backend. `key` is the last PlanB key tried (port-stripped when it had a port).
+    NoRoute { key: String },
+    /// Redis failed; PlanB answers 503 and does not try the fallback.
+    Store(StoreError),
+}
+
+/// Looks up frontends and picks backends.
+pub struct Router {
+    store: RedisClient,
+    extensions: Extensions,
+    /// One counter per original Host string, port included, created on the first successful lookup.
+    counters: DashMap<Box<str>, Arc<AtomicU32>>,
+}
+
+impl Router {
+    pub fn new(store: RedisClient, extensions: Extensions) -> Router {
+        Router {
+            store,
+            extensions,
+            counters: DashMap::new(),
+        }
+    }
+
+    /// The read Redis client.
+    pub fn store(&self) -> &RedisClient {
+        &self.store
+    }
+
+    /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
+    pub async fn lookup(&self, host: &str) -> Result<Route, LookupError> {
+        let mut first = self
+            .store
+            .lookup_many(&[host])
+            .await
+            .map_err(LookupError::Store)?;
+        if let Some(route) = first.pop().and_then(|data| into_route(host, data)) {
+            return Ok(route);
+        }
+        let candidates = fallback_candidates(host, self.extensions);
+        let planb_key = split_host_port(host).unwrap_or(host).to_string();
+        if candidates.is_empty() {
+            return Err(LookupError::NoRoute { key: planb_key });
+        }
+        let keys: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        let found = self
+            .store
+            .lookup_many(&keys)
+            .await
+            .map_err(LookupError::Store)?;
+        candidates
+            .into_iter()
+            .zip(found)
+            .find_map(|(key, data)| into_route(&key, data))
+            .ok_or(LookupError::NoRoute { key: planb_key })
+    }
+
+    /// The round-robin start index for this Host: `(counter++) mod N`, starting at 0.
+    pub fn next_start(&self, host: &str, count: usize) -> usize {
+        let counter = match self.counters.get(host) {
+            Some(counter) => counter.clone(),
+            None => {
+                if self.counters.len() >= MAX_COUNTERS {
+                    self.counters.clear();
+                }
+                self.counters.entry(host.into()).or_default().clone()
+            }
+        };
+        let previous = counter.fetch_add(1, Ordering::Relaxed);
+        previous as usize % count.max(1)
+    }
+}
+
+impl Route {
+    /// The first live index at or after `start`, wrapping around; `None` when every backend is dead.
+    pub fn first_live(&self, start: usize) -> Option<usize> {
+        let n = self.backends.len();
+        (0..n).map(|i| (start + i) % n).find(|&i| !self.dead[i])
+    }
+}
+
+fn into_route(key: &str, data: FrontendData) -> Option<Route> {
+    if data.list.len() < 2 {
+        return None;
+    }
+    let backends: Vec<String> = data.list.into_iter().skip(1).collect();
+    let mut dead = vec![false; backends.len()];
+    for member in &data.dead {
+        // PlanB parses members as 32-bit integers and ignores the error: garbage counts as index 0.
+        let index = member.trim().parse::<i32>().unwrap_or(0);
+        if let Ok(index) = usize::try_from(index) {
+            if let Some(slot) = dead.get_mut(index) {
+                *slot = true;
+            }
+        }
+    }
+    Some(Route {
+        key: key.to_string(),
+        backends,
+        dead,
+    })
+}
+
+/// Go's `net.SplitHostPort`, keeping only a non-empty host: `a.com:80` → `a.com`, `[::1]:80` → `::1`.
+pub fn split_host_port(host: &str) -> Option<&str> {
+    let colon = host.rfind(':')?;
+    let (name, _port) = (&host[..colon], &host[colon + 1..]);
+    let name = if let Some(inner) = name.strip_prefix('[') {
+        inner.strip_suffix(']')?
+    } else if name.contains(':') || name.contains('[') || name.contains(']') {
+        return None;
+    } else {
+        name
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// The keys tried after `frontend:<Host>` missed, in order, without repeats:
+/// the port-stripped Host (PlanB), then the lower-cased name, Hipache's wildcards and `*` (extensions).
+pub fn fallback_candidates(host: &str, ext: Extensions) -> Vec<String> {
+    let stripped = split_host_port(host);
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |key: String| {
+        if key != host && !out.contains(&key) {
+            out.push(key);
+        }
+    };
+    if let Some(name) = stripped {
+        push(name.to_string());
+    }
+    let name = stripped.unwrap_or(host).to_ascii_lowercase();
+    if ext.lowercase_lookup {
+        push(name.clone());
+    }
+    if ext.wildcard_lookup {
+        for candidate in wildcard_candidates(&name) {
+            push(candidate);
+        }
+    }
+    if ext.catch_all {
+        push("*".to_string());
+    }
+    out
+}
+
+/// Hipache's wildcard keys for a name: keep the last 6 labels, then `*.<rest>` dropping one label at a time
+/// down to a single label, so at most 5 (spec hipache.md §1.2).
+pub fn wildcard_candidates(name: &str) -> Vec<String> {
+    if name.is_empty() || name.parse::<IpAddr>().is_ok() {
+        return Vec::new();
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let labels = &labels[labels.len().saturating_sub(6)..];
+    (1..labels.len())
+        .map(|i| format!("*.{}", labels[i..].join(".")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_like_go() {
+        assert_eq!(split_host_port("a.com:1234"), Some("a.com"));
+        assert_eq!(split_host_port("a.com:"), Some("a.com"));
+        assert_eq!(split_host_port("[::1]:80"), Some("::1"));
+        assert_eq!(split_host_port("a.com"), None);
+        assert_eq!(split_host_port("::1"), None);
+        assert_eq!(split_host_port(":80"), None);
+    }
+
+    #[test]
+    fn wildcards_follow_hipache() {
+        assert_eq!(wildcard_candidates("a.b.c"), vec!["*.b.c", "*.c"]);
+        assert!(wildcard_candidates("foo").is_empty());
+        assert_eq!(
+            wildcard_candidates("too.deep.quuux.foo.bar.baz.qux.quux"),
+            vec![
+                "*.foo.bar.baz.qux.quux",
+                "*.bar.baz.qux.quux",
+                "*.baz.qux.quux",
+                "*.qux.quux",
+                "*.quux"
+            ]
+        );
+    }
+
+    #[test]
+    fn candidate_order() {
+        let all = Extensions::default();
+        assert_eq!(
+            fallback_candidates("WWW.A.com:8080", all),
+            vec!["WWW.A.com", "www.a.com", "*.a.com", "*.com", "*"]
+        );
+        assert_eq!(fallback_candidates("a.com", all), vec!["*.com", "*"]);
+        let none = Extensions {
+            lowercase_lookup: false,
+            wildcard_lookup: false,
+            catch_all: false,
+            failover: false,
+        };
+        assert_eq!(fallback_candidates("A.com:80", none), vec!["A.com"]);
+        assert!(fallback_candidates("a.com", none).is_empty());
+    }
+
+    #[test]
+    fn dead_members() {
+        let data = FrontendData {
+            list: vec!["id".into(), "b0".into(), "b1".into(), "b2".into()],
+            dead: vec!["garbage".into(), "2".into(), "7".into(), "-1".into()],
+        };
+        let route = into_route("k", data).unwrap();
+        assert_eq!(route.dead, vec![true, false, true]);
+        assert_eq!(route.first_live(0), Some(1));
+        assert_eq!(route.first_live(2), Some(1));
+    }
+}

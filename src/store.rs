@@ -1,0 +1,197 @@
+//! The Redis side: read and write clients, the per-request lookup pipeline, and dead marks.
+//!
+//! Each client is one multiplexed connection shared by every request (redis' `ConnectionManager`, which
+//! reconnects by itself); no request opens a connection, and every command is bounded by a timeout.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+
+use crate::config::{RedisAddr, RedisConfig};
+
+/// PlanB's dial/read/write timeouts for Redis: a request never waits longer than this on one command.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The raw result of reading one frontend key.
+#[derive(Debug, Default, Clone)]
+pub struct FrontendData {
+    /// `LRANGE frontend:<key> 0 -1`: the identifier then the backend URLs.
+    pub list: Vec<String>,
+    /// `SMEMBERS dead:<key>`: backend indexes, as stored.
+    pub dead: Vec<String>,
+}
+
+/// A Redis error, with the text PlanB shows (in the error log and the `__ping__` body).
+#[derive(Debug, Clone)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(e: redis::ParsingError) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        // WRONGTYPE and friends: show the server's words, as Go's client does.
+        match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => StoreError(format!("{code} {detail}")),
+            _ => StoreError(e.to_string()),
+        }
+    }
+}
+
+/// One Redis server, reached through a shared multiplexed connection.
+#[derive(Clone)]
+pub struct RedisClient {
+    con: ConnectionManager,
+    /// For messages: `127.0.0.1:6379` or the socket path. Never includes the password.
+    addr: String,
+}
+
+impl RedisClient {
+    /// Connect and PING. The error names the address so that a start-up failure says which Redis is down.
+    pub async fn connect(config: &RedisConfig) -> Result<RedisClient, StoreError> {
+        let addr_text = config.addr.to_string();
+        let with_addr = |e: String| StoreError(format!("redis at {}: {e}", config.addr));
+        let addr = match &config.addr {
+            RedisAddr::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
+            RedisAddr::Unix(path) => ConnectionAddr::Unix(path.clone()),
+        };
+        let mut settings = RedisConnectionInfo::default()
+            .set_db(config.db)
+            .set_skip_set_lib_name();
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| with_addr(e.to_string()))?
+            .set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| with_addr(e.to_string()))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let con = tokio::time::timeout(
+            REDIS_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await
+        .map_err(|_| with_addr("connection timed out".into()))?
+        .map_err(|e| with_addr(StoreError::from(e).0))?;
+        let client = RedisClient {
+            con,
+            addr: addr_text,
+        };
+        client.ping().await.map_err(|e| with_addr(e.0))?;
+        Ok(client)
+    }
+
+    /// The address this client talks to, for log lines.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `PING`, for start-up and `__ping__`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        bounded(redis::cmd("PING").query_async::<String>(&mut con)).await?;
+        Ok(())
+    }
+
+    /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<key>` per key, in one round trip.
+    pub async fn lookup_many(&self, keys: &[&str]) -> Result<Vec<FrontendData>, StoreError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("LRANGE")
+                .arg(format!("frontend:{key}"))
+                .arg(0)
+                .arg(-1)
+                .cmd("SMEMBERS")
+                .arg(format!("dead:{key}"));
+        }
+        let mut con = self.con.clone();
+        let values: Vec<Value> = bounded(pipe.query_async(&mut con)).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut it = values.into_iter();
+        while let (Some(list), Some(dead)) = (it.next(), it.next()) {
+            if let Value::ServerError(e) = &list {
+                // WRONGTYPE and friends, in the server's words as Go's client shows them.
+                return Err(StoreError(format!(
+                    "{} {}",
+                    e.code(),
+                    e.details().unwrap_or("")
+                )));
+            }
+            out.push(FrontendData {
+                list: redis::from_redis_value(list)?,
+                dead: strings(dead)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Passive dead mark: pipeline `SADD` + `EXPIRE`, then `PUBLISH dead <key>;<url>;<idx>;<n>`.
+    pub async fn mark_dead(
+        &self,
+        key: &str,
+        index: usize,
+        url: &str,
+        count: usize,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let dead_key = format!("dead:{key}");
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(&dead_key)
+            .arg(index)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&dead_key)
+            .arg(ttl.as_secs())
+            .ignore();
+        bounded(pipe.query_async::<()>(&mut con)).await?;
+        let message = format!("{key};{url};{index};{count}");
+        bounded(
+            redis::cmd("PUBLISH")
+                .arg("dead")
+                .arg(message)
+                .query_async::<i64>(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// `SMEMBERS` replies as a set (RESP3) or an array (RESP2); members that are not text count as empty strings,
+/// which parse as index 0 like any other garbage member.
+fn strings(value: Value) -> Result<Vec<String>, StoreError> {
+    let items = match value {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Nil => Vec::new(),
+        other => return Ok(redis::from_redis_value(other)?),
+    };
+    Ok(items
+        .into_iter()
+        .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
+        .collect())
+}
+
+async fn bounded<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError("i/o timeout".into())),
+    }
+}

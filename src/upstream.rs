@@ -1,0 +1,415 @@
+//! The backend side (upstream): parsing backend URLs, dialing, and a keep-alive pool per backend.
+//!
+//! hypache dials backends itself instead of using a generic client so that a failed connection hands the
+//! request back untouched: that is what makes failover to the next backend safe (nothing was sent).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per backend (PlanB's transport keeps up to 100).
+const MAX_IDLE_PER_BACKEND: usize = 100;
+
+/// Where a backend URL points. Only scheme and host:port are used; a path in the URL is ignored (PlanB §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Host name or IP literal, without brackets.
+    pub host: String,
+    /// Port, defaulted from the scheme.
+    pub port: u16,
+    /// IP-literal backends keep the client's Host; named backends get their own name (PlanB §6.1).
+    pub host_is_ip: bool,
+}
+
+/// A backend URL that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// An empty string in the list: PlanB answers 400 `no such route`.
+    Empty,
+    /// Anything else (an unknown scheme, no host): 503 and the text goes to the error log.
+    Invalid(String),
+}
+
+impl Target {
+    /// Parse a backend URL as PlanB does: `http://h:p/anything`, `https://h`, or a bare `h:p`.
+    pub fn parse(url: &str) -> Result<Target, TargetError> {
+        if url.is_empty() {
+            return Err(TargetError::Empty);
+        }
+        if url.contains("://") {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| TargetError::Invalid(format!("parse {url:?}: {e}")))?;
+            let scheme = match parsed.scheme() {
+                "http" => "http",
+                "https" => "https",
+                other => {
+                    return Err(TargetError::Invalid(format!(
+                        "unsupported protocol scheme {other:?}"
+                    )))
+                }
+            };
+            let (host, host_is_ip) = match parsed.host() {
+                Some(url::Host::Domain(d)) => (d.to_string(), false),
+                Some(url::Host::Ipv4(ip)) => (ip.to_string(), true),
+                Some(url::Host::Ipv6(ip)) => (ip.to_string(), true),
+                None => return Err(TargetError::Invalid(format!("no host in {url:?}"))),
+            };
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            return Ok(Target {
+                scheme,
+                host,
+                port,
+                host_is_ip,
+            });
+        }
+        // No scheme: the whole string is host[:port], spoken to over http.
+        let (host, port) = match crate::route::split_host_port(url) {
+            Some(host) => {
+                let port = url[url.rfind(':').unwrap_or(0) + 1..].parse::<u16>();
+                match port {
+                    Ok(port) => (host.to_string(), port),
+                    Err(_) if url.ends_with(':') => (host.to_string(), 80),
+                    Err(_) => return Err(TargetError::Invalid(format!("invalid port in {url:?}"))),
+                }
+            }
+            None => (url.to_string(), 80),
+        };
+        let host_is_ip = host.parse::<IpAddr>().is_ok();
+        Ok(Target {
+            scheme: "http",
+            host,
+            port,
+            host_is_ip,
+        })
+    }
+
+    /// `host:port` as Go prints it in dial errors (`[::1]:80` for IPv6).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a backend could not be used. `dead()` says whether PlanB would mark it dead.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// Name resolution failed (Go: `dial tcp: lookup <host>: no such host`).
+    Resolve(String),
+    /// The TCP connect failed: refused, unreachable, reset.
+    Connect(String),
+    /// The TCP connect did not finish within the dial timeout.
+    ConnectTimeout(String),
+    /// The request could not be completed on an open connection (backend closed, bad response, ...).
+    Request(String),
+    /// The backend URL cannot be used (unknown scheme, or `https` before upstream TLS exists).
+    Unusable(String),
+}
+
+impl UpstreamError {
+    /// Connection-level failures mark the backend dead; nothing of the request reached the backend.
+    pub fn dead(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Resolve(_)
+                | UpstreamError::Connect(_)
+                | UpstreamError::ConnectTimeout(_)
+        )
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Resolve(m)
+            | UpstreamError::Connect(m)
+            | UpstreamError::ConnectTimeout(m)
+            | UpstreamError::Request(m)
+            | UpstreamError::Unusable(m) => f.write_str(m),
+        }
+    }
+}
+
+type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+
+/// Dials backends and keeps their connections alive for reuse.
+pub struct Upstream {
+    pools: DashMap<String, Pool>,
+    dial_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(dial_timeout: Duration) -> Upstream {
+        Upstream {
+            pools: DashMap::new(),
+            dial_timeout,
+        }
+    }
+
+    /// Send `req` to `target`. On a connection failure the request comes back unsent, for failover.
+    pub async fn send(
+        &self,
+        target: &Target,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<Incoming>>)> {
+        if target.scheme != "http" {
+            return Err((
+                UpstreamError::Unusable(format!(
+                    "{} backends are not supported yet: {}",
+                    target.scheme,
+                    target.authority()
+                )),
+                Some(req),
+            ));
+        }
+        let authority = target.authority();
+        let pool = self.pool(&authority);
+        // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
+        while let Some(mut sender) = checkout(&pool) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(wrap(resp, sender, pool)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err((UpstreamError::Request(request_error(e.error())), None)),
+                },
+            }
+        }
+        let mut sender = match self.dial(target, &authority).await {
+            Ok(sender) => sender,
+            Err(e) => return Err((e, Some(req))),
+        };
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(wrap(resp, sender, pool)),
+            Err(e) => Err((UpstreamError::Request(request_error(&e)), None)),
+        }
+    }
+
+    fn pool(&self, authority: &str) -> Pool {
+        if let Some(pool) = self.pools.get(authority) {
+            return pool.clone();
+        }
+        self.pools.entry(authority.to_string()).or_default().clone()
+    }
+
+    async fn dial(
+        &self,
+        target: &Target,
+        authority: &str,
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let started = Instant::now();
+        let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, target.port)],
+            Err(_) => {
+                let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+                match tokio::time::timeout(self.dial_timeout, lookup).await {
+                    Ok(Ok(addrs)) => addrs.collect(),
+                    Ok(Err(_)) => {
+                        return Err(UpstreamError::Resolve(format!(
+                            "dial tcp: lookup {}: no such host",
+                            target.host
+                        )))
+                    }
+                    Err(_) => return Err(timeout_error(authority, started)),
+                }
+            }
+        };
+        let mut last =
+            UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host));
+        for addr in addrs {
+            let remaining = self.dial_timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(remaining, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return handshake(stream).await;
+                }
+                Ok(Err(e)) => {
+                    last = UpstreamError::Connect(format!(
+                        "dial tcp {addr}: connect: {}",
+                        go_io_error(&e)
+                    ))
+                }
+                Err(_) => return Err(timeout_error(authority, started)),
+            }
+        }
+        Err(last)
+    }
+}
+
+async fn handshake(stream: TcpStream) -> Result<SendRequest<Incoming>, UpstreamError> {
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Request(request_error(&e)))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn timeout_error(authority: &str, started: Instant) -> UpstreamError {
+    UpstreamError::ConnectTimeout(format!(
+        "dial timeout after {:?}: dial tcp {authority}: i/o timeout",
+        started.elapsed()
+    ))
+}
+
+/// Go's wording for the common socket errors, so error-log lines read as PlanB's did.
+fn go_io_error(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset by peer".into(),
+        io::ErrorKind::HostUnreachable => "no route to host".into(),
+        io::ErrorKind::NetworkUnreachable => "network is unreachable".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn request_error(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
+    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(sender) = idle.pop() {
+        if sender.is_ready() {
+            return Some(sender);
+        }
+    }
+    None
+}
+
+fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
+    if sender.is_ready() {
+        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push(sender);
+        }
+        return;
+    }
+    if sender.is_closed() {
+        return;
+    }
+    // The connection is still finishing the previous message; return it once it can take another.
+    tokio::spawn(async move {
+        if sender.ready().await.is_ok() {
+            checkin(pool, sender);
+        }
+    });
+}
+
+fn wrap(
+    resp: Response<Incoming>,
+    sender: SendRequest<Incoming>,
+    pool: Pool,
+) -> Response<UpstreamBody> {
+    resp.map(|inner| {
+        let lease = if inner.is_end_stream() {
+            checkin(pool, sender);
+            None
+        } else {
+            Some((sender, pool))
+        };
+        UpstreamBody { inner, lease }
+    })
+}
+
+/// A backend's response body; the connection goes back to the pool when the body has been read to the end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<(SendRequest<Incoming>, Pool)>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.lease.take() {
+            checkin(pool, sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_url_forms() {
+        let t = Target::parse("http://10.0.0.5:80/prefix?x").unwrap();
+        assert_eq!(
+            (t.scheme, t.host.as_str(), t.port, t.host_is_ip),
+            ("http", "10.0.0.5", 80, true)
+        );
+        let t = Target::parse("http://localhost:8080").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.host_is_ip),
+            ("localhost", 8080, false)
+        );
+        let t = Target::parse("https://app.internal").unwrap();
+        assert_eq!((t.scheme, t.port), ("https", 443));
+        let t = Target::parse("127.0.0.1:27082").unwrap();
+        assert_eq!(
+            (t.scheme, t.host.as_str(), t.port),
+            ("http", "127.0.0.1", 27082)
+        );
+        let t = Target::parse("srv1").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.host_is_ip), ("srv1", 80, false));
+        let t = Target::parse("http://[::1]:81").unwrap();
+        assert_eq!((t.authority().as_str(), t.host_is_ip), ("[::1]:81", true));
+        assert_eq!(Target::parse(""), Err(TargetError::Empty));
+        assert!(matches!(
+            Target::parse("ftp://x"),
+            Err(TargetError::Invalid(_))
+        ));
+    }
+}
