@@ -76,6 +76,8 @@ impl AccessEntry {
 enum Record {
     Access(Box<AccessEntry>),
     Text(String),
+    /// Written out everything before this, then stop: other clones of the [`Log`] may still exist.
+    Close,
 }
 
 /// A log fed through a bounded queue to a writer thread. Cloning shares the queue.
@@ -161,16 +163,25 @@ impl Log {
         }
     }
 
-    /// Stop accepting records, write out what is queued and wait for the writer (bounded by `timeout`).
-    pub fn close(mut self, timeout: Duration) {
-        self.tx = None;
+    /// Write out what is queued, stop the writer and wait for it (bounded by `timeout`). Records pushed
+    /// afterwards are dropped.
+    pub fn close(&self, timeout: Duration) {
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(self);
-        if let Some(handle) = handle {
-            let deadline = std::time::Instant::now() + timeout;
-            while !handle.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+        let (Some(tx), Some(handle)) = (&self.tx, handle) else {
+            return;
+        };
+        // Bounded even when the sink is stuck (a blocked stdout pipe): the queue may be full.
+        let deadline = std::time::Instant::now() + timeout;
+        let mut close = Record::Close;
+        while let Err(TrySendError::Full(back)) = tx.try_send(close) {
+            if std::time::Instant::now() >= deadline {
+                return;
             }
+            close = back;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        while !handle.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -183,6 +194,10 @@ fn write_loop(rx: Receiver<Record>, sink: Box<dyn Write + Send>) {
             let line = match record {
                 Record::Access(entry) => entry.format(),
                 Record::Text(text) => text,
+                Record::Close => {
+                    let _ = out.flush();
+                    return;
+                }
             };
             let _ = out.write_all(line.as_bytes());
             let _ = out.write_all(b"\n");

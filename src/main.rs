@@ -25,19 +25,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("build the tokio runtime");
-    let result = runtime.block_on(hypache::run(config, shutdown_signal()));
+    let result = runtime.block_on(async {
+        // Installed before the listener is announced, so a SIGTERM right after `Listening on` is graceful.
+        let shutdown = shutdown_signal();
+        hypache::run(config, shutdown).await
+    });
     if let Err(e) = result {
         eprintln!("{e}");
         std::process::exit(1);
     }
 }
 
-/// SIGTERM or SIGINT: stop accepting and drain.
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: stop accepting and drain. The handlers are installed when this is called, not when the
+/// returned future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
