@@ -1,7 +1,7 @@
 //! Every response hypache writes itself comes from [`Reject::response`], so status codes, bodies and headers
 //! cannot drift between code paths (PlanB spec §5).
 
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
@@ -19,8 +19,11 @@ pub enum Reject {
     Unavailable,
     /// HTTP/1.1 without a Host header: Go's 400, which closes the connection.
     MissingHost,
-    /// A Host header that is not a valid host, or more than one: Go's 400.
-    BadHost(&'static str),
+    /// A malformed request Go's server would refuse (a bad Host, two Hosts, Content-Length with
+    /// Transfer-Encoding): 400, and the connection is closed.
+    BadRequest(&'static str),
+    /// A WebSocket upgrade that failed before the tunnel was up: Go's `http.Error(w, "", 502)`.
+    UpgradeFailed,
     /// `Host: __ping__` answered by a healthy Redis.
     PingOk,
     /// `Host: __ping__` while the read Redis fails: 500 with the error text.
@@ -31,8 +34,11 @@ impl Reject {
     /// The status PlanB gives this case.
     pub fn status(&self) -> StatusCode {
         match self {
-            Reject::NoRoute | Reject::MissingHost | Reject::BadHost(_) => StatusCode::BAD_REQUEST,
+            Reject::NoRoute | Reject::MissingHost | Reject::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Reject::AllDead | Reject::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Reject::PingOk => StatusCode::OK,
             Reject::PingFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -44,8 +50,9 @@ impl Reject {
             Reject::NoRoute => "no such route".into(),
             Reject::AllDead => "all backends are dead".into(),
             Reject::Unavailable => String::new(),
+            Reject::UpgradeFailed => "\n".into(),
             Reject::MissingHost => "400 Bad Request: missing required Host header".into(),
-            Reject::BadHost(why) => format!("400 Bad Request: {why}"),
+            Reject::BadRequest(why) => format!("400 Bad Request: {why}"),
             Reject::PingOk => "OK".into(),
             Reject::PingFailed(text) => text.clone(),
         }
@@ -60,8 +67,11 @@ impl Reject {
         if !body.is_empty() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
         }
+        if *self == Reject::UpgradeFailed {
+            headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        if let Reject::MissingHost | Reject::BadHost(_) = self {
+        if let Reject::MissingHost | Reject::BadRequest(_) = self {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
             let reason = format!("Bad Request: {}", &body["400 Bad Request: ".len()..]);
             if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {

@@ -13,6 +13,7 @@
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing, the keep-alive pool per backend.
 //! - [`error`]: every response hypache writes itself.
+//! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
 //! - [`access_log`]: access and error logs, written off the request path.
 //!
@@ -31,6 +32,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod head_scan;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -95,6 +97,7 @@ impl Server {
             write,
             access_log,
             error_log: Log::errors(),
+            tunnels: Default::default(),
             config,
         };
         Ok(Server {
@@ -121,8 +124,8 @@ impl Server {
             .timeouts
             .shutdown
             .max(std::time::Duration::from_secs(1));
-        proxy.access_log.clone().close(grace);
-        proxy.error_log.clone().close(grace);
+        proxy.access_log.close(grace);
+        proxy.error_log.close(grace);
     }
 }
 

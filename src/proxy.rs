@@ -2,6 +2,7 @@
 //! (with failover on connection failures) → relay → access log.
 
 pub mod headers;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::error::Reject;
 use crate::route::{LookupError, Router};
+use crate::server::Tracker;
 use crate::store::RedisClient;
 use crate::upstream::{Target, TargetError, Upstream, UpstreamError};
 
@@ -32,6 +34,8 @@ pub struct Proxy {
     pub(crate) write: RedisClient,
     pub(crate) access_log: Log,
     pub(crate) error_log: Log,
+    /// Open WebSocket tunnels, so that shutdown can wait for them.
+    pub(crate) tunnels: Arc<Tracker>,
 }
 
 /// The client side of one request.
@@ -40,6 +44,8 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// The connection is TLS (for X-Forwarded-Proto).
     pub tls: bool,
+    /// The request head had both Content-Length and Transfer-Encoding (see `head_scan`).
+    pub conflicting_length: bool,
 }
 
 /// What is known about a request while it is handled: it feeds the debug headers, the access log and the
@@ -62,6 +68,9 @@ impl Proxy {
         mut req: Request<Incoming>,
         down: Downstream,
     ) -> Response<ProxyBody> {
+        if down.conflicting_length {
+            return Reject::BadRequest("both Content-Length and Transfer-Encoding").response();
+        }
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(reject) => return reject.response(),
@@ -87,6 +96,9 @@ impl Proxy {
             started: Instant::now(),
             host,
         };
+        if upgrade::is_websocket(&req) {
+            return self.websocket(req, down, &mut ctx).await;
+        }
         let entry = AccessEntry {
             time: SystemTime::now(),
             client_ip: Some(down.peer.ip()),
@@ -334,13 +346,13 @@ fn request_host(req: &Request<Incoming>) -> Result<String, Reject> {
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => return Err(Reject::BadHost("too many Host headers")),
+        (Some(_), Some(_)) => return Err(Reject::BadRequest("too many Host headers")),
         (Some(host), None) => host,
         (None, _) if req.version() == Version::HTTP_10 => return Ok(String::new()),
         (None, _) => return Err(Reject::MissingHost),
     };
     if !headers::valid_host(host.as_bytes()) {
-        return Err(Reject::BadHost("malformed Host header"));
+        return Err(Reject::BadRequest("malformed Host header"));
     }
     Ok(String::from_utf8_lossy(host.as_bytes()).into_owned())
 }

@@ -18,19 +18,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
 use crate::config::Timeouts;
+use crate::head_scan::HeadScan;
 use crate::proxy::{Downstream, Proxy};
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting, let in-flight requests finish within the
 /// shutdown timeout, and return.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Every connection task holds a sender; `recv()` returns `None` once all of them have finished.
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let connections = Arc::new(Tracker::default());
     let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {
@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 Ok((stream, peer)) => {
                     let proxy = proxy.clone();
                     let stop = stop_rx.clone();
-                    let alive = alive_tx.clone();
+                    let alive = connections.track();
                     tokio::spawn(async move {
                         serve_connection(stream, peer, proxy, stop).await;
                         drop(alive);
@@ -55,9 +55,53 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    drop(alive_tx);
-    let grace = proxy.config.timeouts.shutdown;
-    let _ = tokio::time::timeout(grace, alive_rx.recv()).await;
+    // In-flight requests, then WebSocket tunnels, get the shutdown timeout between them; what is still open
+    // afterwards is closed when the process exits.
+    let deadline = Instant::now() + proxy.config.timeouts.shutdown;
+    let _ = tokio::time::timeout_at(deadline, connections.idle()).await;
+    let _ = tokio::time::timeout_at(deadline, proxy.tunnels.idle()).await;
+}
+
+/// Counts running tasks of one kind (connections, tunnels) so that shutdown can wait for them.
+#[derive(Default)]
+pub struct Tracker {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// Held by a tracked task; dropping it ends the task's count.
+pub struct Tracked(Arc<Tracker>);
+
+impl Tracker {
+    /// Count one more task until the returned guard is dropped.
+    pub fn track(self: &Arc<Self>) -> Tracked {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+
+    /// Tasks currently counted.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no task is counted.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 async fn serve_connection(
@@ -71,14 +115,19 @@ async fn serve_connection(
     let io = TimedIo {
         inner: stream,
         state: state.clone(),
+        scan: HeadScan::default(),
     };
-    let down = Downstream { peer, tls: false };
     let timeouts = proxy.config.timeouts.clone();
     let limits = proxy.config.limits;
     let service_state = state.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
-        let guard = RequestGuard::begin(service_state.clone());
+        let (guard, conflicting_length) = RequestGuard::begin(service_state.clone());
+        let down = Downstream {
+            peer,
+            tls: false,
+            conflicting_length,
+        };
         async move {
             let resp = proxy.handle(req, down).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, guard)))
@@ -88,10 +137,12 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
+        .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     let mut conn = pin!(conn);
     let mut watchdog = pin!(watchdog(state, timeouts));
     let mut stopping = *stop.borrow();
@@ -121,6 +172,11 @@ struct ConnState {
     phase: AtomicU8,
     since: AtomicU64,
     in_flight: AtomicUsize,
+    /// Request heads read so far, and the number of the last one with both Content-Length and
+    /// Transfer-Encoding (0: none); matched against `requests` so pipelined heads are told apart.
+    heads: AtomicU64,
+    conflict_head: AtomicU64,
+    requests: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -145,6 +201,9 @@ impl ConnState {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(now_ms()),
             in_flight: AtomicUsize::new(0),
+            heads: AtomicU64::new(0),
+            conflict_head: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         }
     }
 
@@ -158,10 +217,13 @@ impl ConnState {
 struct RequestGuard(Arc<ConnState>);
 
 impl RequestGuard {
-    fn begin(state: Arc<ConnState>) -> RequestGuard {
+    /// Also says whether this request's head had both Content-Length and Transfer-Encoding.
+    fn begin(state: Arc<ConnState>) -> (RequestGuard, bool) {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
         state.enter(BUSY);
-        RequestGuard(state)
+        let number = state.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let conflicting = state.conflict_head.load(Ordering::Acquire) == number;
+        (RequestGuard(state), conflicting)
     }
 }
 
@@ -205,10 +267,11 @@ async fn watchdog(state: Arc<ConnState>, t: Timeouts) {
     }
 }
 
-/// The client socket, noting when the first bytes of a new request head arrive.
+/// The client socket, noting when the first bytes of a new request head arrive and scanning the head.
 struct TimedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+    scan: HeadScan,
 }
 
 impl AsyncRead for TimedIo {
@@ -218,9 +281,20 @@ impl AsyncRead for TimedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && self.state.phase.load(Ordering::Relaxed) == IDLE {
-            self.state.enter(HEAD);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if this.state.phase.load(Ordering::Relaxed) == IDLE {
+                this.state.enter(HEAD);
+                this.scan.start();
+            }
+            if let Some(conflict) = this.scan.feed(new) {
+                let head = this.state.heads.fetch_add(1, Ordering::AcqRel) + 1;
+                if conflict {
+                    this.state.conflict_head.store(head, Ordering::Release);
+                }
+            }
         }
         polled
     }

@@ -212,6 +212,16 @@ impl Upstream {
         target: &Target,
         authority: &str,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let stream = self.connect(target, authority).await?;
+        handshake(stream).await
+    }
+
+    /// Open a TCP connection to the backend within the dial timeout, classifying failures as PlanB does.
+    pub async fn connect(
+        &self,
+        target: &Target,
+        authority: &str,
+    ) -> Result<TcpStream, UpstreamError> {
         let started = Instant::now();
         let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, target.port)],
@@ -219,24 +229,18 @@ impl Upstream {
                 let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
                 match tokio::time::timeout(self.dial_timeout, lookup).await {
                     Ok(Ok(addrs)) => addrs.collect(),
-                    Ok(Err(_)) => {
-                        return Err(UpstreamError::Resolve(format!(
-                            "dial tcp: lookup {}: no such host",
-                            target.host
-                        )))
-                    }
+                    Ok(Err(_)) => return Err(no_such_host(target)),
                     Err(_) => return Err(timeout_error(authority, started)),
                 }
             }
         };
-        let mut last =
-            UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host));
+        let mut last = no_such_host(target);
         for addr in addrs {
             let remaining = self.dial_timeout.saturating_sub(started.elapsed());
             match tokio::time::timeout(remaining, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    return handshake(stream).await;
+                    return Ok(stream);
                 }
                 Ok(Err(e)) => {
                     last = UpstreamError::Connect(format!(
@@ -249,6 +253,10 @@ impl Upstream {
         }
         Err(last)
     }
+}
+
+fn no_such_host(target: &Target) -> UpstreamError {
+    UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host))
 }
 
 async fn handshake(stream: TcpStream) -> Result<SendRequest<Incoming>, UpstreamError> {
@@ -372,6 +380,11 @@ impl Body for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// A body whose connection is not pooled (a refused upgrade's answer).
+    pub fn detached(inner: Incoming) -> UpstreamBody {
+        UpstreamBody { inner, lease: None }
+    }
+
     fn release(&mut self) {
         if let Some((sender, pool)) = self.lease.take() {
             checkin(pool, sender);
