@@ -1,0 +1,117 @@
+//! WebSocket tunnels (PlanB spec §7) with a real tungstenite client and a real tungstenite echo backend.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as WsRequest, Response as WsResponse,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo server on 127.0.0.1:0 that records the Host and X-Forwarded-For of each handshake.
+async fn echo_backend() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                // tungstenite's callback signature fixes the (large) error type.
+                #[allow(clippy::result_large_err)]
+                let callback = |req: &WsRequest, resp: WsResponse| {
+                    let get = |name: &str| {
+                        req.headers()
+                            .get(name)
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default()
+                    };
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((get("host"), get("x-forwarded-for")));
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy_twice() {
+    let redis = RedisServer::start();
+    let (backend, seen) = echo_backend().await;
+    redis.set_frontend("ws.test", &[&format!("http://{backend}")]);
+    let proxy = Proxy::start(&redis, &[]);
+    for round in 0..2 {
+        let url = format!("ws://{}/chat?room=1", proxy.addr());
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        request
+            .headers_mut()
+            .insert("host", "ws.test".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text(format!("hello {round}")))
+            .await
+            .unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(
+            echoed.into_text().unwrap().as_str(),
+            format!("hello {round}")
+        );
+        ws.close(None).await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    // PlanB: the backend sees Host = the backend's host:port, and X-Forwarded-For with the client appended.
+    assert_eq!(seen[0].0, backend.to_string());
+    assert_eq!(seen[0].1, "127.0.0.1");
+    // WebSocket requests write no access-log line.
+    assert!(proxy.access_log_lines().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_failures_give_502_with_a_newline_body() {
+    let redis = RedisServer::start();
+    redis.set_frontend("refused.test", &[&refused_url()]);
+    let proxy = Proxy::start(&redis, &["--no-failover"]);
+    let addr = proxy.addr();
+    for host in ["unknown.test", "refused.test"] {
+        let raw = format!(
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let resp = tokio::task::spawn_blocking(move || exchange(addr, raw.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 502, "{host}");
+        assert_eq!(resp.body, b"\n", "{host}");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(resp.header("content-length"), Some("1"));
+    }
+    // Beyond PlanB: the refused backend is marked dead, as for plain HTTP.
+    assert_eventually(secs(5), "refused backend marked dead", || {
+        redis.dead_members("refused.test") == vec!["0".to_string()]
+    });
+}
