@@ -175,6 +175,13 @@ pub struct Cli {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (Go duration).
     #[arg(long, env = "HYPACHE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_go_duration)]
     pub shutdown_timeout: Duration,
+    /// While the read Redis fails, serve hosts seen within this window from their last route (Go duration; 0s:
+    /// off, as PlanB).
+    #[arg(long, env = "HYPACHE_STALE_ROUTES_TTL", default_value = "5m", value_parser = parse_go_duration)]
+    pub stale_routes_ttl: Duration,
+    /// At start-up, keep retrying an unreachable Redis for this long (Go duration; 0s: exit 1 at once, as PlanB).
+    #[arg(long, env = "HYPACHE_WAIT_FOR_REDIS", default_value = "0s", value_parser = parse_go_duration)]
+    pub wait_for_redis: Duration,
     /// Largest request head accepted, in bytes; larger gets 431.
     #[arg(long, env = "HYPACHE_MAX_HEADER_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
@@ -204,9 +211,6 @@ impl Cli {
         }
         if self.active_healthcheck {
             return not_yet("--active-healthcheck");
-        }
-        if self.backend_cache {
-            return not_yet("--backend-cache");
         }
         if self.engine == "sni" {
             return not_yet("--engine sni");
@@ -301,6 +305,9 @@ impl Cli {
                 max_header_bytes: self.max_header_bytes as usize,
                 ..Limits::default()
             },
+            backend_cache: self.backend_cache,
+            stale_routes_ttl: nonzero(self.stale_routes_ttl),
+            wait_for_redis: nonzero(self.wait_for_redis),
         })
     }
 }

@@ -31,6 +31,14 @@ pub struct Config {
     pub extensions: Extensions,
     /// Limits that protect the proxy from hostile clients (DESIGN §8).
     pub limits: Limits,
+    /// `--backend-cache`: reuse a lookup for 2 s instead of reading Redis on every request (PlanB §1.4).
+    pub backend_cache: bool,
+    /// While the read Redis fails, requests for hosts seen within this window are served from their last
+    /// route instead of failing; `None` restores PlanB's 503.
+    pub stale_routes_ttl: Option<Duration>,
+    /// At start-up, keep retrying an unreachable Redis for this long (orchestrators that start the proxy
+    /// before Redis); `None` fails at once as PlanB does.
+    pub wait_for_redis: Option<Duration>,
 }
 
 /// How to reach one Redis server.
@@ -163,6 +171,9 @@ impl Config {
             request_id_header: None,
             extensions: Extensions::default(),
             limits: Limits::default(),
+            backend_cache: false,
+            stale_routes_ttl: Some(Duration::from_secs(300)),
+            wait_for_redis: None,
         }
     }
 }

@@ -48,7 +48,7 @@ use tokio::net::TcpListener;
 use crate::access_log::Log;
 use crate::config::Config;
 use crate::proxy::Proxy;
-use crate::route::Router;
+use crate::route::{CachePolicy, Router};
 use crate::store::RedisClient;
 use crate::upstream::Upstream;
 
@@ -73,15 +73,11 @@ pub struct Server {
 impl Server {
     /// PlanB's start-up order: PING the read and write Redis, open the access log, bind the listener.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let read = RedisClient::connect(&config.read_redis)
-            .await
-            .map_err(|e| StartError(e.to_string()))?;
+        let read = connect(&config.read_redis, config.wait_for_redis).await?;
         let write = if config.write_redis == config.read_redis {
             read.clone()
         } else {
-            RedisClient::connect(&config.write_redis)
-                .await
-                .map_err(|e| StartError(e.to_string()))?
+            connect(&config.write_redis, config.wait_for_redis).await?
         };
         let access_log = Log::access(&config.access_log)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
@@ -92,7 +88,14 @@ impl Server {
             .await
             .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))?;
         let proxy = Proxy {
-            router: Router::new(read, config.extensions),
+            router: Router::new(
+                read,
+                config.extensions,
+                CachePolicy {
+                    backend_cache: config.backend_cache,
+                    stale_routes_ttl: config.stale_routes_ttl,
+                },
+            ),
             upstream: Upstream::new(config.timeouts.dial),
             write,
             access_log,
@@ -126,6 +129,28 @@ impl Server {
             .max(std::time::Duration::from_secs(1));
         proxy.access_log.close(grace);
         proxy.error_log.close(grace);
+    }
+}
+
+/// Connect to one Redis; with `--wait-for-redis`, retry (backing off up to 1 s) until the window has passed.
+async fn connect(
+    redis: &config::RedisConfig,
+    wait: Option<std::time::Duration>,
+) -> Result<RedisClient, StartError> {
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match RedisClient::connect(redis).await {
+            Ok(client) => return Ok(client),
+            Err(e) => match deadline {
+                Some(deadline) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!("{e}; retrying (--wait-for-redis)");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                _ => return Err(StartError(e.to_string())),
+            },
+        }
     }
 }
 

@@ -224,8 +224,8 @@ impl Proxy {
             };
             self.log_error(ctx, &ctx.backend_url, &message);
             if dead {
-                self.mark_dead(ctx, route.backends.len());
-                route.dead[index] = true;
+                self.mark_dead(ctx, route.backends.len()).await;
+                std::sync::Arc::make_mut(&mut route).dead[index] = true;
             }
             let next = match back {
                 Some(back) if dead && self.config.extensions.failover => {
@@ -304,17 +304,23 @@ impl Proxy {
         }
     }
 
-    /// Passive dead mark on the write Redis, off the request path. A Redis failure is logged, nothing else.
-    fn mark_dead(&self, ctx: &Ctx, count: usize) {
+    /// Passive dead mark: drop the cached route, then write Redis off the request path. A Redis failure is
+    /// logged, nothing else.
+    async fn mark_dead(&self, ctx: &Ctx, count: usize) {
         let write = self.write.clone();
         let error_log = self.error_log.clone();
         let ttl = self.config.dead_backend_ttl;
         let (key, url, index) = (ctx.key.clone(), ctx.backend_url.clone(), ctx.backend_id);
         let prefix = self.error_prefix(ctx, &ctx.backend_url);
+        // Forget the cached route now, and again once the mark is in Redis: a lookup in between may have
+        // cached the dead set without it.
+        self.router.forget(&ctx.host, &key).await;
+        let forget_again = self.router.forget(&ctx.host, &key);
         tokio::spawn(async move {
             if let Err(e) = write.mark_dead(&key, index, &url, count, ttl).await {
                 error_log.line(format!("{prefix}{e}"));
             }
+            forget_again.await;
         });
     }
 

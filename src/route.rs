@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -28,12 +29,38 @@ pub struct Route {
 }
 
 /// Why no route was found.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum LookupError {
     /// No candidate key has a backend. `key` is the last PlanB key tried (port-stripped when it had a port).
     NoRoute { key: String },
     /// Redis failed; PlanB answers 503 and does not try the fallback.
     Store(StoreError),
+}
+
+/// How long `--backend-cache` keeps a lookup (PlanB §1.4).
+pub const BACKEND_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Hosts kept by `--backend-cache`. PlanB kept 100; an edge with more frontends than that would read Redis
+/// for most requests, so hypache keeps more, still bounded.
+const BACKEND_CACHE_SIZE: u64 = 10_000;
+/// Hosts remembered for serving stale routes while Redis is down.
+const STALE_ROUTES_SIZE: u64 = 100_000;
+/// A host's last-known route is refreshed at most this often, so the default mode does not write the stale
+/// store on every request.
+const STALE_REFRESH: Duration = Duration::from_secs(1);
+
+/// How lookups are cached.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CachePolicy {
+    /// `--backend-cache`: reuse a lookup for 2 s; concurrent misses for one host share one Redis read.
+    pub backend_cache: bool,
+    /// `--stale-routes-ttl`: while the read Redis fails, serve a host's last route if it is younger than this.
+    pub stale_routes_ttl: Option<Duration>,
+}
+
+#[derive(Clone)]
+struct StaleRoute {
+    fetched: Instant,
+    route: Arc<Route>,
 }
 
 /// Looks up frontends and picks backends.
@@ -42,14 +69,32 @@ pub struct Router {
     extensions: Extensions,
     /// One counter per original Host string, port included, created on the first successful lookup.
     counters: DashMap<Box<str>, Arc<AtomicU32>>,
+    /// Successful lookups by Host, for `--backend-cache`.
+    cache: Option<moka::future::Cache<Box<str>, Arc<Route>>>,
+    /// Last successful lookup by Host, for Redis outages.
+    stale: Option<moka::sync::Cache<Box<str>, StaleRoute>>,
 }
 
 impl Router {
-    pub fn new(store: RedisClient, extensions: Extensions) -> Router {
+    pub fn new(store: RedisClient, extensions: Extensions, policy: CachePolicy) -> Router {
+        let cache = policy.backend_cache.then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(BACKEND_CACHE_SIZE)
+                .time_to_live(BACKEND_CACHE_TTL)
+                .build()
+        });
+        let stale = policy.stale_routes_ttl.map(|ttl| {
+            moka::sync::Cache::builder()
+                .max_capacity(STALE_ROUTES_SIZE)
+                .time_to_live(ttl)
+                .build()
+        });
         Router {
             store,
             extensions,
             counters: DashMap::new(),
+            cache,
+            stale,
         }
     }
 
@@ -58,8 +103,70 @@ impl Router {
         &self.store
     }
 
+    /// The route for a Host: from the backend cache when it is on, otherwise (or on a miss) from Redis, and
+    /// from the last-known routes when Redis fails.
+    pub async fn lookup(&self, host: &str) -> Result<Arc<Route>, LookupError> {
+        let Some(cache) = &self.cache else {
+            return self.read(host).await;
+        };
+        if let Some(route) = cache.get(host).await {
+            return Ok(route);
+        }
+        cache
+            .try_get_with(host.into(), self.read(host))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Drop what is cached for a Host and its frontend key: this process just marked one of its backends dead
+    /// (Hipache does this; PlanB kept serving the cached dead set for up to 2 s). The returned future owns
+    /// what it needs, so it can run again once the dead mark has reached Redis.
+    pub fn forget(
+        &self,
+        host: &str,
+        key: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let cache = self.cache.clone();
+        let (host, key) = (host.to_string(), key.to_string());
+        async move {
+            if let Some(cache) = cache {
+                cache.invalidate(host.as_str()).await;
+                cache.invalidate(key.as_str()).await;
+            }
+        }
+    }
+
+    async fn read(&self, host: &str) -> Result<Arc<Route>, LookupError> {
+        match self.read_redis(host).await {
+            Ok(route) => {
+                let route = Arc::new(route);
+                if let Some(stale) = &self.stale {
+                    let fresh = stale
+                        .get(host)
+                        .is_some_and(|s| s.fetched.elapsed() < STALE_REFRESH);
+                    if !fresh {
+                        let entry = StaleRoute {
+                            fetched: Instant::now(),
+                            route: route.clone(),
+                        };
+                        stale.insert(host.into(), entry);
+                    }
+                }
+                Ok(route)
+            }
+            Err(LookupError::Store(e)) => match self.stale.as_ref().and_then(|s| s.get(host)) {
+                Some(last) => {
+                    tracing::warn!(host, error = %e, "read Redis failed; serving the last known route");
+                    Ok(last.route)
+                }
+                None => Err(LookupError::Store(e)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
-    pub async fn lookup(&self, host: &str) -> Result<Route, LookupError> {
+    async fn read_redis(&self, host: &str) -> Result<Route, LookupError> {
         let mut first = self
             .store
             .lookup_many(&[host])

@@ -166,10 +166,6 @@ fn unimplemented_flags_exit_2_with_a_clear_message() {
             "--active-healthcheck is not implemented yet",
         ),
         (
-            &["--backend-cache"],
-            "--backend-cache is not implemented yet",
-        ),
-        (
             &["--read-redis-sentinel-addrs", "127.0.0.1:26379"],
             "--read-redis-sentinel-addrs is not implemented yet",
         ),

@@ -74,8 +74,8 @@ impl Proxy {
                     if !dead {
                         return Reject::UpgradeFailed.response();
                     }
-                    self.mark_dead(ctx, route.backends.len());
-                    route.dead[index] = true;
+                    self.mark_dead(ctx, route.backends.len()).await;
+                    std::sync::Arc::make_mut(&mut route).dead[index] = true;
                     match route.first_live(index + 1) {
                         Some(next) if self.config.extensions.failover => index = next,
                         _ => return Reject::UpgradeFailed.response(),

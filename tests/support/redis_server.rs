@@ -12,6 +12,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct RedisServer {
     child: Option<Child>,
+    /// The arguments it was started with, for `restart`.
+    args: Vec<String>,
     port: Option<u16>,
     socket: Option<PathBuf>,
     password: Option<String>,
@@ -51,6 +53,7 @@ impl RedisServer {
             }
             let mut server = RedisServer {
                 child: None,
+                args: Vec::new(),
                 port: Some(port),
                 socket: None,
                 password: password.clone(),
@@ -78,6 +81,7 @@ impl RedisServer {
         ];
         let mut server = RedisServer {
             child: None,
+            args: Vec::new(),
             port: None,
             socket: Some(socket),
             password: None,
@@ -89,7 +93,38 @@ impl RedisServer {
         server
     }
 
+    /// TCP on the given port (for a proxy that was started before its Redis).
+    pub fn start_on_port(port: u16) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            args: Vec::new(),
+            port: Some(port),
+            socket: None,
+            password: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ];
+        server
+            .spawn(&args)
+            .unwrap_or_else(|e| panic!("could not start redis-server on port {port}: {e}"));
+        server
+    }
+
+    /// Starts the server again with the same arguments (same port or socket), after `stop`.
+    pub fn restart(&mut self) {
+        self.stop();
+        let args = self.args.clone();
+        self.spawn(&args)
+            .unwrap_or_else(|e| panic!("could not restart redis-server: {e}"));
+    }
+
     fn spawn(&mut self, args: &[String]) -> Result<(), String> {
+        self.args = args.to_vec();
         let child = Command::new(REDIS_BIN)
             .args(args)
             .args(["--save", "", "--appendonly", "no", "--dir"])
