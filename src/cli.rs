@@ -153,6 +153,9 @@ pub struct Cli {
     /// Probe dead backends and revive them (PlanB's monitor).
     #[arg(long, env = "HYPACHE_ACTIVE_HEALTHCHECK")]
     pub active_healthcheck: bool,
+    /// Name written into health-check lock keys (default: this machine's hostname).
+    #[arg(long, env = "HYPACHE_MONITOR_ID", default_value = "")]
+    pub monitor_id: String,
     /// Engine: native, sni or fasthttp.
     #[arg(long, env = "HYPACHE_ENGINE", default_value = "native", value_parser = ["native", "sni", "fasthttp"])]
     pub engine: String,
@@ -208,9 +211,6 @@ impl Cli {
         }
         if !self.metrics_address.is_empty() {
             return not_yet("--metrics-address");
-        }
-        if self.active_healthcheck {
-            return not_yet("--active-healthcheck");
         }
         if self.engine == "sni" {
             return not_yet("--engine sni");
@@ -306,6 +306,11 @@ impl Cli {
                 ..Limits::default()
             },
             backend_cache: self.backend_cache,
+            active_healthcheck: self.active_healthcheck,
+            monitor_id: match self.monitor_id.as_str() {
+                "" => crate::health::hostname(),
+                id => id.to_string(),
+            },
             stale_routes_ttl: nonzero(self.stale_routes_ttl),
             wait_for_redis: nonzero(self.wait_for_redis),
         })

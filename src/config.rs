@@ -36,6 +36,12 @@ pub struct Config {
     /// While the read Redis fails, requests for hosts seen within this window are served from their last
     /// route instead of failing; `None` restores PlanB's 503.
     pub stale_routes_ttl: Option<Duration>,
+    /// `--active-healthcheck`: probe backends marked dead and revive them (PlanB §4.3), so that a recovered
+    /// backend takes traffic within about a second instead of after the dead set's TTL.
+    pub active_healthcheck: bool,
+    /// The name written into health-check lock keys; the OS hostname by default, as PlanB. Processes with the
+    /// same id may monitor the same backend at once.
+    pub monitor_id: String,
     /// At start-up, keep retrying an unreachable Redis for this long (orchestrators that start the proxy
     /// before Redis); `None` fails at once as PlanB does.
     pub wait_for_redis: Option<Duration>,
@@ -172,6 +178,8 @@ impl Config {
             extensions: Extensions::default(),
             limits: Limits::default(),
             backend_cache: false,
+            active_healthcheck: false,
+            monitor_id: crate::health::hostname(),
             stale_routes_ttl: Some(Duration::from_secs(300)),
             wait_for_redis: None,
         }

@@ -12,6 +12,7 @@
 //! - [`route`]: frontend key candidates, round-robin selection, dead-set skipping.
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing, the keep-alive pool per backend.
+//! - [`health`]: the active health check (`--active-healthcheck`).
 //! - [`error`]: every response hypache writes itself.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
@@ -21,6 +22,8 @@
 //! - `frontend:<host>` (list): element 0 is an identifier (ignored), then backend URLs.
 //! - `dead:<host>` (set): 0-based indexes of dead backends, with a TTL; written on passive failures.
 //! - channel `dead`: `<host>;<url>;<index>;<count>` on every passive dead mark.
+//! - `dead:<host>:<url>` (string): the health-check lock, holding the monitoring machine's name (30 s TTL).
+//! - `healthcheck:<host>` (hash): optional `path`, `status`, `body` for the active health check.
 //!
 //! `<host>` is the frontend key that matched: the Host as received, then without its port, then (extensions)
 //! lower-cased, Hipache's `*.<parent>` wildcards, and the `*` catch-all.
@@ -33,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod head_scan;
+pub mod health;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -87,6 +91,10 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))?;
+        let error_log = Log::errors();
+        if config.active_healthcheck {
+            health::start(write.clone(), config.monitor_id.clone(), error_log.clone());
+        }
         let proxy = Proxy {
             router: Router::new(
                 read,
@@ -99,7 +107,7 @@ impl Server {
             upstream: Upstream::new(config.timeouts.dial),
             write,
             access_log,
-            error_log: Log::errors(),
+            error_log,
             tunnels: Default::default(),
             config,
         };

@@ -52,6 +52,8 @@ impl From<redis::RedisError> for StoreError {
 #[derive(Clone)]
 pub struct RedisClient {
     con: ConnectionManager,
+    /// For connections that must not be shared: pub/sub and WATCH/MULTI transactions.
+    client: redis::Client,
     /// For messages: `127.0.0.1:6379` or the socket path. Never includes the password.
     addr: String,
 }
@@ -83,17 +85,33 @@ impl RedisClient {
             .set_max_delay(Duration::from_secs(1));
         let con = tokio::time::timeout(
             REDIS_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client, manager_config),
+            ConnectionManager::new_with_config(client.clone(), manager_config),
         )
         .await
         .map_err(|_| with_addr("connection timed out".into()))?
         .map_err(|e| with_addr(StoreError::from(e).0))?;
         let client = RedisClient {
             con,
+            client,
             addr: addr_text,
         };
         client.ping().await.map_err(|e| with_addr(e.0))?;
         Ok(client)
+    }
+
+    /// A connection of its own, for WATCH/MULTI transactions that must not interleave with other commands.
+    pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        bounded(self.client.get_multiplexed_async_connection()).await
+    }
+
+    /// A pub/sub connection.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        bounded(self.client.get_async_pubsub()).await
+    }
+
+    /// The shared multiplexed connection, for single commands.
+    pub fn shared(&self) -> ConnectionManager {
+        self.con.clone()
     }
 
     /// The address this client talks to, for log lines.
@@ -187,7 +205,8 @@ fn strings(value: Value) -> Result<Vec<String>, StoreError> {
         .collect())
 }
 
-async fn bounded<T>(
+/// Run one Redis call with PlanB's 1 s limit.
+pub async fn bounded<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(REDIS_TIMEOUT, fut).await {

@@ -162,10 +162,6 @@ fn unimplemented_flags_exit_2_with_a_clear_message() {
             "--metrics-address is not implemented yet",
         ),
         (
-            &["--active-healthcheck"],
-            "--active-healthcheck is not implemented yet",
-        ),
-        (
             &["--read-redis-sentinel-addrs", "127.0.0.1:26379"],
             "--read-redis-sentinel-addrs is not implemented yet",
         ),

@@ -180,7 +180,15 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend answering with `handler`.
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// Starts a backend on a given address (to bring a "dead" backend back on its old port).
+    pub fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
