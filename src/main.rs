@@ -3,6 +3,10 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() {

@@ -19,7 +19,7 @@ use crate::error::Reject;
 use crate::route::{LookupError, Router};
 use crate::server::Tracker;
 use crate::store::RedisClient;
-use crate::upstream::{Target, TargetError, Upstream, UpstreamError};
+use crate::upstream::{TargetError, Upstream, UpstreamError};
 
 use headers::{
     X_DEBUG_BACKEND_ID, X_DEBUG_BACKEND_URL, X_DEBUG_FRONTEND_KEY, X_DEBUG_ROUTER,
@@ -176,7 +176,7 @@ impl Proxy {
         loop {
             ctx.backend_id = index;
             ctx.backend_url = route.backends[index].clone();
-            let target = match Target::parse(&ctx.backend_url) {
+            let target = match route.target(index) {
                 Ok(target) => target,
                 Err(TargetError::Empty) => {
                     return (Reject::NoRoute.response(), Duration::ZERO, entry)

@@ -5,13 +5,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
 use crate::config::Extensions;
 use crate::store::{FrontendData, RedisClient, StoreError};
+use crate::upstream::{Target, TargetError};
 
 /// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
 /// without bound.
@@ -26,6 +27,8 @@ pub struct Route {
     pub backends: Vec<String>,
     /// `dead[i]` is true when index `i` is in `dead:<key>`.
     pub dead: Vec<bool>,
+    /// Parsed backend URLs, filled on first use so a cached route parses each URL once.
+    targets: Vec<OnceLock<Result<Arc<Target>, TargetError>>>,
 }
 
 /// Why no route was found.
@@ -210,6 +213,24 @@ impl Router {
 }
 
 impl Route {
+    /// A route as read from Redis.
+    pub fn new(key: String, backends: Vec<String>, dead: Vec<bool>) -> Route {
+        let targets = backends.iter().map(|_| OnceLock::new()).collect();
+        Route {
+            key,
+            backends,
+            dead,
+            targets,
+        }
+    }
+
+    /// Backend `index` parsed (once per route).
+    pub fn target(&self, index: usize) -> Result<Arc<Target>, TargetError> {
+        self.targets[index]
+            .get_or_init(|| Target::parse(&self.backends[index]).map(Arc::new))
+            .clone()
+    }
+
     /// The first live index at or after `start`, wrapping around; `None` when every backend is dead.
     pub fn first_live(&self, start: usize) -> Option<usize> {
         let n = self.backends.len();
@@ -232,11 +253,7 @@ fn into_route(key: &str, data: FrontendData) -> Option<Route> {
             }
         }
     }
-    Some(Route {
-        key: key.to_string(),
-        backends,
-        dead,
-    })
+    Some(Route::new(key.to_string(), backends, dead))
 }
 
 /// Go's `net.SplitHostPort`, keeping only a non-empty host: `a.com:80` → `a.com`, `[::1]:80` → `::1`.

@@ -227,6 +227,8 @@ def _median(values):
 
 def _order(proxy):
     fixed = ["hypache", "nginx", "haproxy", "backend"]
+    if proxy.startswith("hypache"):
+        return (0, proxy)
     return (fixed.index(proxy) if proxy in fixed else len(fixed) - 0.5, proxy)
 
 
@@ -271,7 +273,7 @@ def cmd_report(args):
 
     ratios = []
     for r in results:
-        if r["proxy"] != "hypache":
+        if not r["proxy"].startswith("hypache"):
             continue
         ng = by_key.get((r["scenario"], r["conns"], "nginx"))
         hp = by_key.get((r["scenario"], r["conns"], "haproxy"))
@@ -345,7 +347,7 @@ def cmd_report(args):
     # ---- checks: every run of hypache must have served requests, all 2xx, and hypache must not have died
     failures = []
     for r in results:
-        if r["proxy"] != "hypache":
+        if not r["proxy"].startswith("hypache"):
             continue
         if not r["requests_total"]:
             failures.append(f"hypache c={r['conns']}: no requests served")

@@ -375,11 +375,20 @@ measure_matrix() {
 # (--backend-cache, TLS, WebSocket, idle connections), write scenario_<name> and append it to SCENARIOS;
 # e.g. backend-cache: start_hypache hypache-cache --backend-cache; measure_matrix backend-cache no hypache-cache nginx haproxy.
 SCENARIOS=(plain)
+[ "$smoke" = 1 ] || SCENARIOS+=(backend-cache)
 
 scenario_plain() { # plain HTTP/1.1 keep-alive GET / with a 3-byte body
   local reference=yes
   [ "$smoke" = 1 ] && reference=no
   measure_matrix plain "$reference" "${proxies[@]}"
+}
+
+scenario_backend-cache() { # the same requests with --backend-cache: route changes visible within 2 s
+  [ -n "${WANT[hypache]:-}" ] || return 0
+  start_hypache hypache-cache --backend-cache
+  local others=() p
+  for p in "${proxies[@]}"; do [ "$p" = hypache ] || others+=("$p"); done
+  measure_matrix backend-cache no hypache-cache "${others[@]}"
 }
 
 # ------------------------------------------------------------------------------------------- main

@@ -14,7 +14,7 @@ use super::{headers, Ctx, Downstream, Proxy};
 use crate::body::ProxyBody;
 use crate::error::Reject;
 use crate::route::LookupError;
-use crate::upstream::{Target, UpstreamBody};
+use crate::upstream::UpstreamBody;
 
 /// `Upgrade: websocket` (the first Upgrade value, case-insensitive); `Connection` is not checked, as in PlanB.
 pub fn is_websocket(req: &Request<Incoming>) -> bool {
@@ -59,7 +59,7 @@ impl Proxy {
         let (stream, target) = loop {
             ctx.backend_id = index;
             ctx.backend_url = route.backends[index].clone();
-            let target = match Target::parse(&ctx.backend_url) {
+            let target = match route.target(index) {
                 Ok(target) => target,
                 Err(e) => {
                     self.log_error(ctx, &ctx.backend_url, &format!("{e:?}"));
