@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    AccessLogTarget, Config, Extensions, Limits, RedisAddr, RedisConfig, Timeouts,
+    AccessLogTarget, Config, Extensions, Limits, RedisAddr, RedisConfig, SentinelConfig, Timeouts,
 };
 
 /// hypache: a reverse proxy routed by Redis, a drop-in replacement for PlanB and Hipache.
@@ -218,13 +218,6 @@ impl Cli {
         if self.engine == "fasthttp" {
             return not_yet("--engine fasthttp");
         }
-        if !self.read_redis_sentinel_addrs.is_empty() || !self.read_redis_sentinel_name.is_empty() {
-            return not_yet("--read-redis-sentinel-addrs");
-        }
-        if !self.write_redis_sentinel_addrs.is_empty() || !self.write_redis_sentinel_name.is_empty()
-        {
-            return not_yet("--write-redis-sentinel-addrs");
-        }
         if self.tls_preset != "modern" {
             return not_yet("--tls-preset");
         }
@@ -250,6 +243,10 @@ impl Cli {
             self.read_redis_port,
             self.read_redis_password,
             self.read_redis_db,
+            sentinel(
+                &self.read_redis_sentinel_addrs,
+                self.read_redis_sentinel_name,
+            ),
         );
         let write_redis = redis_config(
             &self.write_redis_network,
@@ -257,6 +254,10 @@ impl Cli {
             self.write_redis_port,
             self.write_redis_password,
             self.write_redis_db,
+            sentinel(
+                &self.write_redis_sentinel_addrs,
+                self.write_redis_sentinel_name,
+            ),
         );
         let access_log = match self.access_log.as_str() {
             "" | "none" => AccessLogTarget::None,
@@ -317,7 +318,14 @@ impl Cli {
     }
 }
 
-fn redis_config(network: &str, host: String, port: u16, password: String, db: u32) -> RedisConfig {
+fn redis_config(
+    network: &str,
+    host: String,
+    port: u16,
+    password: String,
+    db: u32,
+    sentinel: Option<SentinelConfig>,
+) -> RedisConfig {
     let addr = match network {
         "unix" => RedisAddr::Unix(PathBuf::from(host)),
         _ => RedisAddr::Tcp { host, port },
@@ -326,7 +334,17 @@ fn redis_config(network: &str, host: String, port: u16, password: String, db: u3
         addr,
         password: (!password.is_empty()).then_some(password),
         db: i64::from(db),
+        sentinel,
     }
+}
+
+/// PlanB splits the addresses on commas and trims them; host, port and network are then ignored. Empty
+/// entries and an empty name are start-up errors (checked when connecting, exit 1 as in PlanB).
+fn sentinel(addrs: &str, name: String) -> Option<SentinelConfig> {
+    (!addrs.is_empty()).then(|| SentinelConfig {
+        addrs: addrs.split(',').map(|a| a.trim().to_string()).collect(),
+        name,
+    })
 }
 
 /// Parse a listen address the way Go does: `:80` means every interface, a host name is resolved.

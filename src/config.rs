@@ -56,6 +56,34 @@ pub struct RedisConfig {
     pub password: Option<String>,
     /// Selected with SELECT.
     pub db: i64,
+    /// Discover the master through Sentinel instead of using `addr` (PlanB's `--*-redis-sentinel-*`).
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// Where to ask for the current Redis master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// `host:port` of each Sentinel, asked in order.
+    pub addrs: Vec<String>,
+    /// The master's name in Sentinel.
+    pub name: String,
+}
+
+impl SentinelConfig {
+    /// PlanB's start-up checks (exit 1 with these messages).
+    pub fn validate(&self) -> Result<(), crate::store::StoreError> {
+        if self.addrs.iter().any(|a| a.is_empty()) {
+            return Err(crate::store::StoreError(
+                "redis sentinel addrs cannot be empty".into(),
+            ));
+        }
+        if self.name.is_empty() {
+            return Err(crate::store::StoreError(
+                "redis sentinel name cannot be empty".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The network address of a Redis server.

@@ -8,7 +8,10 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
 
-use crate::config::{RedisAddr, RedisConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::config::{RedisAddr, RedisConfig, SentinelConfig};
 
 /// PlanB's dial/read/write timeouts for Redis: a request never waits longer than this on one command.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -48,9 +51,22 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-/// One Redis server, reached through a shared multiplexed connection.
+/// One Redis server, reached through a shared multiplexed connection. With Sentinel, the server is the
+/// current master: a connection error or `READONLY` makes the client ask Sentinel again and reconnect.
 #[derive(Clone)]
 pub struct RedisClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    current: RwLock<Arc<Connected>>,
+    /// A Sentinel re-resolution is under way (only one at a time).
+    resolving: AtomicBool,
+}
+
+/// A connection to one resolved address.
+struct Connected {
     con: ConnectionManager,
     /// For connections that must not be shared: pub/sub and WATCH/MULTI transactions.
     client: redis::Client,
@@ -61,68 +77,128 @@ pub struct RedisClient {
 impl RedisClient {
     /// Connect and PING. The error names the address so that a start-up failure says which Redis is down.
     pub async fn connect(config: &RedisConfig) -> Result<RedisClient, StoreError> {
-        let addr_text = config.addr.to_string();
-        let with_addr = |e: String| StoreError(format!("redis at {}: {e}", config.addr));
-        let addr = match &config.addr {
-            RedisAddr::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
-            RedisAddr::Unix(path) => ConnectionAddr::Unix(path.clone()),
+        let connected = match &config.sentinel {
+            Some(sentinel) => {
+                sentinel.validate()?;
+                let addr = resolve_master(sentinel).await?;
+                connect_addr(config, &addr).await?
+            }
+            None => connect_addr(config, &config.addr).await?,
         };
-        let mut settings = RedisConnectionInfo::default()
-            .set_db(config.db)
-            .set_skip_set_lib_name();
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password);
-        }
-        let info = addr
-            .into_connection_info()
-            .map_err(|e| with_addr(e.to_string()))?
-            .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| with_addr(e.to_string()))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let con = tokio::time::timeout(
-            REDIS_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        .map_err(|_| with_addr("connection timed out".into()))?
-        .map_err(|e| with_addr(StoreError::from(e).0))?;
         let client = RedisClient {
-            con,
-            client,
-            addr: addr_text,
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                current: RwLock::new(Arc::new(connected)),
+                resolving: AtomicBool::new(false),
+            }),
         };
-        client.ping().await.map_err(|e| with_addr(e.0))?;
+        client
+            .ping()
+            .await
+            .map_err(|e| StoreError(format!("redis at {}: {e}", client.addr())))?;
         Ok(client)
+    }
+
+    fn current(&self) -> Arc<Connected> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Run one Redis call with PlanB's 1 s limit; a failure that means "this server is gone or no longer the
+    /// master" starts a Sentinel re-resolution.
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(REDIS_TIMEOUT, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                let moved = e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.code() == Some("READONLY");
+                if moved {
+                    self.reresolve();
+                }
+                Err(e.into())
+            }
+            Err(_) => {
+                self.reresolve();
+                Err(StoreError("i/o timeout".into()))
+            }
+        }
+    }
+
+    /// With Sentinel: ask for the master again and swap the connection, retrying until it works.
+    fn reresolve(&self) {
+        let Some(sentinel) = self.inner.config.sentinel.clone() else {
+            return;
+        };
+        if self.inner.resolving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let attempt = match resolve_master(&sentinel).await {
+                    Ok(addr) => connect_addr(&inner.config, &addr).await,
+                    Err(e) => Err(e),
+                };
+                match attempt {
+                    Ok(connected) => {
+                        tracing::warn!(
+                            "redis master for {} is now {}",
+                            sentinel.name,
+                            connected.addr
+                        );
+                        *inner.current.write().unwrap_or_else(|p| p.into_inner()) =
+                            Arc::new(connected);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("asking sentinel for {}: {e}", sentinel.name);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            inner.resolving.store(false, Ordering::Release);
+        });
     }
 
     /// A connection of its own, for WATCH/MULTI transactions that must not interleave with other commands.
     pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        bounded(self.client.get_multiplexed_async_connection()).await
+        let current = self.current();
+        self.call(current.client.get_multiplexed_async_connection())
+            .await
     }
 
     /// A pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        bounded(self.client.get_async_pubsub()).await
+        let current = self.current();
+        self.call(current.client.get_async_pubsub()).await
     }
 
     /// The shared multiplexed connection, for single commands.
     pub fn shared(&self) -> ConnectionManager {
-        self.con.clone()
+        self.current().con.clone()
     }
 
     /// The address this client talks to, for log lines.
-    pub fn addr(&self) -> &str {
-        &self.addr
+    pub fn addr(&self) -> String {
+        self.current().addr.clone()
     }
 
     /// `PING`, for start-up and `__ping__`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        bounded(redis::cmd("PING").query_async::<String>(&mut con)).await?;
+        let mut con = self.shared();
+        self.call(redis::cmd("PING").query_async::<String>(&mut con))
+            .await?;
         Ok(())
     }
 
@@ -137,8 +213,8 @@ impl RedisClient {
                 .cmd("SMEMBERS")
                 .arg(format!("dead:{key}"));
         }
-        let mut con = self.con.clone();
-        let values: Vec<Value> = bounded(pipe.query_async(&mut con)).await?;
+        let mut con = self.shared();
+        let values: Vec<Value> = self.call(pipe.query_async(&mut con)).await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut it = values.into_iter();
         while let (Some(list), Some(dead)) = (it.next(), it.next()) {
@@ -168,7 +244,7 @@ impl RedisClient {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let dead_key = format!("dead:{key}");
-        let mut con = self.con.clone();
+        let mut con = self.shared();
         let mut pipe = redis::pipe();
         pipe.cmd("SADD")
             .arg(&dead_key)
@@ -178,9 +254,9 @@ impl RedisClient {
             .arg(&dead_key)
             .arg(ttl.as_secs())
             .ignore();
-        bounded(pipe.query_async::<()>(&mut con)).await?;
+        self.call(pipe.query_async::<()>(&mut con)).await?;
         let message = format!("{key};{url};{index};{count}");
-        bounded(
+        self.call(
             redis::cmd("PUBLISH")
                 .arg("dead")
                 .arg(message)
@@ -189,6 +265,66 @@ impl RedisClient {
         .await?;
         Ok(())
     }
+}
+
+/// Connect to one address (the configured one, or the master Sentinel named).
+async fn connect_addr(config: &RedisConfig, addr: &RedisAddr) -> Result<Connected, StoreError> {
+    let with_addr = |e: String| StoreError(format!("redis at {addr}: {e}"));
+    let target = match addr {
+        RedisAddr::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
+        RedisAddr::Unix(path) => ConnectionAddr::Unix(path.clone()),
+    };
+    let mut settings = RedisConnectionInfo::default()
+        .set_db(config.db)
+        .set_skip_set_lib_name();
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password);
+    }
+    let info = target
+        .into_connection_info()
+        .map_err(|e| with_addr(e.to_string()))?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(|e| with_addr(e.to_string()))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let con = tokio::time::timeout(
+        REDIS_TIMEOUT * 2,
+        ConnectionManager::new_with_config(client.clone(), manager_config),
+    )
+    .await
+    .map_err(|_| with_addr("connection timed out".into()))?
+    .map_err(|e| with_addr(StoreError::from(e).0))?;
+    Ok(Connected {
+        con,
+        client,
+        addr: addr.to_string(),
+    })
+}
+
+/// Ask each Sentinel in turn for the master's address (`SENTINEL get-master-addr-by-name`).
+async fn resolve_master(sentinel: &SentinelConfig) -> Result<RedisAddr, StoreError> {
+    let mut last = StoreError(format!("no sentinel knows master {:?}", sentinel.name));
+    for addr in &sentinel.addrs {
+        let asked = async {
+            let client = redis::Client::open(format!("redis://{addr}/"))?;
+            let mut con = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&sentinel.name)
+                .query_async::<Option<(String, u16)>>(&mut con)
+                .await
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, asked).await {
+            Ok(Ok(Some((host, port)))) => return Ok(RedisAddr::Tcp { host, port }),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => last = StoreError(format!("sentinel {addr}: {e}")),
+            Err(_) => last = StoreError(format!("sentinel {addr}: i/o timeout")),
+        }
+    }
+    Err(last)
 }
 
 /// `SMEMBERS` replies as a set (RESP3) or an array (RESP2); members that are not text count as empty strings,

@@ -161,10 +161,6 @@ fn unimplemented_flags_exit_2_with_a_clear_message() {
             &["--metrics-address", "127.0.0.1:0"],
             "--metrics-address is not implemented yet",
         ),
-        (
-            &["--read-redis-sentinel-addrs", "127.0.0.1:26379"],
-            "--read-redis-sentinel-addrs is not implemented yet",
-        ),
     ];
     let mut failures = Vec::new();
     for (extra, message) in cases {
