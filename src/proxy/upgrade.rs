@@ -3,17 +3,27 @@
 //!
 //! As in PlanB there is no access-log line, the backend sees `Host: <backend host:port>` and the upgrade headers
 //! intact, and any failure before the tunnel is up is a 502 with body `\n`. Beyond PlanB, a backend that refuses
-//! the connection is marked dead and the next live one is tried, as for plain HTTP.
+//! the connection is marked dead and the next live one is tried, as for plain HTTP; an `https://` backend is
+//! reached over TLS (PlanB dialed it in clear); and `--websocket-idle-timeout` closes tunnels nobody uses.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{headers, Ctx, Downstream, Proxy};
 use crate::body::ProxyBody;
 use crate::error::Reject;
 use crate::route::LookupError;
+use crate::server::now_ms;
 use crate::upstream::{Target, UpstreamBody};
 
 /// `Upgrade: websocket` (the first Upgrade value, case-insensitive); `Connection` is not checked, as in PlanB.
@@ -66,7 +76,7 @@ impl Proxy {
                     return Reject::UpgradeFailed.response();
                 }
             };
-            match self.upstream.connect(&target, &target.authority()).await {
+            match self.upstream.open(&target, &target.authority()).await {
                 Ok(stream) => break (stream, target),
                 Err(e) => {
                     let dead = e.dead();
@@ -115,11 +125,13 @@ impl Proxy {
             return resp.map(|body| ProxyBody::Upstream(UpstreamBody::detached(body)));
         }
         let backend_upgrade = hyper::upgrade::on(&mut resp);
-        let tunnels = self.tunnels.clone();
+        // Counted from the 101 until both sides are closed, so shutdown can wait for it.
+        let open = self.tunnels.track();
+        let idle = self.config.timeouts.websocket_idle;
         let error_log = self.error_log.clone();
         let prefix = self.error_prefix(ctx, &ctx.backend_url);
         tokio::spawn(async move {
-            let _open = tunnels;
+            let _open = open;
             let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -127,11 +139,85 @@ impl Proxy {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut backend = TokioIo::new(backend);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            tunnel(TokioIo::new(client), TokioIo::new(backend), idle).await;
         });
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::Full(None))
+    }
+}
+
+/// Copy bytes both ways until either side ends, or until neither side has sent anything for `idle`.
+pub async fn tunnel<A, B>(a: A, b: B, idle: Option<Duration>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(idle) = idle else {
+        let (mut a, mut b) = (a, b);
+        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        return;
+    };
+    let last = Arc::new(AtomicU64::new(now_ms()));
+    let mut a = Activity {
+        inner: a,
+        last: last.clone(),
+    };
+    let mut b = Activity {
+        inner: b,
+        last: last.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let mut copy = std::pin::pin!(copy);
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let deadline = last.load(Ordering::Relaxed) + idle_ms;
+        let now = now_ms();
+        if now >= deadline {
+            // Dropping both sides closes them.
+            return;
+        }
+        tokio::select! {
+            _ = copy.as_mut() => return,
+            _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+        }
+    }
+}
+
+/// A stream that notes when it last read anything.
+struct Activity<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
