@@ -47,7 +47,12 @@ pub struct Cli {
     pub load_certificates_from: String,
 
     /// PEM file of extra CA certificates trusted for `https://` backends (next to the built-in web roots).
-    #[arg(long, env = "HYPACHE_BACKEND_CA_FILE", default_value = "", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "HYPACHE_BACKEND_CA_FILE",
+        default_value = "",
+        value_name = "PATH"
+    )]
     pub backend_ca_file: String,
 
     /// Read Redis network: tcp or unix.
@@ -246,12 +251,10 @@ impl Cli {
         };
         let certificates = match self.load_certificates_from.as_str() {
             "redis" => CertificateSource::Redis,
-            "" => {
-                return Err(CliError(
-                    "invalid value '' for '--load-certificates-from': expected `redis` or a directory"
-                        .into(),
-                ))
-            }
+            "" => return Err(CliError(
+                "invalid value '' for '--load-certificates-from': expected `redis` or a directory"
+                    .into(),
+            )),
             dir => CertificateSource::Directory(PathBuf::from(dir)),
         };
         let engine = match self.engine.as_str() {

@@ -132,7 +132,9 @@ impl std::fmt::Display for SniError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SniError::Malformed(why) => write!(f, "malformed ClientHello: {why}"),
-            SniError::Truncated => f.write_str("connection closed before the ClientHello was complete"),
+            SniError::Truncated => {
+                f.write_str("connection closed before the ClientHello was complete")
+            }
             SniError::Timeout => f.write_str("timed out reading the ClientHello"),
             SniError::NoServerName => f.write_str("no server name in the ClientHello"),
             SniError::NoRoute(name) => write!(f, "no backends registered for host {name:?}"),

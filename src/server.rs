@@ -55,7 +55,11 @@ impl Listener {
 
 /// Serve every listener until `shutdown` resolves, then stop accepting, let in-flight requests finish within the
 /// shutdown timeout, and return.
-pub async fn serve(listeners: Vec<Listener>, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listeners: Vec<Listener>,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let connections = Arc::new(Tracker::default());
     let accepting: Vec<_> = listeners
@@ -112,7 +116,8 @@ async fn accept_loop(
         match &listener {
             Listener::Http(_) => {
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, proxy, stop, Protocol::Http1 { tls: false }).await;
+                    serve_connection(stream, peer, proxy, stop, Protocol::Http1 { tls: false })
+                        .await;
                     drop(alive);
                 });
             }
@@ -141,10 +146,13 @@ async fn serve_tls(
     proxy: Arc<Proxy>,
     stop: watch::Receiver<bool>,
 ) {
-    let limit = proxy.config.timeouts.client_read.map_or(
-        proxy.config.timeouts.client_read_header,
-        |read| read.min(proxy.config.timeouts.client_read_header),
-    );
+    let limit = proxy
+        .config
+        .timeouts
+        .client_read
+        .map_or(proxy.config.timeouts.client_read_header, |read| {
+            read.min(proxy.config.timeouts.client_read_header)
+        });
     let done = match tokio::time::timeout(limit, terminator.accept(stream)).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {

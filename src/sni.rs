@@ -253,7 +253,9 @@ fn parse_hello_body(body: &[u8]) -> Hello {
 fn server_name(data: &[u8]) -> Hello {
     const WRONG: Hello = Hello::Invalid("a length inside the server_name extension is wrong");
     let mut r = Reader { data };
-    let Some(list) = r.block16() else { return WRONG };
+    let Some(list) = r.block16() else {
+        return WRONG;
+    };
     if !r.is_empty() || list.is_empty() {
         return WRONG;
     }
@@ -323,7 +325,11 @@ mod tests {
             Hello::Name("a.example.com".into())
         );
         for cut in 0..whole.len() {
-            assert_eq!(parse_client_hello(&whole[..cut]), Hello::Incomplete, "{cut}");
+            assert_eq!(
+                parse_client_hello(&whole[..cut]),
+                Hello::Incomplete,
+                "{cut}"
+            );
         }
         assert_eq!(parse_client_hello(&hello(None)), Hello::NoName);
         assert_eq!(parse_client_hello(&hello(Some(&[]))), Hello::NoName);
@@ -350,7 +356,10 @@ mod tests {
             Hello::Invalid(_)
         ));
         assert!(matches!(parse_client_hello(&[0x16, 2]), Hello::Invalid(_)));
-        assert!(matches!(parse_client_hello(&[0x16, 3, 0]), Hello::Invalid(_)));
+        assert!(matches!(
+            parse_client_hello(&[0x16, 3, 0]),
+            Hello::Invalid(_)
+        ));
         assert!(matches!(
             parse_client_hello(&[0x16, 3, 1, 0, 0]),
             Hello::Invalid(_)

@@ -97,7 +97,12 @@ pub fn preset_provider(preset: TlsPreset) -> CryptoProvider {
     let base = provider();
     let wanted = tls13_suites(preset).iter().chain(tls12_suites(preset));
     let cipher_suites = wanted
-        .filter_map(|id| base.cipher_suites.iter().find(|s| s.suite() == *id).copied())
+        .filter_map(|id| {
+            base.cipher_suites
+                .iter()
+                .find(|s| s.suite() == *id)
+                .copied()
+        })
         .collect();
     let kx_groups = GROUPS
         .iter()
@@ -266,7 +271,8 @@ pub fn backend_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca_file {
-        let named = |e: &dyn std::fmt::Display| format!("--backend-ca-file {}: {e}", path.display());
+        let named =
+            |e: &dyn std::fmt::Display| format!("--backend-ca-file {}: {e}", path.display());
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path).map_err(|e| named(&e))? {
             let cert = cert.map_err(|e| named(&e))?;
@@ -323,6 +329,11 @@ mod tests {
     fn broken_pairs_are_errors() {
         let p = provider();
         assert!(parse_pair(b"", b"", &p).is_err());
-        assert!(parse_pair(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n", b"", &p).is_err());
+        assert!(parse_pair(
+            b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            b"",
+            &p
+        )
+        .is_err());
     }
 }

@@ -176,10 +176,8 @@ fn load_pairs(dir: &Path, provider: &CryptoProvider) -> Result<Certs, String> {
         let key_path = dir.join(format!("{name}.key"));
         let crt_path = dir.join(format!("{name}.crt"));
         let files = format!("{}, {}", key_path.display(), crt_path.display());
-        let key =
-            std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-        let crt =
-            std::fs::read(&crt_path).map_err(|e| format!("{}: {e}", crt_path.display()))?;
+        let key = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        let crt = std::fs::read(&crt_path).map_err(|e| format!("{}: {e}", crt_path.display()))?;
         let pair = parse_pair(&crt, &key, provider).map_err(|why| format!("{files}: {why}"))?;
         certs.insert(name, Arc::new(pair));
     }

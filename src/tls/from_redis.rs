@@ -72,10 +72,12 @@ impl RedisCerts {
         if cert.is_empty() || key.is_empty() {
             return Ok(None);
         }
-        let parsed = parse_pair(cert.as_bytes(), key.as_bytes(), &self.provider)
-            .map_err(|why| CertError::Broken {
-                key: redis_key,
-                why,
+        let parsed =
+            parse_pair(cert.as_bytes(), key.as_bytes(), &self.provider).map_err(|why| {
+                CertError::Broken {
+                    key: redis_key,
+                    why,
+                }
             })?;
         let parsed = Arc::new(parsed);
         self.lock()
