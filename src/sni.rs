@@ -68,7 +68,7 @@ async fn passthrough(mut client: TcpStream, proxy: &Proxy) -> Result<(), SniErro
         .write_all(&hello)
         .await
         .map_err(|e| SniError::Backend(format!("replaying the ClientHello: {e}")))?;
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    crate::proxy::upgrade::tunnel(client, backend, None).await;
     Ok(())
 }
 

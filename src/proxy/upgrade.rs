@@ -1,5 +1,5 @@
 //! WebSocket tunnels (PlanB spec §7): the upgrade request goes to the backend over a fresh connection, the
-//! backend's `101` is relayed, and then bytes are copied both ways until either side closes.
+//! backend's `101` is relayed, and then bytes are copied both ways until either side closes ([`tunnel`]).
 //!
 //! As in PlanB there is no access-log line, the backend sees `Host: <backend host:port>` and the upgrade headers
 //! intact, and any failure before the tunnel is up is a 502 with body `\n`. Beyond PlanB, a backend that refuses
@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{headers, Ctx, Downstream, Proxy};
 use crate::body::ProxyBody;
@@ -146,40 +146,50 @@ impl Proxy {
     }
 }
 
-/// Copy bytes both ways until either side ends, or until neither side has sent anything for `idle`.
+/// Copy bytes both ways; when either direction ends (EOF or error) both connections are closed, as PlanB does
+/// (so a client that keeps a half-closed socket cannot hold a tunnel). With `idle`, a tunnel in which neither
+/// side sent anything for that long is closed too.
 pub async fn tunnel<A, B>(a: A, b: B, idle: Option<Duration>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(idle) = idle else {
-        let (mut a, mut b) = (a, b);
-        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-        return;
-    };
     let last = Arc::new(AtomicU64::new(now_ms()));
-    let mut a = Activity {
+    let (mut a_read, mut a_write) = tokio::io::split(Activity {
         inner: a,
         last: last.clone(),
-    };
-    let mut b = Activity {
+    });
+    let (mut b_read, mut b_write) = tokio::io::split(Activity {
         inner: b,
         last: last.clone(),
+    });
+    let a_to_b = async {
+        let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
     };
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-    let mut copy = std::pin::pin!(copy);
-    let idle_ms = idle.as_millis() as u64;
-    loop {
-        let deadline = last.load(Ordering::Relaxed) + idle_ms;
-        let now = now_ms();
-        if now >= deadline {
-            // Dropping both sides closes them.
-            return;
+    let b_to_a = async {
+        let _ = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+    };
+    let idle_watch = async {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        let idle_ms = idle.as_millis() as u64;
+        loop {
+            let deadline = last.load(Ordering::Relaxed) + idle_ms;
+            let now = now_ms();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
         }
-        tokio::select! {
-            _ = copy.as_mut() => return,
-            _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
-        }
+    };
+    // Whichever ends first ends the tunnel; dropping the halves closes both connections.
+    tokio::select! {
+        _ = a_to_b => {}
+        _ = b_to_a => {}
+        _ = idle_watch => {}
     }
 }
 

@@ -183,3 +183,63 @@ fn load_pairs(dir: &Path, provider: &CryptoProvider) -> Result<Certs, String> {
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_bad_set_is_reported_once_and_a_fixed_one_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = pair(&["a.test"]);
+        std::fs::write(dir.path().join("a.test.crt"), &crt).unwrap();
+        std::fs::write(dir.path().join("a.test.key"), &key).unwrap();
+        let certs = DirectoryCerts::load(dir.path()).unwrap();
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs.refresh(false), None, "nothing changed");
+        std::fs::write(dir.path().join("b.test.key"), "junk").unwrap();
+        std::fs::write(dir.path().join("b.test.crt"), "junk").unwrap();
+        let report = certs.refresh(false).unwrap();
+        assert!(
+            report.contains("b.test.key") && report.contains("b.test.crt"),
+            "{report}"
+        );
+        assert_eq!(certs.refresh(false), None, "reported once per change");
+        assert!(certs.resolve("a.test").is_ok(), "the old set keeps serving");
+        let (crt, key) = pair(&["b.test"]);
+        std::fs::write(dir.path().join("b.test.crt"), &crt).unwrap();
+        std::fs::write(dir.path().join("b.test.key"), &key).unwrap();
+        assert!(certs.refresh(false).unwrap().contains("reloaded 2"));
+        assert!(certs.resolve("b.test").is_ok());
+        assert!(
+            certs.refresh(true).unwrap().contains("reloaded 2"),
+            "forced"
+        );
+    }
+
+    #[test]
+    fn exact_then_wildcard() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["*.w.test", "x.w.test"] {
+            let (crt, key) = pair(&[name]);
+            std::fs::write(dir.path().join(format!("{name}.crt")), crt).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
+        }
+        let certs = DirectoryCerts::load(dir.path()).unwrap();
+        let exact = certs.resolve("x.w.test").unwrap();
+        let wild = certs.resolve("y.w.test").unwrap();
+        assert!(!Arc::ptr_eq(&exact, &wild));
+        assert_eq!(
+            certs.resolve("").unwrap_err(),
+            CertError::NotFound(String::new())
+        );
+    }
+}
