@@ -266,7 +266,7 @@ async fn serve_connection<IO>(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        drive(conn, |c| c.graceful_shutdown(), watchdog, stop).await;
+        drive(conn, |c| c.graceful_shutdown(), watchdog, stop, true).await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -278,16 +278,23 @@ async fn serve_connection<IO>(
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), watchdog, stop).await;
+        drive(conn, |c| c.graceful_shutdown(), watchdog, stop, false).await;
     }
 }
 
+/// How long an HTTP/2 connection gets to deliver its GOAWAY after the watchdog fired.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// Run a connection until it ends or the watchdog fires; on shutdown ask it to finish gracefully.
+///
+/// With `goaway`, a watchdog expiry first asks the connection to finish (HTTP/2 sends GOAWAY, so a client about
+/// to reuse the connection learns it must not, instead of seeing a reset) and drops it after a short grace.
 async fn drive<C: Future>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     watchdog: impl Future<Output = ()>,
     mut stop: watch::Receiver<bool>,
+    goaway: bool,
 ) {
     let mut conn = pin!(conn);
     let mut watchdog = pin!(watchdog);
@@ -298,7 +305,13 @@ async fn drive<C: Future>(
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = &mut watchdog => return,
+            _ = &mut watchdog => {
+                if goaway {
+                    graceful(conn.as_mut());
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+                }
+                return;
+            }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
                 if changed.is_ok() {

@@ -141,6 +141,9 @@ pub fn server_config(preset: TlsPreset) -> Result<ServerConfig, String> {
     // PlanB sets PreferServerCipherSuites.
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Go issues session tickets by default; resumption then needs no server-side state.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?;
     Ok(config)
 }
 
@@ -215,11 +218,14 @@ impl TlsTerminator {
         let start = LazyConfigAcceptor::new(Acceptor::default(), io)
             .await
             .map_err(|e| e.to_string())?;
-        let name = start
-            .client_hello()
-            .server_name()
-            .unwrap_or_default()
-            .to_string();
+        let hello = start.client_hello();
+        let name = hello.server_name().unwrap_or_default().to_string();
+        // Go ignores an ALPN list it shares nothing with and speaks HTTP/1.1; rustls would refuse the handshake
+        // (no_application_protocol), so such a client gets a configuration without ALPN.
+        let speaks_ours = hello
+            .alpn()
+            .map(|mut offered| offered.any(|p| p == b"h2" || p == b"http/1.1"));
+        let no_alpn = speaks_ours == Some(false);
         let key = match self.certs.resolve(&name).await {
             Ok(key) => key,
             Err(e) => {
@@ -230,6 +236,9 @@ impl TlsTerminator {
         };
         let mut config = (*self.base).clone();
         config.cert_resolver = Arc::new(Chosen(key));
+        if no_alpn {
+            config.alpn_protocols.clear();
+        }
         let stream = start
             .into_stream(Arc::new(config))
             .await

@@ -188,15 +188,27 @@ fn http1_over_tls_is_routed_with_x_forwarded_proto_https() {
     )
     .unwrap();
     assert_eq!(conn.alpn().as_deref(), Some(&b"http/1.1"[..]));
+    // A client offering only protocols the proxy does not speak is served HTTP/1.1 without ALPN, as Go does.
+    let other = tls_connect(
+        proxy.tls_addr(),
+        Some("www.tls.test"),
+        ca.client_config(&[b"spdy/3", b"http/1.0"]),
+    )
+    .unwrap();
+    assert_eq!(other.alpn(), None);
+    assert_eq!(other.get("www.tls.test", "/", &[]).body_str(), "B1");
     let resp = conn.get("www.tls.test", "/over-tls", &[]);
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body_str(), "B1");
-    let req = backend.single_request();
-    assert_eq!(req.header("x-forwarded-proto"), Some("https"));
-    assert_eq!(req.header("host"), Some("www.tls.test"));
-    let lines = proxy.wait_access_log_lines(1);
+    let reqs = backend.requests();
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(req.header("x-forwarded-proto"), Some("https"));
+        assert_eq!(req.header("host"), Some("www.tls.test"));
+    }
+    let lines = proxy.wait_access_log_lines(2);
     assert!(
-        lines[0].contains("\"GET /over-tls HTTP/1.1\" 200"),
+        lines[1].contains("\"GET /over-tls HTTP/1.1\" 200"),
         "{lines:?}"
     );
     // The plain listener still answers in clear.
@@ -259,6 +271,36 @@ async fn http2_through_alpn_is_routed_by_authority() {
         "{lines:?}"
     );
     assert!(lines[1].contains("\"b.h2.test\""), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_with_goaway() {
+    let redis = RedisServer::start();
+    let ca = TestCa::new();
+    let backend = Backend::named("idle");
+    redis.set_frontend("idle.h2.test", &[&backend.url()]);
+    set_cert(&redis, "idle.h2.test", &ca.issue(&["idle.h2.test"]));
+    let proxy = start_tls(&redis, &["--client-idle-timeout", "300ms"]);
+    let tcp = TcpStream::connect(proxy.tls_addr()).await.unwrap();
+    let tls = TlsConnector::from(ca.client_config(&[b"h2"]))
+        .connect(ServerName::try_from("idle.h2.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driving = tokio::spawn(conn);
+    let req = ::http::Request::get("https://idle.h2.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "idle".as_bytes());
+    // Nothing more is sent: the proxy ends the connection (GOAWAY, then close), which ends the client's task.
+    let ended = tokio::time::timeout(secs(5), driving).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+    drop(proxy);
 }
 
 /// (version, suite) negotiated by a client limited to `versions` and `suites` (client order as given).
