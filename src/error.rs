@@ -1,5 +1,7 @@
 //! Every response hypache writes itself comes from [`Reject::response`], so status codes, bodies and headers
-//! cannot drift between code paths (PlanB spec §5).
+//! cannot drift between code paths (PlanB spec §5). Failures that have no HTTP response to give (a TLS handshake
+//! without a usable certificate, an SNI passthrough connection) are [`CertError`] and [`SniError`], whose
+//! `Display` is the error-log text.
 
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderValue, Response, StatusCode};

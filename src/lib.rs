@@ -11,11 +11,12 @@
 //! - [`tls`]: the TLS handshake with a certificate per server name ([`tls::from_redis`], [`tls::from_dir`]),
 //!   PlanB's presets, and the client side for `https://` backends.
 //! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
-//! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways.
+//! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways; [`proxy::upgrade`] runs
+//!   WebSocket tunnels.
 //! - [`route`]: frontend key candidates, round-robin selection, dead-set skipping.
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
-//! - [`error`]: every response hypache writes itself.
+//! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
 //! - [`access_log`]: access and error logs, written off the request path.
