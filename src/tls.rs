@@ -161,7 +161,10 @@ pub fn parse_pair(
         return Err("certificate: no CERTIFICATE block found".into());
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key: {e}"))?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| e.to_string())
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => "the key does not belong to the certificate".into(),
+        other => format!("key: {other}"),
+    })
 }
 
 /// PlanB's wildcard form: everything up to the first dot becomes `*` (`a.b.c` → `*.b.c`); no dot, no change.
@@ -332,6 +335,23 @@ mod tests {
         }
         assert!(preset_warning(TlsPreset::Modern).is_none());
         assert!(preset_warning(TlsPreset::Old).unwrap().contains("SSL 3.0"));
+    }
+
+    #[test]
+    fn sec1_and_pkcs1_keys_parse() {
+        // Made with openssl (`ecparam -genkey -noout`, `genrsa -traditional`), valid for 100 years.
+        let p = provider();
+        let sec1 = include_str!("tls/testdata/sec1.key");
+        let pkcs1 = include_str!("tls/testdata/pkcs1.key");
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        let sec1_crt = include_bytes!("tls/testdata/sec1.crt");
+        let pkcs1_crt = include_bytes!("tls/testdata/pkcs1.crt");
+        parse_pair(sec1_crt, sec1.as_bytes(), &p).unwrap();
+        parse_pair(pkcs1_crt, pkcs1.as_bytes(), &p).unwrap();
+        // Each key with the other's certificate: a mismatch, not a silently wrong pair.
+        let err = parse_pair(sec1_crt, pkcs1.as_bytes(), &p).unwrap_err();
+        assert_eq!(err, "the key does not belong to the certificate");
     }
 
     #[test]
