@@ -574,3 +574,37 @@ fn nothing_to_serve_exits_2() {
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("--tls-listen"), "{out:?}");
 }
+
+#[test]
+fn sigterm_drains_a_request_in_flight_over_tls() {
+    let redis = RedisServer::start();
+    let ca = TestCa::new();
+    let release = Gate::new();
+    let gate = release.clone();
+    let backend = Backend::start(move |_| Reply::text(200, "drained").wait_before_headers(&gate));
+    redis.set_frontend("drain.test", &[&backend.url()]);
+    set_cert(&redis, "drain.test", &ca.issue(&["drain.test"]));
+    let mut proxy = start_tls(&redis, &["--listen", "disabled"]);
+    let addr = proxy.tls_addr();
+    let config = ca.client_config(&[b"http/1.1"]);
+    let client = std::thread::spawn(move || {
+        tls_connect(addr, Some("drain.test"), config)
+            .unwrap()
+            .get("drain.test", "/slow", &[])
+    });
+    assert_eventually(SOON, "the request to reach the backend", || {
+        backend.hits() == 1
+    });
+    proxy.signal("TERM");
+    assert_eventually(SOON, "new TLS connections to be refused", || {
+        connection_refused(addr)
+    });
+    assert!(
+        proxy.try_exit().is_none(),
+        "the request in flight must be waited for"
+    );
+    release.open();
+    let resp = client.join().unwrap();
+    assert_eq!(resp.body_str(), "drained");
+    assert!(proxy.wait_exit(SOON).success());
+}
