@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    AccessLogTarget, Config, Extensions, Limits, RedisAddr, RedisConfig, SentinelConfig, Timeouts,
+    AccessLogTarget, CertificateSource, Config, Engine, Extensions, Limits, RedisAddr, RedisConfig,
+    SentinelConfig, Timeouts, TlsPreset, TlsSettings,
 };
 
 /// hypache: a reverse proxy routed by Redis, a drop-in replacement for PlanB and Hipache.
@@ -34,16 +35,25 @@ pub struct Cli {
     pub tls_listen: String,
 
     /// TLS preset: modern, intermediate or old.
-    #[arg(long, env = "HYPACHE_TLS_PRESET", default_value = "modern")]
+    #[arg(long, env = "HYPACHE_TLS_PRESET", default_value = "modern", value_parser = ["modern", "intermediate", "old"])]
     pub tls_preset: String,
 
     /// Address of the Prometheus /metrics listener (empty: none).
     #[arg(long, env = "HYPACHE_METRICS_ADDRESS", default_value = "")]
     pub metrics_address: String,
 
-    /// Where TLS certificates come from: `redis` or a directory.
+    /// Where TLS certificates come from: `redis` or a directory of `<name>.crt` + `<name>.key` pairs.
     #[arg(long, env = "HYPACHE_LOAD_CERTIFICATES_FROM", default_value = "redis")]
     pub load_certificates_from: String,
+
+    /// PEM file of extra CA certificates trusted for `https://` backends (next to the built-in web roots).
+    #[arg(
+        long,
+        env = "HYPACHE_BACKEND_CA_FILE",
+        default_value = "",
+        value_name = "PATH"
+    )]
+    pub backend_ca_file: String,
 
     /// Read Redis network: tcp or unix.
     #[arg(long, env = "HYPACHE_READ_REDIS_NETWORK", default_value = "tcp", value_parser = ["tcp", "unix"])]
@@ -156,7 +166,7 @@ pub struct Cli {
     /// Name written into health-check lock keys (default: this machine's hostname).
     #[arg(long, env = "HYPACHE_MONITOR_ID", default_value = "")]
     pub monitor_id: String,
-    /// Engine: native, sni or fasthttp.
+    /// Engine: native, sni (TLS passthrough routed by SNI) or fasthttp (an alias of native).
     #[arg(long, env = "HYPACHE_ENGINE", default_value = "native", value_parser = ["native", "sni", "fasthttp"])]
     pub engine: String,
     /// Cache route lookups for 2 s.
@@ -185,6 +195,9 @@ pub struct Cli {
     /// At start-up, keep retrying an unreachable Redis for this long (Go duration; 0s: exit 1 at once, as PlanB).
     #[arg(long, env = "HYPACHE_WAIT_FOR_REDIS", default_value = "0s", value_parser = parse_go_duration)]
     pub wait_for_redis: Duration,
+    /// Close a WebSocket tunnel after this long without a byte in either direction (Go duration, 0s: never).
+    #[arg(long, env = "HYPACHE_WEBSOCKET_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_go_duration)]
+    pub websocket_idle_timeout: Duration,
     /// Largest request head accepted, in bytes; larger gets 431.
     #[arg(long, env = "HYPACHE_MAX_HEADER_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
@@ -206,23 +219,8 @@ impl Cli {
     /// Resolve the flags into a [`Config`].
     pub fn into_config(self) -> Result<Config, CliError> {
         let not_yet = |flag: &str| Err(CliError(format!("{flag} is not implemented yet")));
-        if !self.tls_listen.is_empty() {
-            return not_yet("--tls-listen");
-        }
         if !self.metrics_address.is_empty() {
             return not_yet("--metrics-address");
-        }
-        if self.engine == "sni" {
-            return not_yet("--engine sni");
-        }
-        if self.engine == "fasthttp" {
-            return not_yet("--engine fasthttp");
-        }
-        if self.tls_preset != "modern" {
-            return not_yet("--tls-preset");
-        }
-        if self.load_certificates_from != "redis" {
-            return not_yet("--load-certificates-from");
         }
 
         let listen = match self.listen.as_str() {
@@ -232,11 +230,34 @@ impl Cli {
                     .map_err(|e| CliError(format!("invalid value '{addr}' for '--listen': {e}")))?,
             ),
         };
-        if listen.is_none() {
+        let tls_listen = match self.tls_listen.as_str() {
+            "" => None,
+            addr => Some(parse_listen(addr).map_err(|e| {
+                CliError(format!("invalid value '{addr}' for '--tls-listen': {e}"))
+            })?),
+        };
+        if listen.is_none() && tls_listen.is_none() {
             return Err(CliError(
                 "--listen is disabled and no --tls-listen is set: nothing to serve".into(),
             ));
         }
+        let preset = match self.tls_preset.as_str() {
+            "intermediate" => TlsPreset::Intermediate,
+            "old" => TlsPreset::Old,
+            _ => TlsPreset::Modern,
+        };
+        let certificates = match self.load_certificates_from.as_str() {
+            "redis" => CertificateSource::Redis,
+            "" => return Err(CliError(
+                "invalid value '' for '--load-certificates-from': expected `redis` or a directory"
+                    .into(),
+            )),
+            dir => CertificateSource::Directory(PathBuf::from(dir)),
+        };
+        let engine = match self.engine.as_str() {
+            "sni" => Engine::Sni,
+            _ => Engine::Native,
+        };
         let read_redis = redis_config(
             &self.read_redis_network,
             self.read_redis_host,
@@ -277,6 +298,14 @@ impl Cli {
         let client_read = nonzero(self.client_read_timeout);
         Ok(Config {
             listen,
+            tls_listen,
+            tls: TlsSettings {
+                preset,
+                certificates,
+            },
+            engine,
+            backend_ca_file: (!self.backend_ca_file.is_empty())
+                .then(|| PathBuf::from(&self.backend_ca_file)),
             read_redis,
             write_redis,
             access_log,
@@ -289,6 +318,7 @@ impl Cli {
                 client_write: nonzero(self.client_write_timeout),
                 client_idle: nonzero(self.client_idle_timeout).or(client_read),
                 shutdown: self.shutdown_timeout,
+                websocket_idle: nonzero(self.websocket_idle_timeout),
             },
             dead_backend_ttl: Duration::from_secs(match self.dead_backend_time {
                 0 => 30,

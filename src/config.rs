@@ -12,6 +12,15 @@ use std::time::Duration;
 pub struct Config {
     /// Plain HTTP listener; `None` when `--listen disabled`.
     pub listen: Option<SocketAddr>,
+    /// TLS listener (`--tls-listen`); `None` when empty, so TLS costs nothing unless asked for.
+    pub tls_listen: Option<SocketAddr>,
+    /// What the TLS listener offers and where its certificates come from.
+    pub tls: TlsSettings,
+    /// What the plain listener speaks: HTTP (native) or the SNI passthrough.
+    pub engine: Engine,
+    /// Extra CA certificates (PEM) trusted for `https://` backends, next to the built-in web roots, so that
+    /// private backends with an internal CA can be verified instead of not verified at all.
+    pub backend_ca_file: Option<PathBuf>,
     /// Redis used for route lookups and `__ping__` (PlanB's "read" client).
     pub read_redis: RedisConfig,
     /// Redis used for dead marks and PUBLISH (PlanB's "write" client), so that a read replica can serve lookups.
@@ -136,6 +145,67 @@ pub struct Timeouts {
     pub client_idle: Option<Duration>,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish before the process exits anyway.
     pub shutdown: Duration,
+    /// A WebSocket tunnel with no bytes in either direction for this long is closed (PlanB has no limit, so a
+    /// client that vanished without a FIN held its tunnel and backend connection forever). `None`: no limit.
+    pub websocket_idle: Option<Duration>,
+}
+
+/// The TLS listener's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Protocol versions and cipher suites, after PlanB's `--tls-preset` names.
+    pub preset: TlsPreset,
+    /// Where certificates are found for each server name.
+    pub certificates: CertificateSource,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            preset: TlsPreset::Modern,
+            certificates: CertificateSource::Redis,
+        }
+    }
+}
+
+/// PlanB's TLS presets (spec §8.4), mapped onto what rustls offers (TLS 1.2 and 1.3, AEAD suites only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPreset {
+    /// ECDHE with AES-GCM and ChaCha20 over TLS 1.2, AES-256 first; TLS 1.3.
+    Modern,
+    /// ECDHE with AES-GCM over TLS 1.2, AES-128 first; TLS 1.3. (PlanB adds TLS 1.0/1.1, CBC and 3DES.)
+    Intermediate,
+    /// As intermediate, RSA suites first. (PlanB adds SSL 3.0 to TLS 1.1, CBC and 3DES.)
+    Old,
+}
+
+impl TlsPreset {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsPreset::Modern => "modern",
+            TlsPreset::Intermediate => "intermediate",
+            TlsPreset::Old => "old",
+        }
+    }
+}
+
+/// Where the TLS listener finds certificates (`--load-certificates-from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// `tls:<name>` hashes in the read Redis, wildcard first, cached 30 s (PlanB §8.2).
+    Redis,
+    /// `<name>.crt` + `<name>.key` pairs in a directory, exact name first (PlanB §8.3), re-read when it changes.
+    Directory(PathBuf),
+}
+
+/// What the plain listener runs (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The HTTP reverse proxy (`native`; `fasthttp` is accepted as an alias).
+    Native,
+    /// A TCP passthrough routed by the ClientHello's server name, for backends that terminate TLS themselves.
+    Sni,
 }
 
 /// Behaviour that goes beyond PlanB, each on by default and each with a flag to restore PlanB bit for bit.
@@ -188,6 +258,10 @@ impl Config {
     pub fn new(listen: SocketAddr, redis: RedisConfig) -> Config {
         Config {
             listen: Some(listen),
+            tls_listen: None,
+            tls: TlsSettings::default(),
+            engine: Engine::Native,
+            backend_ca_file: None,
             read_redis: redis.clone(),
             write_redis: redis,
             access_log: AccessLogTarget::None,
@@ -199,6 +273,7 @@ impl Config {
                 client_write: None,
                 client_idle: None,
                 shutdown: Duration::from_secs(30),
+                websocket_idle: None,
             },
             dead_backend_ttl: Duration::from_secs(30),
             flush_interval: Duration::from_millis(10),

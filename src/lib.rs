@@ -4,16 +4,20 @@
 //! every request looks its Host up in Redis and is forwarded to one of the frontend's live backends.
 //!
 //! # Layout
-//! - `main.rs`: parses the CLI, installs logging, calls [`run`].
+//! - `main.rs`: parses the CLI, installs the crypto provider (ring) and logging, calls [`run`].
 //! - [`cli`]: PlanB's flags (names, defaults, `HYPACHE_*` environment variables) → [`config::Config`].
 //! - [`config`]: the resolved configuration; every policy field says why it exists.
-//! - [`server`]: listeners, per-connection client timeouts, graceful shutdown.
-//! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways.
+//! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, graceful shutdown.
+//! - [`tls`]: the TLS handshake with a certificate per server name ([`tls::from_redis`], [`tls::from_dir`]),
+//!   PlanB's presets, and the client side for `https://` backends.
+//! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
+//! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways; [`proxy::upgrade`] runs
+//!   WebSocket tunnels.
 //! - [`route`]: frontend key candidates, round-robin selection, dead-set skipping.
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
-//! - [`upstream`]: backend URLs, dialing, the keep-alive pool per backend.
+//! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
 //! - [`health`]: the active health check (`--active-healthcheck`).
-//! - [`error`]: every response hypache writes itself.
+//! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
 //! - [`access_log`]: access and error logs, written off the request path.
@@ -24,6 +28,8 @@
 //! - channel `dead`: `<host>;<url>;<index>;<count>` on every passive dead mark.
 //! - `dead:<host>:<url>` (string): the health-check lock, holding the monitoring machine's name (30 s TTL).
 //! - `healthcheck:<host>` (hash): optional `path`, `status`, `body` for the active health check.
+//! - `tls:<name>` (hash): `certificate` (PEM chain) and `key` (PEM, PKCS#8/PKCS#1/SEC1) for the TLS listener;
+//!   `<name>` is a server name or its wildcard form `*.<parent>`, which is looked up first.
 //!
 //! `<host>` is the frontend key that matched: the Host as received, then without its port, then (extensions)
 //! lower-cased, Hipache's `*.<parent>` wildcards, and the `*` catch-all.
@@ -40,7 +46,9 @@ pub mod health;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod sni;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -50,10 +58,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::access_log::Log;
-use crate::config::Config;
+use crate::config::{CertificateSource, Config, Engine};
 use crate::proxy::Proxy;
 use crate::route::{CachePolicy, Router};
+use crate::server::{Listener, Tracker};
 use crate::store::RedisClient;
+use crate::tls::{CertStore, DirectoryCerts, RedisCerts, TlsTerminator};
 use crate::upstream::Upstream;
 
 /// A start-up failure: the process exits 1 with this message, as PlanB does.
@@ -68,14 +78,16 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// A proxy that has connected to Redis, opened its logs and bound its listener, ready to serve.
+/// A proxy that has connected to Redis, opened its logs, loaded its certificates and bound its listeners, ready
+/// to serve.
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     proxy: Arc<Proxy>,
 }
 
 impl Server {
-    /// PlanB's start-up order: PING the read and write Redis, open the access log, bind the listener.
+    /// PlanB's start-up order: PING the read and write Redis, open the access log, build the certificate loader
+    /// (only with a TLS listener; a bad certificate directory is fatal), bind the listeners.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let read = connect(&config.read_redis, config.wait_for_redis).await?;
         let write = if config.write_redis == config.read_redis {
@@ -85,13 +97,47 @@ impl Server {
         };
         let access_log = Log::access(&config.access_log)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
-        let addr = config
-            .listen
-            .ok_or_else(|| StartError("no listener configured".into()))?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))?;
         let error_log = Log::errors();
+        let terminator = match config.tls_listen {
+            None => None,
+            Some(_) => {
+                let certs = match &config.tls.certificates {
+                    // A third client, built from the read options (PlanB §8.2).
+                    CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
+                        RedisClient::connect(&config.read_redis)
+                            .await
+                            .map_err(|e| StartError(e.to_string()))?,
+                    )),
+                    CertificateSource::Directory(dir) => {
+                        let certs = DirectoryCerts::load(dir).map_err(|e| {
+                            StartError(format!("loading certificates from {}: {e}", dir.display()))
+                        })?;
+                        let certs = Arc::new(certs);
+                        certs.watch(error_log.clone());
+                        CertStore::Directory(certs)
+                    }
+                };
+                let terminator =
+                    TlsTerminator::new(config.tls.preset, certs).map_err(StartError)?;
+                Some(Arc::new(terminator))
+            }
+        };
+        let backend_tls =
+            tls::backend_client_config(config.backend_ca_file.as_deref()).map_err(StartError)?;
+        let mut listeners = Vec::new();
+        if let Some(addr) = config.listen {
+            let socket = bind(addr).await?;
+            listeners.push(match config.engine {
+                Engine::Native => Listener::Http(socket),
+                Engine::Sni => Listener::Sni(socket),
+            });
+        }
+        if let (Some(addr), Some(terminator)) = (config.tls_listen, terminator) {
+            listeners.push(Listener::Tls(bind(addr).await?, terminator));
+        }
+        if listeners.is_empty() {
+            return Err(StartError("no listener configured".into()));
+        }
         if config.active_healthcheck {
             health::start(write.clone(), config.monitor_id.clone(), error_log.clone());
         }
@@ -104,7 +150,7 @@ impl Server {
                     stale_routes_ttl: config.stale_routes_ttl,
                 },
             ),
-            upstream: Upstream::new(config.timeouts.dial),
+            upstream: Upstream::new(config.timeouts.dial, backend_tls),
             write,
             access_log,
             error_log,
@@ -112,24 +158,52 @@ impl Server {
             config,
         };
         Ok(Server {
-            listener,
+            listeners,
             proxy: Arc::new(proxy),
         })
     }
 
-    /// The address the plain listener is bound to (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+    /// The address the plain listener (HTTP or SNI passthrough) is bound to, if there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| !matches!(l, Listener::Tls(..)))
+            .map(Listener::local_addr)
+    }
+
+    /// The address the TLS listener is bound to, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| matches!(l, Listener::Tls(..)))
+            .map(Listener::local_addr)
+    }
+
+    /// The open WebSocket tunnels, counted live (for metrics and tests); stays valid while serving.
+    pub fn tunnels(&self) -> Arc<Tracker> {
+        self.proxy.tunnels.clone()
     }
 
     /// Serve until `shutdown` resolves, drain in-flight requests, then flush the logs.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        eprintln!("Using native engine");
-        eprintln!("Listening on {}...", self.local_addr());
+        let config = &self.proxy.config;
+        match config.engine {
+            Engine::Native => eprintln!("Using native engine"),
+            Engine::Sni => eprintln!("Using sni engine"),
+        }
+        if config.tls_listen.is_some() {
+            if let Some(warning) = tls::preset_warning(config.tls.preset) {
+                eprintln!("{warning}");
+            }
+        }
+        if let Some(addr) = self.local_addr() {
+            eprintln!("Listening on {addr}...");
+        }
+        if let Some(addr) = self.tls_addr() {
+            eprintln!("Listening tls on {addr}...");
+        }
         let proxy = self.proxy.clone();
-        server::serve(self.listener, self.proxy, shutdown).await;
+        server::serve(self.listeners, self.proxy, shutdown).await;
         let grace = proxy
             .config
             .timeouts
@@ -160,6 +234,12 @@ async fn connect(
             },
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))
 }
 
 /// Start the proxy with `config` and serve until `shutdown` resolves. This is what the binary runs.

@@ -1,4 +1,5 @@
-//! The `hypache` binary: flags in, [`hypache::run`] until SIGTERM or SIGINT.
+//! The `hypache` binary: flags in, crypto provider and logging installed, [`hypache::run`] until SIGTERM or
+//! SIGINT.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 fn main() {
     let cli = hypache::cli::Cli::parse();
+    let fasthttp = cli.engine == "fasthttp";
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -18,6 +20,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if fasthttp {
+        eprintln!("--engine fasthttp is served by hypache's native engine");
+    }
+    // One crypto provider for every TLS use in the process, chosen here rather than by feature unification.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("install the ring crypto provider");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -62,6 +62,11 @@ struct Ctx {
 }
 
 impl Proxy {
+    /// WebSocket tunnels open right now.
+    pub fn open_tunnels(&self) -> usize {
+        self.tunnels.count()
+    }
+
     /// Handle one request and produce its response. Never fails: every failure is a [`Reject`].
     pub async fn handle(
         &self,
@@ -163,6 +168,9 @@ impl Proxy {
         if !parts.contains_key(X_FORWARDED_PROTO) {
             let proto = if down.tls { "https" } else { "http" };
             parts.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if req.version() == Version::HTTP_2 {
+            headers::join_cookies(req.headers_mut());
         }
         *req.version_mut() = Version::HTTP_11;
         let path_and_query = req

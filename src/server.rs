@@ -1,8 +1,9 @@
 //! Listeners, per-connection timeouts and graceful shutdown.
 //!
-//! Each connection runs hyper's HTTP/1 server next to a small watchdog that enforces PlanB's client timeouts
-//! with Go's meanings: idle (between requests), read-header (from the first byte of a request head), and
-//! write (from the end of the head until the response is written).
+//! Three kinds of listener share one accept loop: plain HTTP/1, TLS (HTTP/2 or HTTP/1.1 by ALPN, see
+//! [`crate::tls`]) and the SNI passthrough ([`crate::sni`]). Each HTTP connection runs hyper's server next to a
+//! small watchdog that enforces PlanB's client timeouts with Go's meanings: idle (between requests), read-header
+//! (from the first byte of a request head), and write (from the end of the head until the response is written).
 
 use std::future::Future;
 use std::io;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -25,41 +26,161 @@ use crate::body::Guarded;
 use crate::config::Timeouts;
 use crate::head_scan::HeadScan;
 use crate::proxy::{Downstream, Proxy};
+use crate::tls::{handshake_error, TlsTerminator};
 
-/// Serve `listener` until `shutdown` resolves, then stop accepting, let in-flight requests finish within the
-/// shutdown timeout, and return.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let connections = Arc::new(Tracker::default());
-    let mut shutdown = pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let proxy = proxy.clone();
-                    let stop = stop_rx.clone();
-                    let alive = connections.track();
-                    tokio::spawn(async move {
-                        serve_connection(stream, peer, proxy, stop).await;
-                        drop(alive);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: say so and give the process a moment.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
+/// A bound listener and what it speaks.
+pub enum Listener {
+    /// Plain HTTP/1.x (`--listen` with the native engine).
+    Http(TcpListener),
+    /// TLS, then HTTP/2 or HTTP/1.1 as ALPN chose (`--tls-listen`).
+    Tls(TcpListener, Arc<TlsTerminator>),
+    /// The SNI passthrough (`--listen` with `--engine sni`).
+    Sni(TcpListener),
+}
+
+impl Listener {
+    fn socket(&self) -> &TcpListener {
+        match self {
+            Listener::Http(l) | Listener::Tls(l, _) | Listener::Sni(l) => l,
         }
     }
-    drop(listener);
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket()
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+}
+
+/// Serve every listener until `shutdown` resolves, then stop accepting, let in-flight requests finish within the
+/// shutdown timeout, and return.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let connections = Arc::new(Tracker::default());
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                proxy.clone(),
+                stop_rx.clone(),
+                connections.clone(),
+            ))
+        })
+        .collect();
+    shutdown.await;
     let _ = stop_tx.send(true);
+    // The accept loops drop their listeners as they end.
+    for task in accepting {
+        let _ = task.await;
+    }
     // In-flight requests, then WebSocket tunnels, get the shutdown timeout between them; what is still open
     // afterwards is closed when the process exits.
     let deadline = Instant::now() + proxy.config.timeouts.shutdown;
     let _ = tokio::time::timeout_at(deadline, connections.idle()).await;
     let _ = tokio::time::timeout_at(deadline, proxy.tunnels.idle()).await;
+}
+
+async fn accept_loop(
+    listener: Listener,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+    connections: Arc<Tracker>,
+) {
+    if *stop.borrow() {
+        return;
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.socket().accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: say so and give the process a moment.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let stop = stop.clone();
+        let alive = connections.track();
+        match &listener {
+            Listener::Http(_) => {
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, proxy, stop, Protocol::Http1 { tls: false })
+                        .await;
+                    drop(alive);
+                });
+            }
+            Listener::Tls(_, terminator) => {
+                let terminator = terminator.clone();
+                tokio::spawn(async move {
+                    serve_tls(stream, peer, terminator, proxy, stop).await;
+                    drop(alive);
+                });
+            }
+            Listener::Sni(_) => {
+                tokio::spawn(async move {
+                    crate::sni::serve(stream, proxy).await;
+                    drop(alive);
+                });
+            }
+        }
+    }
+}
+
+/// Handshake (bounded by the read-header timeout, so a silent client cannot hold the socket), then HTTP.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    terminator: Arc<TlsTerminator>,
+    proxy: Arc<Proxy>,
+    stop: watch::Receiver<bool>,
+) {
+    let limit = proxy
+        .config
+        .timeouts
+        .client_read
+        .map_or(proxy.config.timeouts.client_read_header, |read| {
+            read.min(proxy.config.timeouts.client_read_header)
+        });
+    let done = match tokio::time::timeout(limit, terminator.accept(stream)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            proxy.error_log.line(handshake_error(peer, &e));
+            return;
+        }
+        Err(_) => {
+            proxy
+                .error_log
+                .line(handshake_error(peer, "handshake timed out"));
+            return;
+        }
+    };
+    let protocol = if done.h2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1 { tls: true }
+    };
+    serve_connection(done.stream, peer, proxy, stop, protocol).await;
+}
+
+/// What runs on an accepted (and possibly decrypted) connection.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// HTTP/1.x with upgrades; `tls` for X-Forwarded-Proto.
+    Http1 { tls: bool },
+    /// HTTP/2, only ever over TLS (no h2c, as PlanB).
+    Http2,
 }
 
 /// Counts running tasks of one kind (connections, tunnels) so that shutdown can wait for them.
@@ -104,19 +225,24 @@ impl Drop for Tracked {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<IO>(
+    stream: IO,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+    stop: watch::Receiver<bool>,
+    protocol: Protocol,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::new());
+    let h2 = matches!(protocol, Protocol::Http2);
     let io = TimedIo {
         inner: stream,
         state: state.clone(),
-        scan: HeadScan::default(),
+        // HTTP/2 heads are binary frames, and hyper's h2 server refuses Transfer-Encoding itself.
+        scan: (!h2).then(HeadScan::default),
     };
+    let tls = !matches!(protocol, Protocol::Http1 { tls: false });
     let timeouts = proxy.config.timeouts.clone();
     let limits = proxy.config.limits;
     let service_state = state.clone();
@@ -125,7 +251,7 @@ async fn serve_connection(
         let (guard, conflicting_length) = RequestGuard::begin(service_state.clone());
         let down = Downstream {
             peer,
-            tls: false,
+            tls,
             conflicting_length,
         };
         async move {
@@ -133,30 +259,63 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, guard)))
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_header_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+    let watchdog = watchdog(state, timeouts, h2);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        drive(conn, |c| c.graceful_shutdown(), watchdog, stop, true).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        drive(conn, |c| c.graceful_shutdown(), watchdog, stop, false).await;
+    }
+}
+
+/// How long an HTTP/2 connection gets to deliver its GOAWAY after the watchdog fired.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// Run a connection until it ends or the watchdog fires; on shutdown ask it to finish gracefully.
+///
+/// With `goaway`, a watchdog expiry first asks the connection to finish (HTTP/2 sends GOAWAY, so a client about
+/// to reuse the connection learns it must not, instead of seeing a reset) and drops it after a short grace.
+async fn drive<C: Future>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    watchdog: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
+    goaway: bool,
+) {
     let mut conn = pin!(conn);
-    let mut watchdog = pin!(watchdog(state, timeouts));
+    let mut watchdog = pin!(watchdog);
     let mut stopping = *stop.borrow();
     if stopping {
-        conn.as_mut().graceful_shutdown();
+        graceful(conn.as_mut());
     }
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = &mut watchdog => return,
+            _ = &mut watchdog => {
+                if goaway {
+                    graceful(conn.as_mut());
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
+                }
+                return;
+            }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
                 if changed.is_ok() {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                 }
             }
         }
@@ -179,7 +338,8 @@ struct ConnState {
     requests: AtomicU64,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the process started (monotonic); cheap to keep in an atomic.
+pub(crate) fn now_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     Instant::now().duration_since(base).as_millis() as u64
@@ -236,12 +396,20 @@ impl Drop for RequestGuard {
 }
 
 /// Resolves when the connection has overstayed the limit of its current phase.
-async fn watchdog(state: Arc<ConnState>, t: Timeouts) {
+///
+/// An HTTP/2 connection has no "reading a head" phase the proxy can see (frames of several streams interleave),
+/// so while no request is in flight it gets the idle limit, or the head limit when no idle limit is set: an
+/// h2 connection that never sends a complete request is closed like a slow HTTP/1 head.
+async fn watchdog(state: Arc<ConnState>, t: Timeouts, h2: bool) {
     let head_limit = match t.client_read {
         Some(read) => read.min(t.client_read_header),
         None => t.client_read_header,
     };
-    let recheck = [Some(head_limit), t.client_idle, t.client_write]
+    let idle_limit = match h2 {
+        true => Some(t.client_idle.unwrap_or(head_limit)),
+        false => t.client_idle,
+    };
+    let recheck = [Some(head_limit), idle_limit, t.client_write]
         .into_iter()
         .flatten()
         .min()
@@ -250,7 +418,7 @@ async fn watchdog(state: Arc<ConnState>, t: Timeouts) {
         let phase = state.phase.load(Ordering::Acquire);
         let since = state.since.load(Ordering::Relaxed);
         let limit = match phase {
-            IDLE => t.client_idle,
+            IDLE => idle_limit,
             HEAD => Some(head_limit),
             _ => t.client_write,
         };
@@ -267,14 +435,15 @@ async fn watchdog(state: Arc<ConnState>, t: Timeouts) {
     }
 }
 
-/// The client socket, noting when the first bytes of a new request head arrive and scanning the head.
-struct TimedIo {
-    inner: TcpStream,
+/// The client socket, noting when the first bytes of a new request head arrive and scanning the head
+/// (HTTP/1 only: `scan` is `None` for HTTP/2).
+struct TimedIo<IO> {
+    inner: IO,
     state: Arc<ConnState>,
-    scan: HeadScan,
+    scan: Option<HeadScan>,
 }
 
-impl AsyncRead for TimedIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for TimedIo<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -284,12 +453,12 @@ impl AsyncRead for TimedIo {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let new = &buf.filled()[before..];
-        if !new.is_empty() {
+        if let (false, Some(scan)) = (new.is_empty(), this.scan.as_mut()) {
             if this.state.phase.load(Ordering::Relaxed) == IDLE {
                 this.state.enter(HEAD);
-                this.scan.start();
+                scan.start();
             }
-            if let Some(conflict) = this.scan.feed(new) {
+            if let Some(conflict) = scan.feed(new) {
                 let head = this.state.heads.fetch_add(1, Ordering::AcqRel) + 1;
                 if conflict {
                     this.state.conflict_head.store(head, Ordering::Release);
@@ -300,7 +469,7 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for TimedIo<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

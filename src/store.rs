@@ -234,6 +234,25 @@ impl RedisClient {
         Ok(out)
     }
 
+    /// `HMGET tls:<name> certificate key`: the PEM texts, empty when a field (or the key) is missing.
+    pub async fn certificate(&self, name: &str) -> Result<(String, String), StoreError> {
+        let mut con = self.shared();
+        let fields: Vec<Option<String>> = self
+            .call(
+                redis::cmd("HMGET")
+                    .arg(format!("tls:{name}"))
+                    .arg("certificate")
+                    .arg("key")
+                    .query_async(&mut con),
+            )
+            .await?;
+        let mut fields = fields.into_iter().map(Option::unwrap_or_default);
+        Ok((
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+        ))
+    }
+
     /// Passive dead mark: pipeline `SADD` + `EXPIRE`, then `PUBLISH dead <key>;<url>;<idx>;<n>`.
     pub async fn mark_dead(
         &self,

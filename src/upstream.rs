@@ -17,7 +17,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// Idle connections kept per backend (PlanB's transport keeps up to 100).
 const MAX_IDLE_PER_BACKEND: usize = 100;
@@ -118,8 +123,9 @@ pub enum UpstreamError {
     ConnectTimeout(String),
     /// The request could not be completed on an open connection (backend closed, bad response, ...).
     Request(String),
-    /// The backend URL cannot be used (unknown scheme, or `https` before upstream TLS exists).
-    Unusable(String),
+    /// The TLS handshake with an `https://` backend failed (certificate not trusted, wrong name, not TLS).
+    /// Not a dead mark: the backend answered, it is the configuration that is wrong (PlanB §4.1).
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -141,7 +147,7 @@ impl std::fmt::Display for UpstreamError {
             | UpstreamError::Connect(m)
             | UpstreamError::ConnectTimeout(m)
             | UpstreamError::Request(m)
-            | UpstreamError::Unusable(m) => f.write_str(m),
+            | UpstreamError::Tls(m) => f.write_str(m),
         }
     }
 }
@@ -150,15 +156,21 @@ type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
 
 /// Dials backends and keeps their connections alive for reuse.
 pub struct Upstream {
+    /// Idle connections keyed by `scheme://host:port`, so an `http` and an `https` backend on the same
+    /// authority never share a connection.
     pools: DashMap<String, Pool>,
+    /// TCP connect limit, also the TLS handshake limit for `https://` backends (as PlanB's transport).
     dial_timeout: Duration,
+    /// Verifies `https://` backends (web roots plus `--backend-ca-file`).
+    tls: TlsConnector,
 }
 
 impl Upstream {
-    pub fn new(dial_timeout: Duration) -> Upstream {
+    pub fn new(dial_timeout: Duration, tls: Arc<ClientConfig>) -> Upstream {
         Upstream {
             pools: DashMap::new(),
             dial_timeout,
+            tls: TlsConnector::from(tls),
         }
     }
 
@@ -168,18 +180,8 @@ impl Upstream {
         target: &Target,
         mut req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<Incoming>>)> {
-        if target.scheme != "http" {
-            return Err((
-                UpstreamError::Unusable(format!(
-                    "{} backends are not supported yet: {}",
-                    target.scheme,
-                    target.authority()
-                )),
-                Some(req),
-            ));
-        }
         let authority = target.authority();
-        let pool = self.pool(&authority);
+        let pool = self.pool(&format!("{}://{authority}", target.scheme));
         // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
         while let Some(mut sender) = checkout(&pool) {
             match sender.try_send_request(req).await {
@@ -200,11 +202,11 @@ impl Upstream {
         }
     }
 
-    fn pool(&self, authority: &str) -> Pool {
-        if let Some(pool) = self.pools.get(authority) {
+    fn pool(&self, key: &str) -> Pool {
+        if let Some(pool) = self.pools.get(key) {
             return pool.clone();
         }
-        self.pools.entry(authority.to_string()).or_default().clone()
+        self.pools.entry(key.to_string()).or_default().clone()
     }
 
     async fn dial(
@@ -212,8 +214,36 @@ impl Upstream {
         target: &Target,
         authority: &str,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let stream = self.connect(target, authority).await?;
+        let stream = self.open(target, authority).await?;
         handshake(stream).await
+    }
+
+    /// A connection that speaks the backend's scheme: TCP, plus TLS for `https://` with SNI = the backend host,
+    /// verified. The whole of it must finish within the dial timeout.
+    pub async fn open(
+        &self,
+        target: &Target,
+        authority: &str,
+    ) -> Result<BackendStream, UpstreamError> {
+        let started = Instant::now();
+        let tcp = self.connect(target, authority).await?;
+        if target.scheme != "https" {
+            return Ok(BackendStream::Plain(tcp));
+        }
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+            UpstreamError::Tls(format!("tls: invalid server name {:?}: {e}", target.host))
+        })?;
+        let remaining = self.dial_timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, self.tls.connect(name, tcp)).await {
+            Ok(Ok(tls)) => Ok(BackendStream::Tls(Box::new(tls))),
+            Ok(Err(e)) => Err(UpstreamError::Tls(format!(
+                "tls handshake with {authority}: {e}"
+            ))),
+            Err(_) => Err(UpstreamError::ConnectTimeout(format!(
+                "dial timeout after {:?}: net/http: TLS handshake timeout",
+                started.elapsed()
+            ))),
+        }
     }
 
     /// Open a TCP connection to the backend within the dial timeout, classifying failures as PlanB does.
@@ -259,7 +289,7 @@ fn no_such_host(target: &Target) -> UpstreamError {
     UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host))
 }
 
-async fn handshake(stream: TcpStream) -> Result<SendRequest<Incoming>, UpstreamError> {
+async fn handshake(stream: BackendStream) -> Result<SendRequest<Incoming>, UpstreamError> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
         .handshake(TokioIo::new(stream))
@@ -343,6 +373,70 @@ fn wrap(
         };
         UpstreamBody { inner, lease }
     })
+}
+
+/// A connection to a backend, in clear or TLS.
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Plain(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A backend's response body; the connection goes back to the pool when the body has been read to the end.

@@ -115,3 +115,101 @@ async fn websocket_failures_give_502_with_a_newline_body() {
         redis.dead_members("refused.test") == vec!["0".to_string()]
     });
 }
+
+async fn connect_ws(
+    addr: SocketAddr,
+    host: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("ws://{addr}/idle");
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request.headers_mut().insert("host", host.parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnels_are_closed_after_the_websocket_idle_timeout() {
+    let redis = RedisServer::start();
+    let (backend, _) = echo_backend().await;
+    redis.set_frontend("idle.test", &[&format!("http://{backend}")]);
+    let proxy = Proxy::start(&redis, &["--websocket-idle-timeout", "400ms"]);
+    let mut ws = connect_ws(proxy.addr(), "idle.test").await;
+    // Traffic every 100 ms keeps the tunnel open well past the limit.
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        if i > 0 {
+            tokio::time::sleep(millis(100)).await;
+        }
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        assert!(ws.next().await.unwrap().is_ok());
+    }
+    assert!(started.elapsed() > millis(800));
+    // Then silence: the proxy closes the tunnel (the stream ends or errors), within a bounded time.
+    let idle_since = std::time::Instant::now();
+    let end = tokio::time::timeout(secs(5), ws.next()).await;
+    let end = end.expect("the idle tunnel was not closed within 5 s");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "unexpected message {end:?}"
+    );
+    assert!(
+        idle_since.elapsed() >= millis(350),
+        "{:?}",
+        idle_since.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_are_counted() {
+    use hypache::config::{Config, RedisAddr, RedisConfig};
+    let redis = RedisServer::start();
+    let (backend, _) = echo_backend().await;
+    redis.set_frontend("count.test", &[&format!("http://{backend}")]);
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        RedisConfig {
+            addr: RedisAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: redis.port(),
+            },
+            password: None,
+            db: 0,
+            sentinel: None,
+        },
+    );
+    let server = hypache::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let tunnels = server.tunnels();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let settle = |want: usize| {
+        let tunnels = tunnels.clone();
+        async move {
+            let deadline = std::time::Instant::now() + secs(5);
+            while tunnels.count() != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "open tunnels stayed at {} instead of {want}",
+                    tunnels.count()
+                );
+                tokio::time::sleep(millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(tunnels.count(), 0);
+    let mut first = connect_ws(addr, "count.test").await;
+    let second = connect_ws(addr, "count.test").await;
+    settle(2).await;
+    // The client's close frame is echoed by the backend, which then closes: the tunnel ends with it.
+    first.close(None).await.unwrap();
+    while first.next().await.is_some() {}
+    settle(1).await;
+    // A client that simply goes away ends its tunnel too.
+    drop(second);
+    settle(0).await;
+    let _ = stop.send(());
+    serving.await.unwrap();
+}

@@ -105,6 +105,23 @@ pub fn set_host(headers: &mut HeaderMap, target: &Target, original: &str) {
     }
 }
 
+/// HTTP/2 clients may split `Cookie` into several fields; an HTTP/1.1 backend must get them joined with `; `
+/// (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Go's `httpguts.ValidHostHeader`: the bytes a Host value may hold.
 pub fn valid_host(host: &[u8]) -> bool {
     host.iter()

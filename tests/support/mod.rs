@@ -8,14 +8,16 @@ pub mod http;
 pub mod logline;
 pub mod proxy;
 pub mod redis_server;
+pub mod tls;
 pub mod wait;
 
 pub use backend::{refused_addr, refused_url, Backend, Body, Reply, Request, Step};
 pub use http::{
     build_request, connection_refused, exchange, get, raw_request, request, ClientConn, Resp,
 };
-pub use proxy::{spawn_raw, CliOutput, Proxy, SOON};
+pub use proxy::{parse_listening_tls, spawn_raw, CliOutput, Proxy, SOON};
 pub use redis_server::{RedisServer, Subscriber};
+pub use tls::{client_hello_bytes, tls_connect, Leaf, TestCa, TlsBackend, TlsConn};
 pub use wait::{assert_eventually, eventually, wait_until, Gate};
 
 use std::time::Duration;

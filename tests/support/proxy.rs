@@ -101,14 +101,42 @@ fn merge_args(base: Vec<(String, String)>, extra: &[&str]) -> Vec<String> {
 
 /// Finds `Listening on <addr>...` in a line.
 fn parse_listening(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("Listening on ")? + "Listening on ".len()..];
+    parse_announce(line, "Listening on ")
+}
+
+/// Finds `Listening tls on <addr>...` in a line.
+pub fn parse_listening_tls(line: &str) -> Option<SocketAddr> {
+    parse_announce(line, "Listening tls on ")
+}
+
+fn parse_announce(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
     let addr = rest.split("...").next()?.trim();
     addr.parse().ok()
 }
 
+/// Which listeners `args` ask for: (plain, tls).
+fn expected_listeners(args: &[String]) -> (bool, bool) {
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+            })
+    };
+    let plain = value_of("--listen").or_else(|| value_of("-l")) != Some("disabled");
+    let tls = value_of("--tls-listen").is_some_and(|v| !v.is_empty());
+    (plain, tls)
+}
+
 pub struct Proxy {
     child: Child,
-    addr: SocketAddr,
+    /// The plain listener; `None` with `--listen disabled`.
+    plain: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
     dir: tempfile::TempDir,
     stderr: Lines,
     stdout: Lines,
@@ -157,16 +185,20 @@ impl Proxy {
         let stderr = collect_lines(child.stderr.take().unwrap());
         let stdout = collect_lines(child.stdout.take().unwrap());
         let deadline = Instant::now() + START_TIMEOUT;
+        let (want_plain, want_tls) = expected_listeners(&args);
         loop {
-            let found = stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| parse_listening(l));
-            if let Some(addr) = found {
+            let (plain, tls) = {
+                let lines = stderr.lock().unwrap();
+                (
+                    lines.iter().find_map(|l| parse_listening(l)),
+                    lines.iter().find_map(|l| parse_listening_tls(l)),
+                )
+            };
+            if plain.is_some() == want_plain && tls.is_some() == want_tls {
                 return Ok(Proxy {
                     child,
-                    addr,
+                    plain,
+                    tls,
                     dir,
                     stderr,
                     stdout,
@@ -198,8 +230,16 @@ impl Proxy {
         spawn_raw(args, &[], Duration::from_secs(15))
     }
 
+    /// The plain listener's address (HTTP, or the SNI passthrough).
+    #[track_caller]
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.plain.expect("the plain listener is disabled")
+    }
+
+    /// The TLS listener's address (from `Listening tls on <addr>...`).
+    #[track_caller]
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls.expect("no --tls-listen was given")
     }
 
     pub fn pid(&self) -> u32 {
