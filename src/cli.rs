@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    AccessLogTarget, Config, Extensions, Limits, RedisAddr, RedisConfig, Timeouts,
+    AccessLogFormat, AccessLogTarget, Config, EventLogConfig, EventLogFormat, Extensions, Limits,
+    MetricsConfig, RedisAddr, RedisConfig, Timeouts,
 };
 
 /// hypache: a reverse proxy routed by Redis, a drop-in replacement for PlanB and Hipache.
@@ -40,6 +41,10 @@ pub struct Cli {
     /// Address of the Prometheus /metrics listener (empty: none).
     #[arg(long, env = "HYPACHE_METRICS_ADDRESS", default_value = "")]
     pub metrics_address: String,
+
+    /// Add metrics labelled by frontend key (one series per frontend: mind the cardinality).
+    #[arg(long, env = "HYPACHE_METRICS_PER_FRONTEND")]
+    pub metrics_per_frontend: bool,
 
     /// Where TLS certificates come from: `redis` or a directory.
     #[arg(long, env = "HYPACHE_LOAD_CERTIFICATES_FROM", default_value = "redis")]
@@ -102,6 +107,18 @@ pub struct Cli {
     /// Access log: a file path, `stdout`, `syslog` or `none`.
     #[arg(long, env = "HYPACHE_ACCESS_LOG", default_value = "./access.log")]
     pub access_log: String,
+
+    /// Access-log line format: planb, hipache or json.
+    #[arg(long, env = "HYPACHE_ACCESS_LOG_FORMAT", default_value = "planb", value_parser = ["planb", "hipache", "json"])]
+    pub access_log_format: String,
+
+    /// Event-log filter for hypache's own events (`info`, `warn`, `hypache=debug`); default: RUST_LOG, else info.
+    #[arg(long, env = "HYPACHE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Event-log format on stderr: text (PlanB's lines verbatim) or json (one object per line).
+    #[arg(long, env = "HYPACHE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// Seconds to wait for a backend's response headers (0: no limit).
     #[arg(
@@ -199,9 +216,6 @@ impl Cli {
         if !self.tls_listen.is_empty() {
             return not_yet("--tls-listen");
         }
-        if !self.metrics_address.is_empty() {
-            return not_yet("--metrics-address");
-        }
         if self.active_healthcheck {
             return not_yet("--active-healthcheck");
         }
@@ -254,6 +268,18 @@ impl Cli {
             self.write_redis_password,
             self.write_redis_db,
         );
+        let metrics_address = match self.metrics_address.as_str() {
+            "" => None,
+            addr => Some(parse_listen(addr).map_err(|e| {
+                CliError(format!(
+                    "invalid value '{addr}' for '--metrics-address': {e}"
+                ))
+            })?),
+        };
+        if let Some(level) = &self.log_level {
+            crate::event_log::filter(Some(level))
+                .map_err(|e| CliError(format!("invalid value '{level}' for '--log-level': {e}")))?;
+        }
         let access_log = match self.access_log.as_str() {
             "" | "none" => AccessLogTarget::None,
             "stdout" => AccessLogTarget::Stdout,
@@ -300,6 +326,22 @@ impl Cli {
             limits: Limits {
                 max_header_bytes: self.max_header_bytes as usize,
                 ..Limits::default()
+            },
+            access_log_format: match self.access_log_format.as_str() {
+                "hipache" => AccessLogFormat::Hipache,
+                "json" => AccessLogFormat::Json,
+                _ => AccessLogFormat::Planb,
+            },
+            metrics: MetricsConfig {
+                address: metrics_address,
+                per_frontend: self.metrics_per_frontend,
+            },
+            event_log: EventLogConfig {
+                level: self.log_level,
+                format: match self.log_format.as_str() {
+                    "json" => EventLogFormat::Json,
+                    _ => EventLogFormat::Text,
+                },
             },
         })
     }

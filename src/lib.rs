@@ -15,7 +15,13 @@
 //! - [`error`]: every response hypache writes itself.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
-//! - [`access_log`]: access and error logs, written off the request path.
+//! - [`access_log`]: access and error logs (PlanB, Hipache or JSON lines), written off the request path,
+//!   reopened on SIGHUP.
+//! - [`event_log`]: the event log on stderr through `tracing` (text or JSON); PlanB's lines kept verbatim.
+//! - [`metrics`]: the Prometheus registry (PlanB's five metrics, `process_*`, `hypache_*`) and `/metrics`.
+//! - [`inflight`]: the registry of in-flight requests shown by the SIGUSR1 dump.
+//! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests, tokio task dump).
+//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGHUP handlers.
 //!
 //! # Redis schema
 //! - `frontend:<host>` (list): element 0 is an identifier (ignored), then backend URLs.
@@ -31,8 +37,13 @@ pub mod access_log;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod dump;
 pub mod error;
+pub mod event_log;
 pub mod head_scan;
+pub mod inflight;
+pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -47,6 +58,7 @@ use tokio::net::TcpListener;
 
 use crate::access_log::Log;
 use crate::config::Config;
+use crate::ops::Telemetry;
 use crate::proxy::Proxy;
 use crate::route::Router;
 use crate::store::RedisClient;
@@ -67,6 +79,8 @@ impl std::error::Error for StartError {}
 /// A proxy that has connected to Redis, opened its logs and bound its listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
+    /// The Prometheus listener (`--metrics-address`), bound before the proxy's listener as in PlanB.
+    metrics_listener: Option<TcpListener>,
     proxy: Arc<Proxy>,
 }
 
@@ -83,25 +97,34 @@ impl Server {
                 .await
                 .map_err(|e| StartError(e.to_string()))?
         };
-        let access_log = Log::access(&config.access_log)
+        let access_log = Log::access(&config.access_log, config.access_log_format)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
+        let metrics_listener = match config.metrics.address {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(StartError)?),
+            None => None,
+        };
         let addr = config
             .listen
             .ok_or_else(|| StartError("no listener configured".into()))?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))?;
+        let error_log = Log::errors();
+        let tunnels = Arc::default();
+        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log);
         let proxy = Proxy {
             router: Router::new(read, config.extensions),
             upstream: Upstream::new(config.timeouts.dial),
             write,
             access_log,
-            error_log: Log::errors(),
-            tunnels: Default::default(),
+            error_log,
+            tunnels,
+            telemetry,
             config,
         };
         Ok(Server {
             listener,
+            metrics_listener,
             proxy: Arc::new(proxy),
         })
     }
@@ -114,9 +137,13 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, drain in-flight requests, then flush the logs.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        eprintln!("Using native engine");
-        eprintln!("Listening on {}...", self.local_addr());
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
+        ops::start(&self.proxy, self.metrics_listener.take());
+        event_log::planb_line(tracing::Level::INFO, "Using native engine");
+        event_log::planb_line(
+            tracing::Level::INFO,
+            &format!("Listening on {}...", self.local_addr()),
+        );
         let proxy = self.proxy.clone();
         server::serve(self.listener, self.proxy, shutdown).await;
         let grace = proxy

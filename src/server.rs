@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::body::Guarded;
 use crate::config::Timeouts;
 use crate::head_scan::HeadScan;
+use crate::inflight::Ticket;
 use crate::proxy::{Downstream, Proxy};
 
 /// Serve `listener` until `shutdown` resolves, then stop accepting, let in-flight requests finish within the
@@ -40,9 +41,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     let proxy = proxy.clone();
                     let stop = stop_rx.clone();
                     let alive = connections.track();
+                    // Counted open until it closes or becomes a WebSocket tunnel (PlanB's gauge).
+                    let counted = proxy.telemetry.metrics.connection_opened("http");
                     tokio::spawn(async move {
                         serve_connection(stream, peer, proxy, stop).await;
-                        drop(alive);
+                        drop((alive, counted));
                     });
                 }
                 Err(e) => {
@@ -129,8 +132,12 @@ async fn serve_connection(
             conflicting_length,
         };
         async move {
-            let resp = proxy.handle(req, down).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, guard)))
+            let mut resp = proxy.handle(req, down).await;
+            // The request stays in the in-flight registry until its body is written out.
+            let inflight = resp.extensions_mut().remove::<Ticket>();
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|body| Guarded::new(body, (guard, inflight))),
+            )
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

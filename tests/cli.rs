@@ -68,6 +68,10 @@ fn help_lists_every_planb_flag_and_the_extensions() {
         "--no-failover",
         "--shutdown-timeout",
         "--max-header-bytes",
+        "--metrics-per-frontend",
+        "--access-log-format",
+        "--log-level",
+        "--log-format",
     ];
     let mut missing: Vec<String> = flags
         .iter()
@@ -113,6 +117,10 @@ fn bad_values_exit_2_and_name_the_flag() {
         ("--flush-interval", "fast"),
         ("--shutdown-timeout", "5x"),
         ("--max-header-bytes", "big"),
+        ("--metrics-address", "nowhere"),
+        ("--access-log-format", "xml"),
+        ("--log-format", "yaml"),
+        ("--log-level", "hypache=loud"),
     ];
     let mut failures = Vec::new();
     for (flag, value) in cases {
@@ -156,10 +164,6 @@ fn unimplemented_flags_exit_2_with_a_clear_message() {
         (
             &["--tls-listen", "127.0.0.1:0"],
             "--tls-listen is not implemented yet",
-        ),
-        (
-            &["--metrics-address", "127.0.0.1:0"],
-            "--metrics-address is not implemented yet",
         ),
         (
             &["--active-healthcheck"],

@@ -74,7 +74,7 @@ impl Proxy {
                     if !dead {
                         return Reject::UpgradeFailed.response();
                     }
-                    self.mark_dead(ctx, route.backends.len());
+                    self.mark_dead(ctx, route.backends.len(), &e);
                     route.dead[index] = true;
                     match route.first_live(index + 1) {
                         Some(next) if self.config.extensions.failover => index = next,
