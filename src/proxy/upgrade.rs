@@ -115,7 +115,8 @@ impl Proxy {
             return resp.map(|body| ProxyBody::Upstream(UpstreamBody::detached(body)));
         }
         let backend_upgrade = hyper::upgrade::on(&mut resp);
-        let tunnels = self.tunnels.clone();
+        // Counted from now on, so shutdown waits for the tunnel and the metrics see it.
+        let tunnels = self.tunnels.track();
         let error_log = self.error_log.clone();
         let prefix = self.error_prefix(ctx, &ctx.backend_url);
         tokio::spawn(async move {
