@@ -116,6 +116,10 @@ pub struct Cli {
     #[arg(long, env = "HYPACHE_LOG_LEVEL")]
     pub log_level: Option<String>,
 
+    /// Add a tokio task dump to the SIGUSR1 dump (unstable in tokio: it can stall the runtime).
+    #[arg(long, env = "HYPACHE_TASK_DUMP")]
+    pub task_dump: bool,
+
     /// Event-log format on stderr: text (PlanB's lines verbatim) or json (one object per line).
     #[arg(long, env = "HYPACHE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -343,6 +347,7 @@ impl Cli {
                     _ => EventLogFormat::Text,
                 },
             },
+            task_dump: self.task_dump,
         })
     }
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The event log on standard error (start-up lines, PlanB's `ERROR in` lines, hypache's own events).
     pub event_log: EventLogConfig,
+    /// Add a tokio task dump to the SIGUSR1 dump. Off by default: tokio's task dump is unstable and can stall
+    /// the runtime (see `dump`), which an operator must choose knowingly.
+    pub task_dump: bool,
 }
 
 /// The format of access-log lines.
@@ -212,6 +215,7 @@ impl Config {
             access_log_format: AccessLogFormat::default(),
             metrics: MetricsConfig::default(),
             event_log: EventLogConfig::default(),
+            task_dump: false,
         }
     }
 }

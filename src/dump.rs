@@ -2,11 +2,19 @@
 //! and tunnels, the in-flight requests, and a tokio task dump, written to standard output while the proxy keeps
 //! serving.
 //!
-//! The cheap parts come first and are always there. The task dump needs a build with `--cfg tokio_unstable`
-//! and tokio's `taskdump` feature on Linux (set in `.cargo/config.toml`); it pauses the runtime's workers to
-//! trace every task, so it is bounded by [`TASK_DUMP_TIMEOUT`], resolved and formatted on a blocking thread,
-//! and one dump at a time is taken. Writing to stdout also happens off the runtime, so a stuck stdout pipe
-//! never stalls a request.
+//! The cheap parts are always there: runtime figures with one line per worker thread (busy time, parks, polls,
+//! queue depth: a worker whose figures stop moving is blocked), connections, tunnels and the in-flight requests.
+//!
+//! The tokio task dump is opt-in (`--task-dump`). It needs a build with `--cfg tokio_unstable` and tokio's
+//! `taskdump` feature on Linux (set in `.cargo/config.toml`), and it is unstable in tokio: on the multi-thread
+//! runtime a dump can leave the workers asleep and stall every request (tokio-rs/tokio#7478; seen here in about
+//! one run in ten of the dump test under load, requests hung for more than 15 s). A SIGUSR1 must never do that
+//! to a proxy in production, so by default the dump shows the runtime figures instead. With `--task-dump` the
+//! task dump is bounded by [`TASK_DUMP_TIMEOUT`] (a stalled runtime cannot honour it, which is the risk), and
+//! symbols are resolved on a blocking thread.
+//!
+//! One dump at a time is taken. Writing to stdout happens off the runtime, so a stuck stdout pipe never stalls a
+//! request.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -42,7 +50,13 @@ pub async fn write(proxy: Arc<Proxy>) -> Option<Duration> {
         chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
     );
     text.push_str(&summary(&proxy));
-    text.push_str(&task_dump().await);
+    if proxy.config.task_dump {
+        text.push_str(&task_dump().await);
+    } else {
+        text.push_str(
+            "task dump: off (tokio's task dump can stall the runtime, tokio-rs/tokio#7478; --task-dump turns it on)\n",
+        );
+    }
     let took = started.elapsed();
     let _ = writeln!(
         text,
@@ -83,6 +97,23 @@ fn summary(proxy: &Proxy) -> String {
         runtime.spawned_tasks_count(),
     );
     text.push('\n');
+    for worker in 0..runtime.num_workers() {
+        let _ = write!(
+            text,
+            "  worker {worker}: busy {:.3}s in total, parked {} times",
+            runtime.worker_total_busy_duration(worker).as_secs_f64(),
+            runtime.worker_park_count(worker),
+        );
+        #[cfg(tokio_unstable)]
+        let _ = write!(
+            text,
+            ", {} polls, {} tasks in its local queue, {} steals",
+            runtime.worker_poll_count(worker),
+            runtime.worker_local_queue_depth(worker),
+            runtime.worker_steal_count(worker),
+        );
+        text.push('\n');
+    }
     let metrics = &proxy.telemetry.metrics;
     let _ = writeln!(
         text,

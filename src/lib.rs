@@ -20,7 +20,7 @@
 //! - [`event_log`]: the event log on stderr through `tracing` (text or JSON); PlanB's lines kept verbatim.
 //! - [`metrics`]: the Prometheus registry (PlanB's five metrics, `process_*`, `hypache_*`) and `/metrics`.
 //! - [`inflight`]: the registry of in-flight requests shown by the SIGUSR1 dump.
-//! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests, tokio task dump).
+//! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests; tokio task dump if asked).
 //! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGHUP handlers.
 //!
 //! # Redis schema

@@ -88,10 +88,10 @@ impl Proxy {
                 Err(e) => Reject::PingFailed(e.0).response(),
             };
         }
-        let inflight =
-            self.telemetry
-                .inflight
-                .begin(req.method().as_str(), &host, req.uri().path());
+        let inflight = self
+            .telemetry
+            .inflight
+            .begin(req.method(), &host, req.uri().path());
         let request_id = self.request_id(&mut req);
         let debug = req
             .headers()

@@ -72,6 +72,7 @@ fn help_lists_every_planb_flag_and_the_extensions() {
         "--access-log-format",
         "--log-level",
         "--log-format",
+        "--task-dump",
     ];
     let mut missing: Vec<String> = flags
         .iter()
