@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    AccessLogTarget, CertificateSource, Config, Engine, Extensions, Limits, RedisAddr, RedisConfig,
-    SentinelConfig, Timeouts, TlsPreset, TlsSettings,
+    AccessLogFormat, AccessLogTarget, CertificateSource, Config, Engine, EventLogConfig,
+    EventLogFormat, Extensions, Limits, MetricsConfig, RedisAddr, RedisConfig, SentinelConfig,
+    Timeouts, TlsPreset, TlsSettings,
 };
 
 /// hypache: a reverse proxy routed by Redis, a drop-in replacement for PlanB and Hipache.
@@ -41,6 +42,10 @@ pub struct Cli {
     /// Address of the Prometheus /metrics listener (empty: none).
     #[arg(long, env = "HYPACHE_METRICS_ADDRESS", default_value = "")]
     pub metrics_address: String,
+
+    /// Add metrics labelled by frontend key (one series per frontend: mind the cardinality).
+    #[arg(long, env = "HYPACHE_METRICS_PER_FRONTEND")]
+    pub metrics_per_frontend: bool,
 
     /// Where TLS certificates come from: `redis` or a directory of `<name>.crt` + `<name>.key` pairs.
     #[arg(long, env = "HYPACHE_LOAD_CERTIFICATES_FROM", default_value = "redis")]
@@ -112,6 +117,22 @@ pub struct Cli {
     /// Access log: a file path, `stdout`, `syslog` or `none`.
     #[arg(long, env = "HYPACHE_ACCESS_LOG", default_value = "./access.log")]
     pub access_log: String,
+
+    /// Access-log line format: planb, hipache or json.
+    #[arg(long, env = "HYPACHE_ACCESS_LOG_FORMAT", default_value = "planb", value_parser = ["planb", "hipache", "json"])]
+    pub access_log_format: String,
+
+    /// Event-log filter for hypache's own events (`info`, `warn`, `hypache=debug`); default: RUST_LOG, else info.
+    #[arg(long, env = "HYPACHE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Add a tokio task dump to the SIGUSR1 dump (unstable in tokio: it can stall the runtime).
+    #[arg(long, env = "HYPACHE_TASK_DUMP")]
+    pub task_dump: bool,
+
+    /// Event-log format on stderr: text (PlanB's lines verbatim) or json (one object per line).
+    #[arg(long, env = "HYPACHE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// Seconds to wait for a backend's response headers (0: no limit).
     #[arg(
@@ -218,11 +239,6 @@ impl std::error::Error for CliError {}
 impl Cli {
     /// Resolve the flags into a [`Config`].
     pub fn into_config(self) -> Result<Config, CliError> {
-        let not_yet = |flag: &str| Err(CliError(format!("{flag} is not implemented yet")));
-        if !self.metrics_address.is_empty() {
-            return not_yet("--metrics-address");
-        }
-
         let listen = match self.listen.as_str() {
             "disabled" => None,
             addr => Some(
@@ -280,6 +296,18 @@ impl Cli {
                 self.write_redis_sentinel_name,
             ),
         );
+        let metrics_address = match self.metrics_address.as_str() {
+            "" => None,
+            addr => Some(parse_listen(addr).map_err(|e| {
+                CliError(format!(
+                    "invalid value '{addr}' for '--metrics-address': {e}"
+                ))
+            })?),
+        };
+        if let Some(level) = &self.log_level {
+            crate::event_log::filter(Some(level))
+                .map_err(|e| CliError(format!("invalid value '{level}' for '--log-level': {e}")))?;
+        }
         let access_log = match self.access_log.as_str() {
             "" | "none" => AccessLogTarget::None,
             "stdout" => AccessLogTarget::Stdout,
@@ -344,6 +372,23 @@ impl Cli {
             },
             stale_routes_ttl: nonzero(self.stale_routes_ttl),
             wait_for_redis: nonzero(self.wait_for_redis),
+            access_log_format: match self.access_log_format.as_str() {
+                "hipache" => AccessLogFormat::Hipache,
+                "json" => AccessLogFormat::Json,
+                _ => AccessLogFormat::Planb,
+            },
+            metrics: MetricsConfig {
+                address: metrics_address,
+                per_frontend: self.metrics_per_frontend,
+            },
+            event_log: EventLogConfig {
+                level: self.log_level,
+                format: match self.log_format.as_str() {
+                    "json" => EventLogFormat::Json,
+                    _ => EventLogFormat::Text,
+                },
+            },
+            task_dump: self.task_dump,
         })
     }
 }

@@ -54,6 +54,55 @@ pub struct Config {
     /// At start-up, keep retrying an unreachable Redis for this long (orchestrators that start the proxy
     /// before Redis); `None` fails at once as PlanB does.
     pub wait_for_redis: Option<Duration>,
+    /// How access-log lines are written: PlanB's line (the default), Hipache's, or JSON for log shippers.
+    pub access_log_format: AccessLogFormat,
+    /// The Prometheus listener (PlanB's `--metrics-address`) and how detailed it is.
+    pub metrics: MetricsConfig,
+    /// The event log on standard error (start-up lines, PlanB's `ERROR in` lines, hypache's own events).
+    pub event_log: EventLogConfig,
+    /// Add a tokio task dump to the SIGUSR1 dump. Off by default: tokio's task dump is unstable and can stall
+    /// the runtime (see `dump`), which an operator must choose knowingly.
+    pub task_dump: bool,
+}
+
+/// The format of access-log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// PlanB's line (spec §9.1), so existing parsers keep working.
+    #[default]
+    Planb,
+    /// Hipache's line (hipache.md §3.4) for operators coming from Hipache, minus its quirks (see the README).
+    Hipache,
+    /// One JSON object per line with PlanB's fields, named, for log shippers.
+    Json,
+}
+
+/// The Prometheus listener.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; `None` starts no listener, as in PlanB.
+    pub address: Option<SocketAddr>,
+    /// Add series labelled by frontend key; off by default because every frontend is a new series.
+    pub per_frontend: bool,
+}
+
+/// The event log: hypache's own diagnostics through `tracing`.
+#[derive(Debug, Clone, Default)]
+pub struct EventLogConfig {
+    /// A `tracing` filter (`info`, `hypache=debug`); `None` means `RUST_LOG`, else `info`.
+    pub level: Option<String>,
+    /// Text keeps PlanB's stderr lines exactly; JSON makes every stderr line an object.
+    pub format: EventLogFormat,
+}
+
+/// The format of the event log on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventLogFormat {
+    /// PlanB's lines as they are; hypache's own events in tracing's text format.
+    #[default]
+    Text,
+    /// One JSON object per line for everything on standard error.
+    Json,
 }
 
 /// How to reach one Redis server.
@@ -285,6 +334,10 @@ impl Config {
             monitor_id: crate::health::hostname(),
             stale_routes_ttl: Some(Duration::from_secs(300)),
             wait_for_redis: None,
+            access_log_format: AccessLogFormat::default(),
+            metrics: MetricsConfig::default(),
+            event_log: EventLogConfig::default(),
+            task_dump: false,
         }
     }
 }

@@ -20,7 +20,13 @@
 //! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
-//! - [`access_log`]: access and error logs, written off the request path.
+//! - [`access_log`]: access and error logs (PlanB, Hipache or JSON lines), written off the request path,
+//!   reopened on SIGHUP.
+//! - [`event_log`]: the event log on stderr through `tracing` (text or JSON); PlanB's lines kept verbatim.
+//! - [`metrics`]: the Prometheus registry (PlanB's five metrics, `process_*`, `hypache_*`) and `/metrics`.
+//! - [`inflight`]: the registry of in-flight requests shown by the SIGUSR1 dump.
+//! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests; tokio task dump if asked).
+//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGHUP handlers.
 //!
 //! # Redis schema
 //! - `frontend:<host>` (list): element 0 is an identifier (ignored), then backend URLs.
@@ -40,9 +46,14 @@ pub mod access_log;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod dump;
 pub mod error;
+pub mod event_log;
 pub mod head_scan;
 pub mod health;
+pub mod inflight;
+pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -59,6 +70,7 @@ use tokio::net::TcpListener;
 
 use crate::access_log::Log;
 use crate::config::{CertificateSource, Config, Engine};
+use crate::ops::Telemetry;
 use crate::proxy::Proxy;
 use crate::route::{CachePolicy, Router};
 use crate::server::{Listener, Tracker};
@@ -82,6 +94,8 @@ impl std::error::Error for StartError {}
 /// to serve.
 pub struct Server {
     listeners: Vec<Listener>,
+    /// The Prometheus listener (`--metrics-address`), bound before the proxy's listeners as in PlanB.
+    metrics_listener: Option<TcpListener>,
     proxy: Arc<Proxy>,
 }
 
@@ -95,8 +109,12 @@ impl Server {
         } else {
             connect(&config.write_redis, config.wait_for_redis).await?
         };
-        let access_log = Log::access(&config.access_log)
+        let access_log = Log::access(&config.access_log, config.access_log_format)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
+        let metrics_listener = match config.metrics.address {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(StartError)?),
+            None => None,
+        };
         let error_log = Log::errors();
         let terminator = match config.tls_listen {
             None => None,
@@ -141,6 +159,8 @@ impl Server {
         if config.active_healthcheck {
             health::start(write.clone(), config.monitor_id.clone(), error_log.clone());
         }
+        let tunnels = Arc::default();
+        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log);
         let proxy = Proxy {
             router: Router::new(
                 read,
@@ -154,11 +174,13 @@ impl Server {
             write,
             access_log,
             error_log,
-            tunnels: Default::default(),
+            tunnels,
+            telemetry,
             config,
         };
         Ok(Server {
             listeners,
+            metrics_listener,
             proxy: Arc::new(proxy),
         })
     }
@@ -185,22 +207,24 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, drain in-flight requests, then flush the logs.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
+        ops::start(&self.proxy, self.metrics_listener.take());
         let config = &self.proxy.config;
+        let info = |line: &str| event_log::planb_line(tracing::Level::INFO, line);
         match config.engine {
-            Engine::Native => eprintln!("Using native engine"),
-            Engine::Sni => eprintln!("Using sni engine"),
+            Engine::Native => info("Using native engine"),
+            Engine::Sni => info("Using sni engine"),
         }
         if config.tls_listen.is_some() {
             if let Some(warning) = tls::preset_warning(config.tls.preset) {
-                eprintln!("{warning}");
+                info(&warning);
             }
         }
         if let Some(addr) = self.local_addr() {
-            eprintln!("Listening on {addr}...");
+            info(&format!("Listening on {addr}..."));
         }
         if let Some(addr) = self.tls_addr() {
-            eprintln!("Listening tls on {addr}...");
+            info(&format!("Listening tls on {addr}..."));
         }
         let proxy = self.proxy.clone();
         server::serve(self.listeners, self.proxy, shutdown).await;

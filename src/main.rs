@@ -27,13 +27,10 @@ fn main() {
     rustls::crypto::ring::default_provider()
         .install_default()
         .expect("install the ring crypto provider");
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = hypache::event_log::init(&config.event_log) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

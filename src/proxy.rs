@@ -16,6 +16,9 @@ use crate::access_log::{AccessEntry, Log};
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::error::Reject;
+use crate::inflight::InflightGuard;
+use crate::metrics::DeadCause;
+use crate::ops::Telemetry;
 use crate::route::{LookupError, Router};
 use crate::server::Tracker;
 use crate::store::RedisClient;
@@ -36,6 +39,8 @@ pub struct Proxy {
     pub(crate) error_log: Log,
     /// Open WebSocket tunnels, so that shutdown can wait for them.
     pub(crate) tunnels: Arc<Tracker>,
+    /// Metrics and the in-flight registry (see `ops`).
+    pub(crate) telemetry: Telemetry,
 }
 
 /// The client side of one request.
@@ -59,6 +64,8 @@ struct Ctx {
     backend_id: usize,
     debug: bool,
     started: Instant,
+    /// This request's entry in the in-flight registry (the SIGUSR1 dump).
+    inflight: InflightGuard,
 }
 
 impl Proxy {
@@ -86,6 +93,10 @@ impl Proxy {
                 Err(e) => Reject::PingFailed(e.0).response(),
             };
         }
+        let inflight = self
+            .telemetry
+            .inflight
+            .begin(req.method(), &host, req.uri().path());
         let request_id = self.request_id(&mut req);
         let debug = req
             .headers()
@@ -100,6 +111,7 @@ impl Proxy {
             debug,
             started: Instant::now(),
             host,
+            inflight,
         };
         if upgrade::is_websocket(&req) {
             return self.websocket(req, down, &mut ctx).await;
@@ -111,6 +123,11 @@ impl Proxy {
             path: percent_encoding::percent_decode_str(req.uri().path())
                 .decode_utf8_lossy()
                 .into_owned(),
+            url: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
             proto: proto(req.version()),
             status: 0,
             content_length: 0,
@@ -124,12 +141,16 @@ impl Proxy {
                 .unwrap_or_default(),
             request_id: ctx.request_id.clone(),
             backend_key: String::new(),
+            identifier: String::new(),
             forwarded_for: String::new(),
             total: Duration::ZERO,
             backend: Duration::ZERO,
         };
         let (resp, backend_time, entry) = self.forward(req, down, &mut ctx, entry).await;
-        self.finish(resp, backend_time, &ctx, entry)
+        let mut resp = self.finish(resp, backend_time, &ctx, entry);
+        // The registration lasts until the server has written the body out.
+        resp.extensions_mut().insert(ctx.inflight.into_ticket());
+        resp
     }
 
     async fn forward(
@@ -139,7 +160,12 @@ impl Proxy {
         ctx: &mut Ctx,
         mut entry: AccessEntry,
     ) -> (Response<ProxyBody>, Duration, AccessEntry) {
-        let mut route = match self.router.lookup(&ctx.host).await {
+        let lookup_started = Instant::now();
+        let looked_up = self.router.lookup(&ctx.host).await;
+        self.telemetry
+            .metrics
+            .redis_lookup(lookup_started.elapsed());
+        let mut route = match looked_up {
             Ok(route) => route,
             Err(LookupError::NoRoute { key }) => {
                 ctx.key = key;
@@ -154,6 +180,7 @@ impl Proxy {
         };
         ctx.key = route.key.clone();
         entry.backend_key = route.key.clone();
+        entry.identifier = route.identifier.clone();
         let start = self.router.next_start(&ctx.host, route.backends.len());
         let Some(mut index) = route.first_live(start) else {
             self.log_error(ctx, "?", "all backends are dead");
@@ -184,6 +211,7 @@ impl Proxy {
         loop {
             ctx.backend_id = index;
             ctx.backend_url = route.backends[index].clone();
+            ctx.inflight.route(&ctx.key, &ctx.backend_url);
             let target = match route.target(index) {
                 Ok(target) => target,
                 Err(TargetError::Empty) => {
@@ -232,7 +260,7 @@ impl Proxy {
             };
             self.log_error(ctx, &ctx.backend_url, &message);
             if dead {
-                self.mark_dead(ctx, route.backends.len()).await;
+                self.mark_dead(ctx, route.backends.len(), &error).await;
                 std::sync::Arc::make_mut(&mut route).dead[index] = true;
             }
             let next = match back {
@@ -243,6 +271,7 @@ impl Proxy {
             };
             match next {
                 Some((next, back)) => {
+                    self.telemetry.metrics.failover();
                     index = next;
                     req = back;
                 }
@@ -291,6 +320,8 @@ impl Proxy {
         entry.total = ctx.started.elapsed();
         entry.backend = backend_time;
         entry.time = SystemTime::now();
+        ctx.inflight.responding();
+        self.telemetry.metrics.request_logged(&entry);
         self.access_log.access_entry(entry);
         resp
     }
@@ -313,8 +344,13 @@ impl Proxy {
     }
 
     /// Passive dead mark: drop the cached route, then write Redis off the request path. A Redis failure is
-    /// logged, nothing else.
-    async fn mark_dead(&self, ctx: &Ctx, count: usize) {
+    /// logged, nothing else; the mark is counted in the metrics either way (as PlanB counts it).
+    async fn mark_dead(&self, ctx: &Ctx, count: usize, error: &UpstreamError) {
+        let cause = DeadCause::of(error);
+        if cause.is_some() {
+            self.telemetry.metrics.connect_failed();
+        }
+        self.telemetry.metrics.mark_dead(cause);
         let write = self.write.clone();
         let error_log = self.error_log.clone();
         let ttl = self.config.dead_backend_ttl;

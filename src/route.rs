@@ -23,6 +23,8 @@ const MAX_COUNTERS: usize = 100_000;
 pub struct Route {
     /// The key that matched: the Host, its port-stripped form, or an extension candidate (`*.a.com`, `*`).
     pub key: String,
+    /// Element 0 of the list: ignored for routing, logged by the Hipache access-log format.
+    pub identifier: String,
     /// Backend URLs, identifier excluded.
     pub backends: Vec<String>,
     /// `dead[i]` is true when index `i` is in `dead:<key>`.
@@ -214,10 +216,11 @@ impl Router {
 
 impl Route {
     /// A route as read from Redis.
-    pub fn new(key: String, backends: Vec<String>, dead: Vec<bool>) -> Route {
+    pub fn new(key: String, identifier: String, backends: Vec<String>, dead: Vec<bool>) -> Route {
         let targets = backends.iter().map(|_| OnceLock::new()).collect();
         Route {
             key,
+            identifier,
             backends,
             dead,
             targets,
@@ -242,7 +245,9 @@ fn into_route(key: &str, data: FrontendData) -> Option<Route> {
     if data.list.len() < 2 {
         return None;
     }
-    let backends: Vec<String> = data.list.into_iter().skip(1).collect();
+    let mut list = data.list.into_iter();
+    let identifier = list.next().unwrap_or_default();
+    let backends: Vec<String> = list.collect();
     let mut dead = vec![false; backends.len()];
     for member in &data.dead {
         // PlanB parses members as 32-bit integers and ignores the error: garbage counts as index 0.
@@ -253,7 +258,7 @@ fn into_route(key: &str, data: FrontendData) -> Option<Route> {
             }
         }
     }
-    Some(Route::new(key.to_string(), backends, dead))
+    Some(Route::new(key.to_string(), identifier, backends, dead))
 }
 
 /// Go's `net.SplitHostPort`, keeping only a non-empty host: `a.com:80` → `a.com`, `[::1]:80` → `::1`.

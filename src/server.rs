@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::body::Guarded;
 use crate::config::Timeouts;
 use crate::head_scan::HeadScan;
+use crate::inflight::Ticket;
 use crate::proxy::{Downstream, Proxy};
 use crate::tls::{handshake_error, TlsTerminator};
 
@@ -115,23 +116,27 @@ async fn accept_loop(
         let alive = connections.track();
         match &listener {
             Listener::Http(_) => {
+                // Counted open until it closes or becomes a WebSocket tunnel (PlanB's gauge).
+                let counted = proxy.telemetry.metrics.connection_opened("http");
                 tokio::spawn(async move {
                     serve_connection(stream, peer, proxy, stop, Protocol::Http1 { tls: false })
                         .await;
-                    drop(alive);
+                    drop((alive, counted));
                 });
             }
             Listener::Tls(_, terminator) => {
                 let terminator = terminator.clone();
+                let counted = proxy.telemetry.metrics.connection_opened("tls");
                 tokio::spawn(async move {
                     serve_tls(stream, peer, terminator, proxy, stop).await;
-                    drop(alive);
+                    drop((alive, counted));
                 });
             }
             Listener::Sni(_) => {
+                let counted = proxy.telemetry.metrics.connection_opened("sni");
                 tokio::spawn(async move {
                     crate::sni::serve(stream, proxy).await;
-                    drop(alive);
+                    drop((alive, counted));
                 });
             }
         }
@@ -255,8 +260,12 @@ async fn serve_connection<IO>(
             conflicting_length,
         };
         async move {
-            let resp = proxy.handle(req, down).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, guard)))
+            let mut resp = proxy.handle(req, down).await;
+            // The request stays in the in-flight registry until its body is written out.
+            let inflight = resp.extensions_mut().remove::<Ticket>();
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|body| Guarded::new(body, (guard, inflight))),
+            )
         }
     });
     let watchdog = watchdog(state, timeouts, h2);

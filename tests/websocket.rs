@@ -213,3 +213,50 @@ async fn open_tunnels_are_counted() {
     let _ = stop.send(());
     serving.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_is_a_tunnel_not_a_connection_in_the_metrics() {
+    let redis = RedisServer::start();
+    let (backend, _seen) = echo_backend().await;
+    redis.set_frontend("ws.test", &[&format!("http://{backend}")]);
+    let proxy = Proxy::start(&redis, &["--metrics-address", "127.0.0.1:0"]);
+    let metrics = proxy.metrics_addr();
+    let value = move |series: &'static str| {
+        tokio::task::spawn_blocking(move || support::metrics::scrape(metrics).value(series))
+    };
+    let url = format!("ws://{}/chat", proxy.addr());
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("host", "ws.test".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    assert_eq!(value("hypache_websocket_tunnels_open").await.unwrap(), 1.0);
+    // PlanB's gauge goes down when a connection is hijacked for a tunnel.
+    assert_eq!(
+        value("planb_reverseproxy_connections_current_open")
+            .await
+            .unwrap(),
+        0.0
+    );
+    // WebSocket requests are not counted as responses.
+    assert_eq!(
+        value("planb_reverseproxy_http_request_duration_seconds_count")
+            .await
+            .unwrap(),
+        0.0
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let deadline = std::time::Instant::now() + SOON;
+    while value("hypache_websocket_tunnels_open").await.unwrap() != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tunnel is still counted"
+        );
+        tokio::time::sleep(millis(10)).await;
+    }
+}

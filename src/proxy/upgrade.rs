@@ -84,7 +84,7 @@ impl Proxy {
                     if !dead {
                         return Reject::UpgradeFailed.response();
                     }
-                    self.mark_dead(ctx, route.backends.len()).await;
+                    self.mark_dead(ctx, route.backends.len(), &e).await;
                     std::sync::Arc::make_mut(&mut route).dead[index] = true;
                     match route.first_live(index + 1) {
                         Some(next) if self.config.extensions.failover => index = next,

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod http;
 pub mod logline;
+pub mod metrics;
 pub mod proxy;
 pub mod redis_server;
 pub mod tls;

@@ -242,6 +242,24 @@ impl Proxy {
         self.tls.expect("no --tls-listen was given")
     }
 
+    /// The `/metrics` listener's address, from the `Serving metrics on <addr>/metrics...` line
+    /// (printed before `Listening on`, so it is there once the proxy has started).
+    #[track_caller]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.stderr_lines()
+            .iter()
+            .find_map(|l| {
+                let rest = &l[l.find("Serving metrics on ")? + "Serving metrics on ".len()..];
+                rest.split("/metrics").next()?.trim().parse().ok()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `Serving metrics on` line; stderr:\n{}",
+                    self.stderr_lines().join("\n")
+                )
+            })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,93 @@
+//! Operations: what the proxy exposes to the people running it, wired in with small hooks so the request
+//! pipeline stays about requests.
+//!
+//! - [`Telemetry`]: the Prometheus [`Metrics`] and the [`Inflight`] registry, one per process, in the
+//!   [`Proxy`].
+//! - [`install_signal_handlers`]: SIGUSR1 writes a dump to stdout ([`crate::dump`]); SIGHUP reopens the
+//!   access-log file (logrotate). SIGTERM and SIGINT (graceful drain) are the binary's.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::access_log::Log;
+use crate::config::Config;
+use crate::inflight::Inflight;
+use crate::metrics::{Metrics, Sources};
+use crate::proxy::Proxy;
+use crate::server::Tracker;
+
+/// Metrics and the in-flight registry.
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub inflight: Arc<Inflight>,
+}
+
+impl Telemetry {
+    /// Build the registry; `tunnels` and the logs' drop counters are read when Prometheus scrapes.
+    pub fn new(
+        config: &Config,
+        tunnels: &Arc<Tracker>,
+        access_log: &Log,
+        error_log: &Log,
+    ) -> Telemetry {
+        let inflight = Arc::new(Inflight::default());
+        let sources = Sources {
+            tunnels: {
+                let tunnels = tunnels.clone();
+                Box::new(move || tunnels.count() as f64)
+            },
+            inflight: {
+                let inflight = inflight.clone();
+                Box::new(move || inflight.len() as f64)
+            },
+            dropped_access: access_log.dropped(),
+            dropped_error: error_log.dropped(),
+        };
+        Telemetry {
+            metrics: Arc::new(Metrics::new(config.metrics.per_frontend, sources)),
+            inflight,
+        }
+    }
+}
+
+/// Start what runs beside the proxy: the signal handlers and, with `--metrics-address`, the `/metrics` server.
+pub fn start(proxy: &Arc<Proxy>, metrics_listener: Option<TcpListener>) {
+    if let Err(e) = install_signal_handlers(proxy.clone()) {
+        tracing::error!("could not install the SIGUSR1/SIGHUP handlers: {e}");
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            crate::event_log::planb_line(
+                tracing::Level::INFO,
+                &format!("Serving metrics on {addr}/metrics..."),
+            );
+        }
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            proxy.telemetry.metrics.clone(),
+        ));
+    }
+}
+
+/// SIGUSR1: a dump on stdout. SIGHUP: reopen the access log. Installed before the listener is announced, so a
+/// signal sent right after `Listening on` is handled (not the default action, which would end the process).
+pub fn install_signal_handlers(proxy: Arc<Proxy>) -> io::Result<()> {
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let dump_proxy = proxy.clone();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tokio::spawn(crate::dump::write(dump_proxy.clone()));
+        }
+    });
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the access log");
+            proxy.access_log.reopen();
+        }
+    });
+    Ok(())
+}
