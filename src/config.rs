@@ -45,6 +45,9 @@ pub struct Config {
     /// At start-up, keep retrying an unreachable Redis for this long (orchestrators that start the proxy
     /// before Redis); `None` fails at once as PlanB does.
     pub wait_for_redis: Option<Duration>,
+    /// `--breaker-*`: the circuit breaker every frontend gets (off unless `failures` is set); a `breaker:<key>`
+    /// hash in Redis overrides it per frontend.
+    pub breaker: crate::policy::BreakerDefaults,
 }
 
 /// How to reach one Redis server.
@@ -182,6 +185,7 @@ impl Config {
             monitor_id: crate::health::hostname(),
             stale_routes_ttl: Some(Duration::from_secs(300)),
             wait_for_redis: None,
+            breaker: Default::default(),
         }
     }
 }

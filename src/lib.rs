@@ -13,6 +13,8 @@
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing, the keep-alive pool per backend.
 //! - [`health`]: the active health check (`--active-healthcheck`).
+//! - [`policy`]: the per-frontend policy layer between lookup and selection: [`policy::guard`] (signatures,
+//!   timestamp window, anti-replay), [`policy::ratelimit`], [`policy::breaker`].
 //! - [`error`]: every response hypache writes itself.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
@@ -24,6 +26,9 @@
 //! - channel `dead`: `<host>;<url>;<index>;<count>` on every passive dead mark.
 //! - `dead:<host>:<url>` (string): the health-check lock, holding the monitoring machine's name (30 s TTL).
 //! - `healthcheck:<host>` (hash): optional `path`, `status`, `body` for the active health check.
+//! - `guard:<key>`, `ratelimit:<key>`, `breaker:<key>` (hashes): the frontend's policies, read in the lookup
+//!   pipeline; `guard-nonce:<key>:<nonce>` and `ratelimit-state:<key>:<client>` (strings with a TTL, on the
+//!   write Redis): spent nonces and shared rate-limit state.
 //!
 //! `<host>` is the frontend key that matched: the Host as received, then without its port, then (extensions)
 //! lower-cased, Hipache's `*.<parent>` wildcards, and the `*` catch-all.
@@ -37,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod head_scan;
 pub mod health;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -105,6 +111,7 @@ impl Server {
                 },
             ),
             upstream: Upstream::new(config.timeouts.dial),
+            policies: policy::Policies::new(write.clone(), config.breaker),
             write,
             access_log,
             error_log,
