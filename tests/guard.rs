@@ -476,3 +476,14 @@ fn a_malformed_guard_fails_closed_and_names_key_and_field() {
         200
     );
 }
+
+#[test]
+fn sign_body_is_refused_until_bodies_can_be_signed() {
+    let (_redis, proxy, backend) = setup(&["mode", "hmac-sha256", "secret", "k", "sign_body", "1"]);
+    let resp = get(proxy.addr(), "a.com", "/r", &[]);
+    assert_guard_reject(&resp, 100400, "guard misconfigured");
+    assert_eq!(backend.hits(), 0);
+    proxy.wait_stderr("naming sign_body", |l| {
+        l.contains(r#"malformed guard:a.com: field "sign_body": not supported yet"#)
+    });
+}

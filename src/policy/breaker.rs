@@ -419,6 +419,34 @@ mod tests {
         }
         assert!(h.admits(&r, 1));
         assert_eq!(r.first_live_by(0, |i| h.admits(&r, i)), Some(1));
+        assert_eq!(b.stats.breaker_ejections(), 1);
+        assert_eq!(b.stats.breaker_probes(), 0);
+    }
+
+    #[test]
+    fn half_open_takes_one_probe() {
+        let b = Breakers::new(
+            BreakerDefaults {
+                failures: 1,
+                cooldown: Duration::ZERO,
+                max_ejection_percent: 100,
+                ..Default::default()
+            },
+            Arc::default(),
+        );
+        let r = route(1);
+        let h = b.handle("a.com", None).unwrap();
+        h.record(&r, 0, Outcome::Connect, &|_| {});
+        // The cooldown is over at once: the first ask claims the probe. With a zero cooldown a lost probe is
+        // also given up at once, so only the recorded outcomes are checked here.
+        assert!(h.admits(&r, 0));
+        h.record(&r, 0, Outcome::Status(502), &|_| {});
+        assert_eq!(b.stats.breaker_ejections(), 2);
+        assert!(h.admits(&r, 0));
+        h.record(&r, 0, Outcome::Status(200), &|_| {});
+        assert_eq!(b.stats.breaker_recoveries(), 1);
+        assert_eq!(b.stats.breaker_probes(), 2);
+        assert!(h.admits(&r, 0));
     }
 
     #[test]

@@ -121,6 +121,16 @@ pub struct GuardConfig {
 
 impl GuardConfig {
     pub fn parse(fields: &Fields) -> FieldResult<GuardConfig> {
+        for name in ["sign_body", "max_body"] {
+            if fields.get(name).is_some() {
+                // Refused rather than ignored: a guard that silently skipped the body would pass requests the
+                // operator meant to refuse.
+                return Err((
+                    name.into(),
+                    "not supported yet: request bodies cannot be signed".into(),
+                ));
+            }
+        }
         fields.only(
             &["mode", "secret", "time_window", "nonce_ttl"],
             &["secret:"],
