@@ -237,3 +237,27 @@ fn a_malformed_breaker_fails_open_and_is_logged() {
         l.contains("malformed breaker:a.com: WRONGTYPE")
     });
 }
+
+#[test]
+fn bad_breaker_flags_exit_2_naming_the_flag() {
+    for (flag, value) in [
+        ("--breaker-on", "4xx"),
+        ("--breaker-max-ejection-percent", "101"),
+        ("--breaker-cooldown", "soon"),
+    ] {
+        let out = spawn_raw(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--access-log",
+                "none",
+                flag,
+                value,
+            ],
+            &[],
+            secs(15),
+        );
+        assert_eq!(out.code(), Some(2), "{flag} {value}: {out:?}");
+        assert!(out.stderr.contains(flag), "{flag}: {}", out.stderr);
+    }
+}
