@@ -222,6 +222,27 @@ pub struct Cli {
     /// Largest request head accepted, in bytes; larger gets 431.
     #[arg(long, env = "HYPACHE_MAX_HEADER_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
+
+    /// Circuit breaker for every frontend: failures within --breaker-window that eject a backend (0: off; a
+    /// `breaker:<host>` hash turns it on per frontend).
+    #[arg(long, env = "HYPACHE_BREAKER_FAILURES", default_value_t = 0)]
+    pub breaker_failures: u32,
+    /// Window in which --breaker-failures are counted (Go duration).
+    #[arg(long, env = "HYPACHE_BREAKER_WINDOW", default_value = "10s", value_parser = parse_go_duration)]
+    pub breaker_window: Duration,
+    /// How long an ejected backend is skipped before one probe request is sent to it (Go duration).
+    #[arg(long, env = "HYPACHE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_go_duration)]
+    pub breaker_cooldown: Duration,
+    /// What counts as a failure: a comma-separated list of connect, timeout, 5xx.
+    #[arg(long, env = "HYPACHE_BREAKER_ON", default_value = "connect,timeout,5xx", value_parser = parse_breaker_on)]
+    pub breaker_on: crate::policy::breaker::On,
+    /// At most this percentage of a frontend's backends is ejected at once.
+    #[arg(long, env = "HYPACHE_BREAKER_MAX_EJECTION_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub breaker_max_ejection_percent: u8,
+}
+
+fn parse_breaker_on(text: &str) -> Result<crate::policy::breaker::On, String> {
+    crate::policy::breaker::On::parse(text)
 }
 
 /// A flag that parsed but cannot be used; exits 2 like a clap error.
@@ -389,6 +410,13 @@ impl Cli {
                 },
             },
             task_dump: self.task_dump,
+            breaker: crate::policy::BreakerDefaults {
+                failures: self.breaker_failures,
+                window: self.breaker_window,
+                cooldown: self.breaker_cooldown,
+                on: self.breaker_on,
+                max_ejection_percent: self.breaker_max_ejection_percent,
+            },
         })
     }
 }

@@ -54,6 +54,9 @@ pub struct Config {
     /// At start-up, keep retrying an unreachable Redis for this long (orchestrators that start the proxy
     /// before Redis); `None` fails at once as PlanB does.
     pub wait_for_redis: Option<Duration>,
+    /// `--breaker-*`: the circuit breaker every frontend gets (off unless `failures` is set); a `breaker:<key>`
+    /// hash in Redis overrides it per frontend.
+    pub breaker: crate::policy::BreakerDefaults,
     /// How access-log lines are written: PlanB's line (the default), Hipache's, or JSON for log shippers.
     pub access_log_format: AccessLogFormat,
     /// The Prometheus listener (PlanB's `--metrics-address`) and how detailed it is.
@@ -338,6 +341,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             event_log: EventLogConfig::default(),
             task_dump: false,
+            breaker: Default::default(),
         }
     }
 }

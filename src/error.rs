@@ -3,12 +3,14 @@
 //! without a usable certificate, an SNI passthrough connection) are [`CertError`] and [`SniError`], whose
 //! `Display` is the error-log text.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::policy::guard::{unix_now, GuardReason};
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// Why the proxy answered a request itself instead of relaying a backend's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,17 @@ pub enum Reject {
     PingOk,
     /// `Host: __ping__` while the read Redis fails: 500 with the error text.
     PingFailed(String),
+    /// A guard (`guard:<key>`) refused the request: 403 with entree's JSON body for the reason.
+    Guard(GuardReason),
+    /// Over a `ratelimit:<key>` limit: 429 with `Retry-After` and `RateLimit-*` headers (all in seconds).
+    RateLimited {
+        limit: u64,
+        remaining: u64,
+        reset: u64,
+        retry_after: u64,
+    },
+    /// Over a limit with `compat entree`: entree's 403 `{"code":100420,"msg":"reached rate limit"}`.
+    RateLimitedEntree,
 }
 
 impl Reject {
@@ -43,6 +56,8 @@ impl Reject {
             Reject::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Reject::PingOk => StatusCode::OK,
             Reject::PingFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::Guard(_) | Reject::RateLimitedEntree => StatusCode::FORBIDDEN,
+            Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -57,6 +72,18 @@ impl Reject {
             Reject::BadRequest(why) => format!("400 Bad Request: {why}"),
             Reject::PingOk => "OK".into(),
             Reject::PingFailed(text) => text.clone(),
+            Reject::Guard(GuardReason::BadTimestamp) => {
+                let r = GuardReason::BadTimestamp;
+                format!(
+                    r#"{{"code":{},"msg":"{}","ts":{}}}"#,
+                    r.code(),
+                    r.message(),
+                    unix_now()
+                )
+            }
+            Reject::Guard(r) => format!(r#"{{"code":{},"msg":"{}"}}"#, r.code(), r.message()),
+            Reject::RateLimitedEntree => r#"{"code":100420,"msg":"reached rate limit"}"#.into(),
+            Reject::RateLimited { .. } => "rate limit exceeded".into(),
         }
     }
 
@@ -66,8 +93,22 @@ impl Reject {
         let mut resp = Response::new(ProxyBody::full(body.clone()));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
-        if !body.is_empty() {
+        if let Reject::Guard(_) | Reject::RateLimitedEntree = self {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+        } else if !body.is_empty() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
+        }
+        if let Reject::RateLimited {
+            limit,
+            remaining,
+            reset,
+            retry_after,
+        } = *self
+        {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            headers.insert("ratelimit-limit", HeaderValue::from(limit));
+            headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+            headers.insert("ratelimit-reset", HeaderValue::from(reset));
         }
         if *self == Reject::UpgradeFailed {
             headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

@@ -17,6 +17,8 @@
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
 //! - [`health`]: the active health check (`--active-healthcheck`).
+//! - [`policy`]: the per-frontend policy layer between lookup and selection: [`policy::guard`] (signatures,
+//!   timestamp window, anti-replay), [`policy::ratelimit`], [`policy::breaker`].
 //! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
 //! - [`body`]: response body types.
@@ -36,6 +38,9 @@
 //! - `healthcheck:<host>` (hash): optional `path`, `status`, `body` for the active health check.
 //! - `tls:<name>` (hash): `certificate` (PEM chain) and `key` (PEM, PKCS#8/PKCS#1/SEC1) for the TLS listener;
 //!   `<name>` is a server name or its wildcard form `*.<parent>`, which is looked up first.
+//! - `guard:<key>`, `ratelimit:<key>`, `breaker:<key>` (hashes): the frontend's policies, read in the lookup
+//!   pipeline; `guard-nonce:<key>:<nonce>` and `ratelimit-state:<key>:<client>` (strings with a TTL, on the
+//!   write Redis): spent nonces and shared rate-limit state.
 //!
 //! `<host>` is the frontend key that matched: the Host as received, then without its port, then (extensions)
 //! lower-cased, Hipache's `*.<parent>` wildcards, and the `*` catch-all.
@@ -54,6 +59,7 @@ pub mod health;
 pub mod inflight;
 pub mod metrics;
 pub mod ops;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -171,6 +177,7 @@ impl Server {
                 },
             ),
             upstream: Upstream::new(config.timeouts.dial, backend_tls),
+            policies: policy::Policies::new(write.clone(), config.breaker),
             write,
             access_log,
             error_log,

@@ -19,6 +19,7 @@ use crate::error::Reject;
 use crate::inflight::InflightGuard;
 use crate::metrics::DeadCause;
 use crate::ops::Telemetry;
+use crate::policy::{Outcome, Policies};
 use crate::route::{LookupError, Router};
 use crate::server::Tracker;
 use crate::store::RedisClient;
@@ -34,6 +35,8 @@ pub struct Proxy {
     pub(crate) config: Config,
     pub(crate) router: Router,
     pub(crate) upstream: Upstream,
+    /// Guards, rate limits and circuit breakers (the policy layer).
+    pub(crate) policies: Policies,
     pub(crate) write: RedisClient,
     pub(crate) access_log: Log,
     pub(crate) error_log: Log,
@@ -181,8 +184,17 @@ impl Proxy {
         ctx.key = route.key.clone();
         entry.backend_key = route.key.clone();
         entry.identifier = route.identifier.clone();
+        let log = |m: &str| self.log_error(ctx, "?", m);
+        let admitted = self
+            .policies
+            .admit(&route, &req, &ctx.host, down.peer.ip(), &log)
+            .await;
+        let pass = match admitted {
+            Ok(pass) => pass,
+            Err(reject) => return (reject.response(), Duration::ZERO, entry),
+        };
         let start = self.router.next_start(&ctx.host, route.backends.len());
-        let Some(mut index) = route.first_live(start) else {
+        let Some(mut index) = pass.first_live(&route, start) else {
             self.log_error(ctx, "?", "all backends are dead");
             return (Reject::AllDead.response(), Duration::ZERO, entry);
         };
@@ -234,10 +246,17 @@ impl Proxy {
             };
             let error = match sent {
                 Ok(Ok(resp)) => {
+                    let outcome = Outcome::Status(resp.status().as_u16());
+                    pass.record(&route, index, outcome, &|m| {
+                        self.log_error(ctx, &ctx.backend_url, m)
+                    });
                     let resp = resp.map(ProxyBody::Upstream);
                     return (resp, backend_started.elapsed(), entry);
                 }
                 Err(_elapsed) => {
+                    pass.record(&route, index, Outcome::Timeout, &|m| {
+                        self.log_error(ctx, &ctx.backend_url, m)
+                    });
                     let message = format!(
                         "request timeout after {:?}: net/http: request canceled",
                         ctx.started.elapsed()
@@ -252,6 +271,9 @@ impl Proxy {
                 Ok(Err((error, back))) => (error, back),
             };
             let (error, back) = error;
+            pass.record(&route, index, Outcome::from_error(&error), &|m| {
+                self.log_error(ctx, &ctx.backend_url, m)
+            });
             let dead = error.dead();
             let message = match (&error, dead) {
                 (UpstreamError::ConnectTimeout(m), _) => format!("{m} *DEAD*"),
@@ -265,7 +287,7 @@ impl Proxy {
             }
             let next = match back {
                 Some(back) if dead && self.config.extensions.failover => {
-                    route.first_live(index + 1).map(|next| (next, back))
+                    pass.first_live(&route, index + 1).map(|next| (next, back))
                 }
                 _ => None,
             };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use crate::config::Extensions;
+use crate::policy::Policy;
 use crate::store::{FrontendData, RedisClient, StoreError};
 use crate::upstream::{Target, TargetError};
 
@@ -31,6 +32,8 @@ pub struct Route {
     pub dead: Vec<bool>,
     /// Parsed backend URLs, filled on first use so a cached route parses each URL once.
     targets: Vec<OnceLock<Result<Arc<Target>, TargetError>>>,
+    /// Guard, rate limit and breaker settings read with the route (shared and empty for most frontends).
+    pub policy: Arc<Policy>,
 }
 
 /// Why no route was found.
@@ -224,6 +227,7 @@ impl Route {
             backends,
             dead,
             targets,
+            policy: Policy::none(),
         }
     }
 
@@ -236,8 +240,20 @@ impl Route {
 
     /// The first live index at or after `start`, wrapping around; `None` when every backend is dead.
     pub fn first_live(&self, start: usize) -> Option<usize> {
+        self.first_live_by(start, |_| true)
+    }
+
+    /// [`Route::first_live`] also skipping backends `usable` refuses; `usable` is asked only about live
+    /// backends, in order, until one is accepted.
+    pub fn first_live_by(
+        &self,
+        start: usize,
+        mut usable: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
         let n = self.backends.len();
-        (0..n).map(|i| (start + i) % n).find(|&i| !self.dead[i])
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| !self.dead[i] && usable(i))
     }
 }
 
@@ -258,7 +274,9 @@ fn into_route(key: &str, data: FrontendData) -> Option<Route> {
             }
         }
     }
-    Some(Route::new(key.to_string(), identifier, backends, dead))
+    let mut route = Route::new(key.to_string(), identifier, backends, dead);
+    route.policy = Policy::parse(key, data.policy);
+    Some(route)
 }
 
 /// Go's `net.SplitHostPort`, keeping only a non-empty host: `a.com:80` → `a.com`, `[::1]:80` → `::1`.
@@ -369,6 +387,7 @@ mod tests {
         let data = FrontendData {
             list: vec!["id".into(), "b0".into(), "b1".into(), "b2".into()],
             dead: vec!["garbage".into(), "2".into(), "7".into(), "-1".into()],
+            ..Default::default()
         };
         let route = into_route("k", data).unwrap();
         assert_eq!(route.dead, vec![true, false, true]);

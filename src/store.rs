@@ -23,6 +23,8 @@ pub struct FrontendData {
     pub list: Vec<String>,
     /// `SMEMBERS dead:<key>`: backend indexes, as stored.
     pub dead: Vec<String>,
+    /// `HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`: the frontend's policies (see `policy`).
+    pub policy: crate::policy::RawPolicy,
 }
 
 /// A Redis error, with the text PlanB shows (in the error log and the `__ping__` body).
@@ -202,7 +204,8 @@ impl RedisClient {
         Ok(())
     }
 
-    /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<key>` per key, in one round trip.
+    /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<key>` per key, plus the key's policy
+    /// hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`), in one round trip.
     pub async fn lookup_many(&self, keys: &[&str]) -> Result<Vec<FrontendData>, StoreError> {
         let mut pipe = redis::pipe();
         for key in keys {
@@ -212,12 +215,19 @@ impl RedisClient {
                 .arg(-1)
                 .cmd("SMEMBERS")
                 .arg(format!("dead:{key}"));
+            for prefix in crate::policy::HASH_PREFIXES {
+                pipe.cmd("HGETALL").arg(format!("{prefix}{key}"));
+            }
         }
+        // Per-command errors come back as values: a policy hash of the wrong type must not fail the route.
+        pipe.ignore_errors();
         let mut con = self.shared();
         let values: Vec<Value> = self.call(pipe.query_async(&mut con)).await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut it = values.into_iter();
-        while let (Some(list), Some(dead)) = (it.next(), it.next()) {
+        while let (Some(list), Some(dead), Some(guard), Some(ratelimit), Some(breaker)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        {
             if let Value::ServerError(e) = &list {
                 // WRONGTYPE and friends, in the server's words as Go's client shows them.
                 return Err(StoreError(format!(
@@ -229,6 +239,11 @@ impl RedisClient {
             out.push(FrontendData {
                 list: redis::from_redis_value(list)?,
                 dead: strings(dead)?,
+                policy: crate::policy::RawPolicy {
+                    guard: crate::policy::RawHash::from_value(guard),
+                    ratelimit: crate::policy::RawHash::from_value(ratelimit),
+                    breaker: crate::policy::RawHash::from_value(breaker),
+                },
             });
         }
         Ok(out)

@@ -54,6 +54,15 @@ impl Proxy {
             }
         };
         ctx.key = route.key.clone();
+        // Guards and rate limits apply to tunnels too; the breaker does not (a tunnel has no status to count).
+        let log = |m: &str| self.log_error(ctx, "?", m);
+        let admitted = self
+            .policies
+            .admit(&route, &req, &ctx.host, down.peer.ip(), &log)
+            .await;
+        if let Err(reject) = admitted {
+            return reject.response();
+        }
         let start = self.router.next_start(&ctx.host, route.backends.len());
         let Some(mut index) = route.first_live(start) else {
             self.log_error(ctx, "?", "all backends are dead");

@@ -1,0 +1,497 @@
+//! The policy layer (DESIGN §1): after the route lookup, before backend selection. Each feature is configured
+//! per frontend in a Redis hash under its own prefix, read in the route's pipeline and parsed once per lookup
+//! into the route's [`Policy`]:
+//!
+//! - [`guard`] (`guard:<key>`): request signatures (entree's MD5 scheme or HMAC-SHA256), a timestamp window and
+//!   anti-replay nonces shared through the write Redis.
+//! - [`ratelimit`] (`ratelimit:<key>`): a GCRA limit per client IP, header or frontend, in process or shared
+//!   through Redis.
+//! - [`breaker`] (`breaker:<key>`, defaults from `--breaker-*`): passive ejection of failing backends with a
+//!   half-open probe and a cap on how many of a frontend's backends are out at once.
+//!
+//! A frontend without these keys pays for three empty `HGETALL` replies in its lookup pipeline and nothing else:
+//! its route shares one empty [`Policy`], and [`Policies::admit`] returns at once.
+//!
+//! Bad configuration never crashes anything: a malformed guard fails closed (403), a malformed rate limit or
+//! breaker fails open; each is logged naming the key and field.
+
+pub mod breaker;
+pub mod guard;
+pub mod ratelimit;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use http::Request;
+use redis::Value;
+
+use crate::error::Reject;
+use crate::route::Route;
+use crate::store::RedisClient;
+
+pub use breaker::{BreakerDefaults, Outcome};
+pub use guard::GuardReason;
+
+/// The prefixes of the policy hashes read with every frontend key, in the order of [`RawPolicy`]'s fields.
+pub const HASH_PREFIXES: [&str; 3] = ["guard:", "ratelimit:", "breaker:"];
+
+/// The raw policy hashes of one frontend key, as the lookup pipeline read them.
+#[derive(Debug, Clone, Default)]
+pub struct RawPolicy {
+    pub guard: RawHash,
+    pub ratelimit: RawHash,
+    pub breaker: RawHash,
+}
+
+/// One `HGETALL` reply: the fields, or the server's error (a key of the wrong type).
+#[derive(Debug, Clone, Default)]
+pub enum RawHash {
+    /// The key does not exist (an empty hash cannot exist in Redis).
+    #[default]
+    Absent,
+    Fields(Vec<(String, String)>),
+    Error(String),
+}
+
+impl RawHash {
+    /// An `HGETALL` reply: a flat array (RESP2), a map (RESP3), or a server error.
+    pub fn from_value(value: Value) -> RawHash {
+        let text = |v: Value| match v {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::SimpleString(s) => s,
+            Value::Int(i) => i.to_string(),
+            _ => String::new(),
+        };
+        let fields: Vec<(String, String)> = match value {
+            Value::ServerError(e) => {
+                return RawHash::Error(format!("{} {}", e.code(), e.details().unwrap_or("")))
+            }
+            Value::Map(pairs) => pairs.into_iter().map(|(k, v)| (text(k), text(v))).collect(),
+            Value::Array(items) => {
+                let mut it = items.into_iter();
+                let mut out = Vec::new();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    out.push((text(k), text(v)));
+                }
+                out
+            }
+            _ => Vec::new(),
+        };
+        if fields.is_empty() {
+            RawHash::Absent
+        } else {
+            RawHash::Fields(fields)
+        }
+    }
+
+    fn is_absent(&self) -> bool {
+        matches!(self, RawHash::Absent)
+    }
+}
+
+/// A configuration hash that cannot be used, with what an operator needs to fix it. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The Redis key, e.g. `guard:www.example.com`.
+    pub key: String,
+    /// The offending field (empty when the whole key is wrong, e.g. not a hash).
+    pub field: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "malformed {}: {}", self.key, self.why)
+        } else {
+            write!(
+                f,
+                "malformed {}: field {:?}: {}",
+                self.key, self.field, self.why
+            )
+        }
+    }
+}
+
+/// A frontend's parsed policies; `None` where the frontend does not use a feature.
+#[derive(Debug, Default)]
+pub struct Policy {
+    pub guard: Option<Result<guard::GuardConfig, ConfigError>>,
+    pub ratelimit: Option<Result<ratelimit::RateLimitConfig, ConfigError>>,
+    pub breaker: Option<Result<breaker::BreakerOverrides, ConfigError>>,
+}
+
+static NO_POLICY: LazyLock<Arc<Policy>> = LazyLock::new(|| Arc::new(Policy::default()));
+
+impl Policy {
+    /// The shared empty policy of every frontend that configures nothing.
+    pub fn none() -> Arc<Policy> {
+        NO_POLICY.clone()
+    }
+
+    /// Parse the hashes read for frontend key `key`.
+    pub fn parse(key: &str, raw: RawPolicy) -> Arc<Policy> {
+        if raw.guard.is_absent() && raw.ratelimit.is_absent() && raw.breaker.is_absent() {
+            return Policy::none();
+        }
+        Arc::new(Policy {
+            guard: parse_hash(
+                &format!("guard:{key}"),
+                raw.guard,
+                guard::GuardConfig::parse,
+            ),
+            ratelimit: parse_hash(
+                &format!("ratelimit:{key}"),
+                raw.ratelimit,
+                ratelimit::RateLimitConfig::parse,
+            ),
+            breaker: parse_hash(
+                &format!("breaker:{key}"),
+                raw.breaker,
+                breaker::BreakerOverrides::parse,
+            ),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.guard.is_none() && self.ratelimit.is_none() && self.breaker.is_none()
+    }
+}
+
+fn parse_hash<T>(
+    key: &str,
+    raw: RawHash,
+    parse: impl FnOnce(&Fields) -> Result<T, (String, String)>,
+) -> Option<Result<T, ConfigError>> {
+    let error = |field: String, why: String| ConfigError {
+        key: key.to_string(),
+        field,
+        why,
+    };
+    match raw {
+        RawHash::Absent => None,
+        RawHash::Error(e) => Some(Err(error(String::new(), e))),
+        RawHash::Fields(fields) => {
+            Some(parse(&Fields(fields)).map_err(|(field, why)| error(field, why)))
+        }
+    }
+}
+
+/// The fields of one hash, with typed getters whose errors name the field.
+pub struct Fields(Vec<(String, String)>);
+
+type FieldResult<T> = Result<T, (String, String)>;
+
+impl Fields {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Every field is one of `known` (or starts with one of `prefixes`): a typo must not be silently ignored.
+    fn only(&self, known: &[&str], prefixes: &[&str]) -> FieldResult<()> {
+        for (k, _) in self.iter() {
+            if !known.contains(&k) && !prefixes.iter().any(|p| k.starts_with(p)) {
+                return Err((k.to_string(), "unknown field".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn u64(&self, name: &str) -> FieldResult<Option<u64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| (name.to_string(), format!("{v:?} is not a whole number"))),
+        }
+    }
+
+    /// Seconds as a whole number, or a Go duration (`500ms`, `1m30s`).
+    fn duration(&self, name: &str) -> FieldResult<Option<Duration>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => parse_duration(v)
+                .map(Some)
+                .map_err(|_| (name.to_string(), format!("{v:?} is not a duration"))),
+        }
+    }
+}
+
+/// Whole seconds (`30`) or a Go duration (`500ms`, `1m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    crate::cli::parse_go_duration(text)
+}
+
+/// Counters of what the policy layer did, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    guard_rejects: [AtomicU64; GuardReason::ALL.len()],
+    rate_limited: AtomicU64,
+    breaker_ejections: AtomicU64,
+    breaker_probes: AtomicU64,
+    breaker_recoveries: AtomicU64,
+    config_errors: AtomicU64,
+}
+
+impl PolicyStats {
+    /// Requests refused by a guard for `reason`.
+    pub fn guard_rejects(&self, reason: GuardReason) -> u64 {
+        self.guard_rejects[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Requests refused by a rate limit (429, or entree's 403 100420).
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Backends ejected by a breaker (closed → open, and half-open → open after a failed probe).
+    pub fn breaker_ejections(&self) -> u64 {
+        self.breaker_ejections.load(Ordering::Relaxed)
+    }
+
+    /// Probe requests let through to a half-open backend.
+    pub fn breaker_probes(&self) -> u64 {
+        self.breaker_probes.load(Ordering::Relaxed)
+    }
+
+    /// Backends taken back after a successful probe (half-open → closed).
+    pub fn breaker_recoveries(&self) -> u64 {
+        self.breaker_recoveries.load(Ordering::Relaxed)
+    }
+
+    /// Requests that met a malformed policy hash.
+    pub fn config_errors(&self) -> u64 {
+        self.config_errors.load(Ordering::Relaxed)
+    }
+
+    fn count_guard(&self, reason: GuardReason) {
+        self.guard_rejects[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How often the same fail-open configuration error is logged.
+const CONFIG_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The process-wide state of the policy layer: rate-limit buckets, breaker states, counters.
+pub struct Policies {
+    /// The write Redis: nonces and global rate limits are shared by every instance through it.
+    write: RedisClient,
+    limiter: ratelimit::Limiter,
+    breakers: breaker::Breakers,
+    stats: Arc<PolicyStats>,
+    /// Fail-open configuration errors logged recently, so a busy misconfigured frontend logs one line per 10 s.
+    logged: moka::sync::Cache<String, ()>,
+}
+
+/// What a request that passed the policies carries into backend selection.
+pub struct Pass {
+    breaker: Option<breaker::Handle>,
+}
+
+impl Pass {
+    /// No policy applies (WebSocket tunnels, frontends without a breaker).
+    pub fn open() -> Pass {
+        Pass { breaker: None }
+    }
+
+    /// [`Route::first_live`], also skipping backends that the breaker ejected. May claim a half-open backend's
+    /// probe: call it only for the backend that will be tried.
+    pub fn first_live(&self, route: &Route, start: usize) -> Option<usize> {
+        match &self.breaker {
+            None => route.first_live(start),
+            Some(handle) => route.first_live_by(start, |i| handle.admits(route, i)),
+        }
+    }
+
+    /// Feed the result of sending the request to backend `index` to the breaker.
+    pub fn record(
+        &self,
+        route: &Route,
+        index: usize,
+        outcome: Outcome,
+        log: &(dyn Fn(&str) + Sync),
+    ) {
+        if let Some(handle) = &self.breaker {
+            handle.record(route, index, outcome, log);
+        }
+    }
+}
+
+impl Policies {
+    pub fn new(write: RedisClient, breaker_defaults: BreakerDefaults) -> Policies {
+        let stats = Arc::new(PolicyStats::default());
+        Policies {
+            limiter: ratelimit::Limiter::new(),
+            breakers: breaker::Breakers::new(breaker_defaults, stats.clone()),
+            write,
+            stats,
+            logged: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(CONFIG_LOG_INTERVAL)
+                .build(),
+        }
+    }
+
+    /// The counters, for metrics.
+    pub fn stats(&self) -> &Arc<PolicyStats> {
+        &self.stats
+    }
+
+    /// Run the frontend's guard and rate limit on a request. `host` is the Host the request was routed by;
+    /// `log` writes one error-log line about this request.
+    pub async fn admit<B>(
+        &self,
+        route: &Route,
+        req: &Request<B>,
+        host: &str,
+        client: IpAddr,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<Pass, Reject> {
+        let policy = &route.policy;
+        if policy.is_empty() && !self.breakers.on_by_default() {
+            return Ok(Pass::open());
+        }
+        // Guard: signature and timestamp first; the nonce is spent only once the rate limit let the request
+        // through, so that a client told to retry later can resend the same signed request.
+        let guard = match &policy.guard {
+            None => None,
+            Some(Err(e)) => {
+                bump(&self.stats.config_errors);
+                log(&e.to_string());
+                return Err(Reject::Guard(GuardReason::Misconfigured));
+            }
+            Some(Ok(config)) => match config.verify(req, host) {
+                Ok(nonce) => Some((config, nonce)),
+                Err(reason) => {
+                    self.stats.count_guard(reason);
+                    return Err(reason.reject());
+                }
+            },
+        };
+        match &policy.ratelimit {
+            None => {}
+            Some(Err(e)) => self.log_fail_open(e, log),
+            Some(Ok(limit)) => {
+                let verdict = self
+                    .limiter
+                    .check(limit, &self.write, &route.key, req, client)
+                    .await;
+                match verdict {
+                    Ok(ratelimit::Verdict::Allowed) => {}
+                    Ok(ratelimit::Verdict::Limited(reject)) => {
+                        bump(&self.stats.rate_limited);
+                        return Err(reject);
+                    }
+                    Err(e) => self.log_throttled(&format!("ratelimit:{}", route.key), &e, log),
+                }
+            }
+        }
+        if let Some((config, Some(nonce))) = guard {
+            match config.spend_nonce(&self.write, &route.key, &nonce).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stats.count_guard(GuardReason::Replayed);
+                    return Err(GuardReason::Replayed.reject());
+                }
+                Err(e) => {
+                    log(&format!("guard nonce store: {e}"));
+                    return Err(Reject::Unavailable);
+                }
+            }
+        }
+        let breaker = match &policy.breaker {
+            Some(Err(e)) => {
+                self.log_fail_open(e, log);
+                self.breakers.handle(&route.key, None)
+            }
+            Some(Ok(overrides)) => self.breakers.handle(&route.key, Some(overrides)),
+            None => self.breakers.handle(&route.key, None),
+        };
+        Ok(Pass { breaker })
+    }
+
+    fn log_fail_open(&self, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {
+        bump(&self.stats.config_errors);
+        let text = format!("{e}; ignored");
+        self.log_throttled(&format!("{}\n{}", e.key, e.field), &text, log);
+    }
+
+    /// Log `text` unless a line with the same `topic` was written in the last 10 s.
+    fn log_throttled(&self, topic: &str, text: &str, log: &(dyn Fn(&str) + Sync)) {
+        if self.logged.contains_key(topic) {
+            return;
+        }
+        self.logged.insert(topic.to_string(), ());
+        log(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> RawHash {
+        RawHash::Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn nothing_configured_shares_one_policy() {
+        let a = Policy::parse("a.com", RawPolicy::default());
+        let b = Policy::parse("b.com", RawPolicy::default());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn errors_name_key_and_field() {
+        let raw = RawPolicy {
+            ratelimit: fields(&[("rate", "ten")]),
+            breaker: RawHash::Error("WRONGTYPE Operation against a key".into()),
+            ..Default::default()
+        };
+        let policy = Policy::parse("a.com", raw);
+        let e = policy.ratelimit.as_ref().unwrap().as_ref().unwrap_err();
+        assert_eq!(e.key, "ratelimit:a.com");
+        assert_eq!(e.field, "rate");
+        assert_eq!(
+            e.to_string(),
+            "malformed ratelimit:a.com: field \"rate\": \"ten\" is not a whole number"
+        );
+        let e = policy.breaker.as_ref().unwrap().as_ref().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed breaker:a.com: WRONGTYPE Operation against a key"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+    }
+}
