@@ -183,6 +183,11 @@ impl Server {
             error_log,
             tunnels,
             telemetry,
+            request_id_label: config
+                .request_id_header
+                .as_ref()
+                .map(|h| proxy::canonical(h.as_str()))
+                .unwrap_or_default(),
             config,
         };
         Ok(Server {

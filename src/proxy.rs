@@ -44,6 +44,9 @@ pub struct Proxy {
     pub(crate) tunnels: Arc<Tracker>,
     /// Metrics and the in-flight registry (see `ops`).
     pub(crate) telemetry: Telemetry,
+    /// `--request-id-header` in Go's canonical form (`X-Request-Id`), as the logs print it; empty without one.
+    /// Computed once, not per request.
+    pub(crate) request_id_label: String,
 }
 
 /// The client side of one request.
@@ -136,12 +139,7 @@ impl Proxy {
             content_length: 0,
             referer: header_text(&req, header::REFERER),
             user_agent: header_text(&req, header::USER_AGENT),
-            request_id_header: self
-                .config
-                .request_id_header
-                .as_ref()
-                .map(|h| canonical(h.as_str()))
-                .unwrap_or_default(),
+            request_id_header: self.request_id_label.clone(),
             request_id: ctx.request_id.clone(),
             backend_key: String::new(),
             identifier: String::new(),
@@ -391,15 +389,9 @@ impl Proxy {
     }
 
     fn error_prefix(&self, ctx: &Ctx, backend: &str) -> String {
-        let rid_header = self
-            .config
-            .request_id_header
-            .as_ref()
-            .map(|h| canonical(h.as_str()))
-            .unwrap_or_default();
         format!(
             "ERROR in {} -> {} - {} - {}:{} - ",
-            ctx.key, backend, ctx.path, rid_header, ctx.request_id
+            ctx.key, backend, ctx.path, self.request_id_label, ctx.request_id
         )
     }
 
