@@ -21,7 +21,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
 use crate::access_log::Log;
-use crate::store::{bounded, RedisClient, StoreError};
+use crate::store::{RedisClient, StoreError};
 
 /// Probes in flight at once, process-wide (PlanB's limiter).
 const MAX_PROBES: usize = 5;
@@ -118,31 +118,35 @@ impl Monitor {
         let mut con = self.redis.shared();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = bounded(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg("dead:*")
-                    .arg("TYPE")
-                    .arg("set")
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut con),
-            )
-            .await?;
-            for key in keys {
-                let host = &key["dead:".len()..];
-                let (members, urls): (Vec<String>, Vec<String>) = bounded(
-                    redis::pipe()
-                        .cmd("SMEMBERS")
-                        .arg(&key)
-                        .cmd("LRANGE")
-                        .arg(format!("frontend:{host}"))
-                        .arg(1)
-                        .arg(-1)
+            let (next, keys): (u64, Vec<String>) = self
+                .redis
+                .call(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("dead:*")
+                        .arg("TYPE")
+                        .arg("set")
+                        .arg("COUNT")
+                        .arg(500)
                         .query_async(&mut con),
                 )
                 .await?;
+            for key in keys {
+                let host = &key["dead:".len()..];
+                let (members, urls): (Vec<String>, Vec<String>) = self
+                    .redis
+                    .call(
+                        redis::pipe()
+                            .cmd("SMEMBERS")
+                            .arg(&key)
+                            .cmd("LRANGE")
+                            .arg(format!("frontend:{host}"))
+                            .arg(1)
+                            .arg(-1)
+                            .query_async(&mut con),
+                    )
+                    .await?;
                 for member in members {
                     let index = member.trim().parse::<usize>().unwrap_or(0);
                     if let Some(url) = urls.get(index) {
@@ -201,7 +205,9 @@ impl Monitor {
                 Err(e) => self.log(&format!("health check of {url} for {host}: {e}")),
             }
         }
-        bounded(redis::cmd("DEL").arg(&lock).query_async::<()>(&mut con)).await?;
+        self.redis
+            .call(redis::cmd("DEL").arg(&lock).query_async::<()>(&mut con))
+            .await?;
         Ok(())
     }
 
@@ -211,35 +217,46 @@ impl Monitor {
         con: &mut MultiplexedConnection,
         lock: &str,
     ) -> Result<bool, StoreError> {
-        bounded(redis::cmd("WATCH").arg(lock).query_async::<()>(con)).await?;
-        let holder: Option<String> = bounded(redis::cmd("GET").arg(lock).query_async(con)).await?;
+        self.redis
+            .call(redis::cmd("WATCH").arg(lock).query_async::<()>(con))
+            .await?;
+        let holder: Option<String> = self
+            .redis
+            .call(redis::cmd("GET").arg(lock).query_async(con))
+            .await?;
         if holder.as_deref().is_some_and(|h| h != self.id) {
-            bounded(redis::cmd("UNWATCH").query_async::<()>(con)).await?;
+            self.redis
+                .call(redis::cmd("UNWATCH").query_async::<()>(con))
+                .await?;
             return Ok(false);
         }
-        let done: Option<(String,)> = bounded(
-            redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(lock)
-                .arg(&self.id)
-                .arg("EX")
-                .arg(LOCK_TTL)
-                .query_async(con),
-        )
-        .await?;
+        let done: Option<(String,)> = self
+            .redis
+            .call(
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(lock)
+                    .arg(&self.id)
+                    .arg("EX")
+                    .arg(LOCK_TTL)
+                    .query_async(con),
+            )
+            .await?;
         Ok(done.is_some())
     }
 
     /// One probe as PlanB does it: GET `<url>/<path>`, following redirects; healthy when it answers (and matches
     /// `status` and `body` from `healthcheck:<host>` when those are set).
     async fn probe(&self, con: &mut MultiplexedConnection, host: &str, url: &str) -> bool {
-        let settings: HashMap<String, String> = match bounded(
-            redis::cmd("HGETALL")
-                .arg(format!("healthcheck:{host}"))
-                .query_async(con),
-        )
-        .await
+        let settings: HashMap<String, String> = match self
+            .redis
+            .call(
+                redis::cmd("HGETALL")
+                    .arg(format!("healthcheck:{host}"))
+                    .query_async(con),
+            )
+            .await
         {
             Ok(settings) => settings,
             Err(_) => return false,
@@ -278,17 +295,23 @@ impl Monitor {
     ) -> Result<Update, StoreError> {
         let frontend = format!("frontend:{host}");
         let dead = format!("dead:{host}");
-        bounded(redis::cmd("WATCH").arg(&frontend).query_async::<()>(con)).await?;
-        let urls: Vec<String> = bounded(
-            redis::cmd("LRANGE")
-                .arg(&frontend)
-                .arg(1)
-                .arg(-1)
-                .query_async(con),
-        )
-        .await?;
+        self.redis
+            .call(redis::cmd("WATCH").arg(&frontend).query_async::<()>(con))
+            .await?;
+        let urls: Vec<String> = self
+            .redis
+            .call(
+                redis::cmd("LRANGE")
+                    .arg(&frontend)
+                    .arg(1)
+                    .arg(-1)
+                    .query_async(con),
+            )
+            .await?;
         let Some(position) = urls.iter().position(|u| u == url) else {
-            bounded(redis::cmd("UNWATCH").query_async::<()>(con)).await?;
+            self.redis
+                .call(redis::cmd("UNWATCH").query_async::<()>(con))
+                .await?;
             return Ok(Update::Gone);
         };
         let mut pipe = redis::pipe();
@@ -303,7 +326,7 @@ impl Monitor {
                 .arg(&dead)
                 .arg(LOCK_TTL);
         }
-        let done: Option<redis::Value> = bounded(pipe.query_async(con)).await?;
+        let done: Option<redis::Value> = self.redis.call(pipe.query_async(con)).await?;
         Ok(match (healthy, done.is_some()) {
             (true, true) => Update::Revived,
             _ => Update::StillDead,

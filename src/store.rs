@@ -110,8 +110,8 @@ impl RedisClient {
     }
 
     /// Run one Redis call with PlanB's 1 s limit; a failure that means "this server is gone or no longer the
-    /// master" starts a Sentinel re-resolution.
-    async fn call<T>(
+    /// master" starts a Sentinel re-resolution. Every call on this client's connections goes through here.
+    pub async fn call<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
@@ -373,14 +373,4 @@ fn strings(value: Value) -> Result<Vec<String>, StoreError> {
         .into_iter()
         .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
         .collect())
-}
-
-/// Run one Redis call with PlanB's 1 s limit.
-pub async fn bounded<T>(
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(REDIS_TIMEOUT, fut).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError("i/o timeout".into())),
-    }
 }

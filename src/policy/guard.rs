@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 use super::{FieldResult, Fields};
 use crate::error::Reject;
-use crate::store::{bounded, RedisClient, StoreError};
+use crate::store::{RedisClient, StoreError};
 
 /// Longest `X-Nonce` accepted: nonces become Redis keys.
 const MAX_NONCE: usize = 256;
@@ -264,16 +264,17 @@ impl GuardConfig {
         let mut redis_key = format!("guard-nonce:{key}:").into_bytes();
         redis_key.extend_from_slice(nonce);
         let mut con = write.shared();
-        let set: Option<String> = bounded(
-            redis::cmd("SET")
-                .arg(redis_key)
-                .arg(1)
-                .arg("NX")
-                .arg("EX")
-                .arg(self.nonce_ttl)
-                .query_async(&mut con),
-        )
-        .await?;
+        let set: Option<String> = write
+            .call(
+                redis::cmd("SET")
+                    .arg(redis_key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(self.nonce_ttl)
+                    .query_async(&mut con),
+            )
+            .await?;
         Ok(set.is_some())
     }
 }

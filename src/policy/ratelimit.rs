@@ -15,7 +15,7 @@ use http::Request;
 
 use super::{FieldResult, Fields};
 use crate::error::Reject;
-use crate::store::{bounded, RedisClient};
+use crate::store::RedisClient;
 
 /// Clients remembered by the local limiter; the least recently seen are dropped beyond this.
 const MAX_LOCAL_CLIENTS: u64 = 100_000;
@@ -286,7 +286,8 @@ async fn check_global(
     invocation
         .arg(config.interval_us())
         .arg(config.tolerance_us());
-    let reply: Vec<i64> = bounded(invocation.invoke_async(&mut con))
+    let reply: Vec<i64> = write
+        .call(invocation.invoke_async(&mut con))
         .await
         .map_err(|e| format!("global rate limit: {e}; request let through"))?;
     let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
