@@ -47,7 +47,7 @@ pub struct Monitor {
     error_log: Log,
 }
 
-/// Start monitoring on the write Redis: subscribe to `dead`, and pick up dead sets that already exist.
+/// Start monitoring on the write Redis: subscribe to `dead`, then pick up dead sets that already exist.
 pub fn start(redis: RedisClient, id: String, error_log: Log) -> Arc<Monitor> {
     let monitor = Arc::new(Monitor {
         redis,
@@ -57,7 +57,6 @@ pub fn start(redis: RedisClient, id: String, error_log: Log) -> Arc<Monitor> {
         error_log,
     });
     tokio::spawn(monitor.clone().subscribe());
-    tokio::spawn(monitor.clone().scan_existing());
     monitor
 }
 
@@ -87,6 +86,9 @@ impl Monitor {
                 Ok(mut pubsub) => match pubsub.subscribe("dead").await {
                     Ok(()) => {
                         pause = Duration::from_millis(100);
+                        // Scan only once subscribed, so that no mark falls between the two; after a
+                        // broken subscription the rescan picks up marks published while it was down.
+                        tokio::spawn(self.clone().scan_existing());
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
                             let Ok(payload) = msg.get_payload::<String>() else {

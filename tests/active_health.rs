@@ -82,8 +82,8 @@ fn healthcheck_hash_path_status_and_body_are_honoured() {
         "body",
         "OK",
     ]);
-    let proxy = Proxy::start(&redis, &["--active-healthcheck"]);
-    let _ = proxy.addr();
+    let _proxy = Proxy::start(&redis, &["--active-healthcheck"]);
+    wait_for_subscribers(&redis, 1);
     // Mark it dead the way a proxy does: SADD, then PUBLISH on channel `dead`.
     redis.query::<()>(&["SADD", "dead:probe.test", "0"]);
     let message = format!("probe.test;{};0;1", backend.url());
@@ -128,6 +128,7 @@ fn two_processes_sharing_redis_take_the_lock_once() {
     let a = Proxy::start(&redis, &["--active-healthcheck", "--monitor-id", "box-a"]);
     let b = Proxy::start(&redis, &["--active-healthcheck", "--monitor-id", "box-b"]);
     let _ = (a.addr(), b.addr());
+    wait_for_subscribers(&redis, 2);
     redis.query::<()>(&["SADD", "dead:shared.test", "0"]);
     let message = format!("shared.test;{};0;1", failing.url());
     let subscribers: i64 = redis.query(&["PUBLISH", "dead", &message]);
@@ -152,4 +153,12 @@ fn two_processes_sharing_redis_take_the_lock_once() {
         Some(holder.as_str())
     );
     assert_eq!(redis.dead_members("shared.test"), vec!["0".to_string()]);
+}
+
+/// The proxy listens before its subscription to `dead` is confirmed: wait for the subscribers.
+fn wait_for_subscribers(redis: &RedisServer, n: i64) {
+    assert_eventually(secs(5), "the monitors subscribed to dead", || {
+        let counts: (String, i64) = redis.query(&["PUBSUB", "NUMSUB", "dead"]);
+        counts.1 == n
+    });
 }
