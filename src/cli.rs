@@ -219,6 +219,10 @@ pub struct Cli {
     /// Close a WebSocket tunnel after this long without a byte in either direction (Go duration, 0s: never).
     #[arg(long, env = "HYPACHE_WEBSOCKET_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_go_duration)]
     pub websocket_idle_timeout: Duration,
+    /// Worker threads serving connections, each with its own event loop, backend pool and Redis connection
+    /// (0: one per CPU).
+    #[arg(long, env = "HYPACHE_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers: u16,
     /// Largest request head accepted, in bytes; larger gets 431.
     #[arg(long, env = "HYPACHE_MAX_HEADER_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
@@ -410,6 +414,7 @@ impl Cli {
                 },
             },
             task_dump: self.task_dump,
+            workers: usize::from(self.workers),
             breaker: crate::policy::BreakerDefaults {
                 failures: self.breaker_failures,
                 window: self.breaker_window,

@@ -66,6 +66,9 @@ pub struct Config {
     /// Add a tokio task dump to the SIGUSR1 dump. Off by default: tokio's task dump is unstable and can stall
     /// the runtime (see `dump`), which an operator must choose knowingly.
     pub task_dump: bool,
+    /// Worker threads serving connections (0: one per CPU). Each runs its own event loop with its own backend
+    /// pool and read-Redis connection, so that a request never hops between threads (see `workers`).
+    pub workers: usize,
 }
 
 /// The format of access-log lines.
@@ -341,6 +344,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             event_log: EventLogConfig::default(),
             task_dump: false,
+            workers: 0,
             breaker: Default::default(),
         }
     }

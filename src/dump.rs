@@ -51,7 +51,7 @@ pub async fn write(proxy: Arc<Proxy>) -> Option<Duration> {
     );
     text.push_str(&summary(&proxy));
     if proxy.config.task_dump {
-        text.push_str(&task_dump().await);
+        text.push_str(&task_dump(proxy.telemetry.runtimes.clone()).await);
     } else {
         text.push_str(
             "task dump: off (tokio's task dump can stall the runtime, tokio-rs/tokio#7478; --task-dump turns it on)\n",
@@ -80,39 +80,49 @@ pub async fn write(proxy: Arc<Proxy>) -> Option<Duration> {
 /// Runtime figures, connections and in-flight requests: cheap, no lock held while formatting.
 fn summary(proxy: &Proxy) -> String {
     let mut text = String::new();
-    let runtime = tokio::runtime::Handle::current().metrics();
+    let runtimes = &proxy.telemetry.runtimes;
+    let all: Vec<_> = runtimes.iter().map(|r| r.metrics()).collect();
     let _ = write!(
         text,
         "runtime: {} workers, {} alive tasks, {} tasks in the global queue",
-        runtime.num_workers(),
-        runtime.num_alive_tasks(),
-        runtime.global_queue_depth(),
+        all.len().saturating_sub(1),
+        all.iter().map(|m| m.num_alive_tasks()).sum::<usize>(),
+        all.iter().map(|m| m.global_queue_depth()).sum::<usize>(),
     );
     #[cfg(tokio_unstable)]
     let _ = write!(
         text,
         ", {} blocking threads ({} idle), {} tasks spawned since start",
-        runtime.num_blocking_threads(),
-        runtime.num_idle_blocking_threads(),
-        runtime.spawned_tasks_count(),
+        all.iter().map(|m| m.num_blocking_threads()).sum::<usize>(),
+        all.iter()
+            .map(|m| m.num_idle_blocking_threads())
+            .sum::<usize>(),
+        all.iter().map(|m| m.spawned_tasks_count()).sum::<u64>(),
     );
     text.push('\n');
-    for worker in 0..runtime.num_workers() {
-        let _ = write!(
-            text,
-            "  worker {worker}: busy {:.3}s in total, parked {} times",
-            runtime.worker_total_busy_duration(worker).as_secs_f64(),
-            runtime.worker_park_count(worker),
-        );
-        #[cfg(tokio_unstable)]
-        let _ = write!(
-            text,
-            ", {} polls, {} tasks in its local queue, {} steals",
-            runtime.worker_poll_count(worker),
-            runtime.worker_local_queue_depth(worker),
-            runtime.worker_steal_count(worker),
-        );
-        text.push('\n');
+    // One line per thread: the control runtime (accepting, signals, health checks), then each worker.
+    for (i, runtime) in all.iter().enumerate() {
+        for thread in 0..runtime.num_workers() {
+            let name = match i {
+                0 => "control".to_string(),
+                n => format!("worker {n}"),
+            };
+            let _ = write!(
+                text,
+                "  {name}: {} alive tasks, busy {:.3}s in total, parked {} times",
+                runtime.num_alive_tasks(),
+                runtime.worker_total_busy_duration(thread).as_secs_f64(),
+                runtime.worker_park_count(thread),
+            );
+            #[cfg(tokio_unstable)]
+            let _ = write!(
+                text,
+                ", {} polls, {} tasks in its local queue",
+                runtime.worker_poll_count(thread),
+                runtime.worker_local_queue_depth(thread),
+            );
+            text.push('\n');
+        }
     }
     let metrics = &proxy.telemetry.metrics;
     let _ = writeln!(
@@ -135,24 +145,29 @@ fn summary(proxy: &Proxy) -> String {
 }
 
 #[cfg(all(tokio_unstable, target_os = "linux"))]
-async fn task_dump() -> String {
+async fn task_dump(runtimes: Vec<tokio::runtime::Handle>) -> String {
     let started = Instant::now();
-    let handle = tokio::runtime::Handle::current();
-    let dump = match tokio::time::timeout(TASK_DUMP_TIMEOUT, handle.dump()).await {
-        Ok(dump) => dump,
-        Err(_) => {
-            return format!(
-                "task dump: none, it took longer than {TASK_DUMP_TIMEOUT:?} (a worker thread may be blocked)\n"
-            )
+    // A current-thread runtime can only be dumped from inside itself: ask each for its own dump.
+    let mut dumps = Vec::with_capacity(runtimes.len());
+    for runtime in &runtimes {
+        let own = runtime.spawn(async { tokio::runtime::Handle::current().dump().await });
+        match tokio::time::timeout(TASK_DUMP_TIMEOUT, own).await {
+            Ok(Ok(dump)) => dumps.push(dump),
+            _ => {
+                return format!(
+                    "task dump: none, it took longer than {TASK_DUMP_TIMEOUT:?} (a worker thread may be blocked)\n"
+                )
+            }
         }
-    };
+    }
     let traced = started.elapsed();
     // Resolving symbols reads debug info: off the runtime's workers.
     let formatted = tokio::task::spawn_blocking(move || {
         let mut groups: Vec<(String, Vec<String>)> = Vec::new();
         let mut index = std::collections::HashMap::new();
-        let count = dump.tasks().iter().count();
-        for task in dump.tasks().iter() {
+        let tasks = || dumps.iter().flat_map(|d| d.tasks().iter());
+        let count = tasks().count();
+        for task in tasks() {
             let trace = task.trace().to_string();
             let id = task.id().to_string();
             match index.get(&trace) {
@@ -193,7 +208,7 @@ async fn task_dump() -> String {
 }
 
 #[cfg(not(all(tokio_unstable, target_os = "linux")))]
-async fn task_dump() -> String {
+async fn task_dump(_runtimes: Vec<tokio::runtime::Handle>) -> String {
     "task dump: not available in this build (needs Linux and --cfg tokio_unstable, see .cargo/config.toml)\n"
         .to_string()
 }

@@ -8,6 +8,8 @@
 //! - [`cli`]: PlanB's flags (names, defaults, `HYPACHE_*` environment variables) → [`config::Config`].
 //! - [`config`]: the resolved configuration; every policy field says why it exists.
 //! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, graceful shutdown.
+//! - [`workers`]: thread per core; connections run on worker threads with their own event loop, backend pool
+//!   and read-Redis connection, so that a request never wakes another thread.
 //! - [`tls`]: the TLS handshake with a certificate per server name ([`tls::from_redis`], [`tls::from_dir`]),
 //!   PlanB's presets, and the client side for `https://` backends.
 //! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
@@ -67,6 +69,7 @@ pub mod sni;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,6 +86,7 @@ use crate::server::{Listener, Tracker};
 use crate::store::RedisClient;
 use crate::tls::{CertStore, DirectoryCerts, RedisCerts, TlsTerminator};
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 /// A start-up failure: the process exits 1 with this message, as PlanB does.
 #[derive(Debug)]
@@ -103,6 +107,8 @@ pub struct Server {
     /// The Prometheus listener (`--metrics-address`), bound before the proxy's listeners as in PlanB.
     metrics_listener: Option<TcpListener>,
     proxy: Arc<Proxy>,
+    /// The threads that serve connections; dropped (and stopped) when `serve` returns.
+    workers: Arc<Workers>,
 }
 
 impl Server {
@@ -165,18 +171,32 @@ impl Server {
         if config.active_healthcheck {
             health::start(write.clone(), config.monitor_id.clone(), error_log.clone());
         }
+        let workers = Workers::start(config.workers)
+            .map_err(|e| StartError(format!("starting the worker threads: {e}")))?;
+        // Each worker reads routes over its own connection, whose I/O runs on that worker's thread.
+        let mut reads = vec![read];
+        for slot in 1..=workers.count() {
+            let redis = config.read_redis.clone();
+            let own = workers
+                .run_on(slot, async move { RedisClient::connect(&redis).await })
+                .await
+                .map_err(|e| StartError(e.to_string()))?;
+            reads.push(own);
+        }
+        let mut runtimes = vec![tokio::runtime::Handle::current()];
+        runtimes.extend(workers.handles());
         let tunnels = Arc::default();
-        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log);
+        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log, runtimes);
         let proxy = Proxy {
             router: Router::new(
-                read,
+                reads,
                 config.extensions,
                 CachePolicy {
                     backend_cache: config.backend_cache,
                     stale_routes_ttl: config.stale_routes_ttl,
                 },
             ),
-            upstream: Upstream::new(config.timeouts.dial, backend_tls),
+            upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1),
             policies: policy::Policies::new(write.clone(), config.breaker),
             write,
             access_log,
@@ -194,6 +214,7 @@ impl Server {
             listeners,
             metrics_listener,
             proxy: Arc::new(proxy),
+            workers: Arc::new(workers),
         })
     }
 
@@ -239,7 +260,7 @@ impl Server {
             info(&format!("Listening tls on {addr}..."));
         }
         let proxy = self.proxy.clone();
-        server::serve(self.listeners, self.proxy, shutdown).await;
+        server::serve(self.listeners, self.proxy, self.workers, shutdown).await;
         let grace = proxy
             .config
             .timeouts

@@ -31,7 +31,9 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: start-up, accepting, signals, metrics, health checks. Connections are served on
+    // the worker threads that `run` starts (see `hypache::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("build the tokio runtime");

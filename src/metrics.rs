@@ -104,6 +104,8 @@ pub struct Sources {
     /// Lines dropped by the access log and the error log because their queue was full.
     pub dropped_access: Arc<AtomicU64>,
     pub dropped_error: Arc<AtomicU64>,
+    /// The runtimes: the control runtime first, then one per worker thread (see `workers`).
+    pub runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl Metrics {
@@ -230,16 +232,29 @@ impl Metrics {
                 ("error", sources.dropped_error),
             ],
         )));
-        reg(Box::new(runtime_gauge(
-            "hypache_runtime_workers",
-            "Worker threads of the async runtime.",
-            |m| m.num_workers() as f64,
-        )));
-        reg(Box::new(runtime_gauge(
-            "hypache_runtime_alive_tasks",
-            "Tasks alive in the async runtime.",
-            |m| m.num_alive_tasks() as f64,
-        )));
+        let workers = sources.runtimes.len().saturating_sub(1) as f64;
+        reg(Box::new(
+            PullingGauge::new(
+                "hypache_runtime_workers",
+                "Worker threads serving connections, each with its own event loop (--workers).",
+                Box::new(move || workers),
+            )
+            .unwrap(),
+        ));
+        let runtimes = sources.runtimes.clone();
+        reg(Box::new(
+            PullingGauge::new(
+                "hypache_runtime_alive_tasks",
+                "Tasks alive on the worker threads and the control runtime.",
+                Box::new(move || {
+                    runtimes
+                        .iter()
+                        .map(|r| r.metrics().num_alive_tasks() as f64)
+                        .sum()
+                }),
+            )
+            .unwrap(),
+        ));
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -382,23 +397,6 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A gauge over the current tokio runtime's figures (0 outside a runtime).
-fn runtime_gauge(
-    name: &str,
-    help: &str,
-    read: fn(&tokio::runtime::RuntimeMetrics) -> f64,
-) -> PullingGauge {
-    PullingGauge::new(
-        name,
-        help,
-        Box::new(move || match tokio::runtime::Handle::try_current() {
-            Ok(handle) => read(&handle.metrics()),
-            Err(_) => 0.0,
-        }),
-    )
-    .unwrap()
-}
-
 /// A counter whose values live in atomics owned by someone else (the log writers), one per label value.
 struct PullingCounter {
     desc: Desc,
@@ -510,6 +508,7 @@ mod tests {
             inflight: Box::new(|| 0.0),
             dropped_access: Arc::new(AtomicU64::new(5)),
             dropped_error: Arc::new(AtomicU64::new(0)),
+            runtimes: Vec::new(),
         }
     }
 

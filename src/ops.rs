@@ -23,6 +23,8 @@ use crate::server::Tracker;
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Inflight>,
+    /// The control runtime, then one runtime per worker thread: for the dump and the runtime gauges.
+    pub runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl Telemetry {
@@ -32,6 +34,7 @@ impl Telemetry {
         tunnels: &Arc<Tracker>,
         access_log: &Log,
         error_log: &Log,
+        runtimes: Vec<tokio::runtime::Handle>,
     ) -> Telemetry {
         let inflight = Arc::new(Inflight::default());
         let sources = Sources {
@@ -45,10 +48,12 @@ impl Telemetry {
             },
             dropped_access: access_log.dropped(),
             dropped_error: error_log.dropped(),
+            runtimes: runtimes.clone(),
         };
         Telemetry {
             metrics: Arc::new(Metrics::new(config.metrics.per_frontend, sources)),
             inflight,
+            runtimes,
         }
     }
 }

@@ -73,7 +73,8 @@ struct StaleRoute {
 
 /// Looks up frontends and picks backends.
 pub struct Router {
-    store: RedisClient,
+    /// The read Redis, one client per worker slot (see `workers`): a lookup uses its own thread's connection.
+    stores: Vec<RedisClient>,
     extensions: Extensions,
     /// One counter per original Host string, port included, created on the first successful lookup.
     counters: DashMap<Box<str>, Arc<AtomicU32>>,
@@ -84,7 +85,9 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(store: RedisClient, extensions: Extensions, policy: CachePolicy) -> Router {
+    /// `stores[0]` serves slot 0 (and any thread that is not a worker); `stores[n]` worker `n`.
+    pub fn new(stores: Vec<RedisClient>, extensions: Extensions, policy: CachePolicy) -> Router {
+        assert!(!stores.is_empty(), "a router needs a read Redis");
         let cache = policy.backend_cache.then(|| {
             moka::future::Cache::builder()
                 .max_capacity(BACKEND_CACHE_SIZE)
@@ -98,7 +101,7 @@ impl Router {
                 .build()
         });
         Router {
-            store,
+            stores,
             extensions,
             counters: DashMap::new(),
             cache,
@@ -106,9 +109,11 @@ impl Router {
         }
     }
 
-    /// The read Redis client.
+    /// The read Redis client of the calling thread's worker.
     pub fn store(&self) -> &RedisClient {
-        &self.store
+        self.stores
+            .get(crate::workers::slot())
+            .unwrap_or(&self.stores[0])
     }
 
     /// The route for a Host: from the backend cache when it is on, otherwise (or on a miss) from Redis, and
@@ -175,8 +180,8 @@ impl Router {
 
     /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
     async fn read_redis(&self, host: &str) -> Result<Route, LookupError> {
-        let mut first = self
-            .store
+        let store = self.store();
+        let mut first = store
             .lookup_many(&[host])
             .await
             .map_err(LookupError::Store)?;
@@ -189,11 +194,7 @@ impl Router {
             return Err(LookupError::NoRoute { key: planb_key });
         }
         let keys: Vec<&str> = candidates.iter().map(String::as_str).collect();
-        let found = self
-            .store
-            .lookup_many(&keys)
-            .await
-            .map_err(LookupError::Store)?;
+        let found = store.lookup_many(&keys).await.map_err(LookupError::Store)?;
         candidates
             .into_iter()
             .zip(found)

@@ -28,6 +28,7 @@ use crate::head_scan::HeadScan;
 use crate::inflight::Ticket;
 use crate::proxy::{Downstream, Proxy};
 use crate::tls::{handshake_error, TlsTerminator};
+use crate::workers::Workers;
 
 /// A bound listener and what it speaks.
 pub enum Listener {
@@ -46,6 +47,14 @@ impl Listener {
         }
     }
 
+    fn speaks(&self) -> Speaks {
+        match self {
+            Listener::Http(_) => Speaks::Http,
+            Listener::Tls(_, terminator) => Speaks::Tls(terminator.clone()),
+            Listener::Sni(_) => Speaks::Sni,
+        }
+    }
+
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.socket()
@@ -59,6 +68,7 @@ impl Listener {
 pub async fn serve(
     listeners: Vec<Listener>,
     proxy: Arc<Proxy>,
+    workers: Arc<Workers>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -69,6 +79,7 @@ pub async fn serve(
             tokio::spawn(accept_loop(
                 listener,
                 proxy.clone(),
+                workers.clone(),
                 stop_rx.clone(),
                 connections.clone(),
             ))
@@ -87,9 +98,11 @@ pub async fn serve(
     let _ = tokio::time::timeout_at(deadline, proxy.tunnels.idle()).await;
 }
 
+/// Accept on the control runtime and hand each connection to a worker (see [`crate::workers`]).
 async fn accept_loop(
     listener: Listener,
     proxy: Arc<Proxy>,
+    workers: Arc<Workers>,
     mut stop: watch::Receiver<bool>,
     connections: Arc<Tracker>,
 ) {
@@ -111,34 +124,55 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Leave this runtime's reactor; the worker registers the socket with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("accept: detaching the connection from {peer}: {e}");
+                continue;
+            }
+        };
         let proxy = proxy.clone();
         let stop = stop.clone();
         let alive = connections.track();
-        match &listener {
-            Listener::Http(_) => {
-                // Counted open until it closes or becomes a WebSocket tunnel (PlanB's gauge).
-                let counted = proxy.telemetry.metrics.connection_opened("http");
-                tokio::spawn(async move {
+        let speaks = listener.speaks();
+        // Counted open until it closes or becomes a WebSocket tunnel (PlanB's gauge).
+        let counted = proxy.telemetry.metrics.connection_opened(speaks.label());
+        workers.spawn_connection(async move {
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!("accept: registering the connection from {peer}: {e}");
+                    return;
+                }
+            };
+            match speaks {
+                Speaks::Http => {
                     serve_connection(stream, peer, proxy, stop, Protocol::Http1 { tls: false })
-                        .await;
-                    drop((alive, counted));
-                });
+                        .await
+                }
+                Speaks::Tls(terminator) => serve_tls(stream, peer, terminator, proxy, stop).await,
+                Speaks::Sni => crate::sni::serve(stream, proxy).await,
             }
-            Listener::Tls(_, terminator) => {
-                let terminator = terminator.clone();
-                let counted = proxy.telemetry.metrics.connection_opened("tls");
-                tokio::spawn(async move {
-                    serve_tls(stream, peer, terminator, proxy, stop).await;
-                    drop((alive, counted));
-                });
-            }
-            Listener::Sni(_) => {
-                let counted = proxy.telemetry.metrics.connection_opened("sni");
-                tokio::spawn(async move {
-                    crate::sni::serve(stream, proxy).await;
-                    drop((alive, counted));
-                });
-            }
+            drop((alive, counted));
+        });
+    }
+}
+
+/// What an accepted connection is served with, detached from its listener so it can move to a worker.
+enum Speaks {
+    Http,
+    Tls(Arc<TlsTerminator>),
+    Sni,
+}
+
+impl Speaks {
+    /// The `listener` label of the connection metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Speaks::Http => "http",
+            Speaks::Tls(_) => "tls",
+            Speaks::Sni => "sni",
         }
     }
 }

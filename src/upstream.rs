@@ -157,8 +157,9 @@ type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
 /// Dials backends and keeps their connections alive for reuse.
 pub struct Upstream {
     /// Idle connections keyed by `scheme://host:port`, so an `http` and an `https` backend on the same
-    /// authority never share a connection.
-    pools: DashMap<String, Pool>,
+    /// authority never share a connection; one map per worker slot, because a connection's task runs on the
+    /// worker that dialed it and a request on another worker would have to wake that thread (see `workers`).
+    pools: Box<[DashMap<String, Pool>]>,
     /// TCP connect limit, also the TLS handshake limit for `https://` backends (as PlanB's transport).
     dial_timeout: Duration,
     /// Verifies `https://` backends (web roots plus `--backend-ca-file`).
@@ -166,9 +167,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(dial_timeout: Duration, tls: Arc<ClientConfig>) -> Upstream {
+    /// `slots`: the worker slots there are (workers + 1 for slot 0).
+    pub fn new(dial_timeout: Duration, tls: Arc<ClientConfig>, slots: usize) -> Upstream {
         Upstream {
-            pools: DashMap::new(),
+            pools: (0..slots.max(1)).map(|_| DashMap::new()).collect(),
             dial_timeout,
             tls: TlsConnector::from(tls),
         }
@@ -203,10 +205,14 @@ impl Upstream {
     }
 
     fn pool(&self, key: &str) -> Pool {
-        if let Some(pool) = self.pools.get(key) {
+        let pools = self
+            .pools
+            .get(crate::workers::slot())
+            .unwrap_or(&self.pools[0]);
+        if let Some(pool) = pools.get(key) {
             return pool.clone();
         }
-        self.pools.entry(key.to_string()).or_default().clone()
+        pools.entry(key.to_string()).or_default().clone()
     }
 
     async fn dial(

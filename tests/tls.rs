@@ -492,7 +492,16 @@ fn https_backends_are_verified_with_the_backend_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("backend-ca.pem");
     std::fs::write(&ca_file, &backend_ca.pem).unwrap();
-    let proxy = Proxy::start(&redis, &["--backend-ca-file", ca_file.to_str().unwrap()]);
+    // One worker: backend connections are pooled per worker thread, and this checks their reuse.
+    let proxy = Proxy::start(
+        &redis,
+        &[
+            "--backend-ca-file",
+            ca_file.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
+    );
     for _ in 0..2 {
         let resp = get(proxy.addr(), "secure.test", "/s", &[]);
         assert_eq!(resp.status, 200, "{}", resp.head_text());
