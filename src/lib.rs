@@ -56,10 +56,12 @@ pub mod error;
 pub mod event_log;
 pub mod head_scan;
 pub mod health;
+pub mod hipache_config;
 pub mod inflight;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod privileges;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -115,6 +117,8 @@ impl Server {
         } else {
             connect(&config.write_redis, config.wait_for_redis).await?
         };
+        let read = read.with_key_prefix(&config.key_prefix);
+        let write = write.with_key_prefix(&config.key_prefix);
         let access_log = Log::access(&config.access_log, config.access_log_format)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
         let metrics_listener = match config.metrics.address {
@@ -124,27 +128,7 @@ impl Server {
         let error_log = Log::errors();
         let terminator = match config.tls_listen {
             None => None,
-            Some(_) => {
-                let certs = match &config.tls.certificates {
-                    // A third client, built from the read options (PlanB §8.2).
-                    CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
-                        RedisClient::connect(&config.read_redis)
-                            .await
-                            .map_err(|e| StartError(e.to_string()))?,
-                    )),
-                    CertificateSource::Directory(dir) => {
-                        let certs = DirectoryCerts::load(dir).map_err(|e| {
-                            StartError(format!("loading certificates from {}: {e}", dir.display()))
-                        })?;
-                        let certs = Arc::new(certs);
-                        certs.watch(error_log.clone());
-                        CertStore::Directory(certs)
-                    }
-                };
-                let terminator =
-                    TlsTerminator::new(config.tls.preset, certs).map_err(StartError)?;
-                Some(Arc::new(terminator))
-            }
+            Some(_) => Some(tls_terminator(&config.tls, &config, &error_log).await?),
         };
         let backend_tls =
             tls::backend_client_config(config.backend_ca_file.as_deref()).map_err(StartError)?;
@@ -159,6 +143,13 @@ impl Server {
         if let (Some(addr), Some(terminator)) = (config.tls_listen, terminator) {
             listeners.push(Listener::Tls(bind(addr).await?, terminator));
         }
+        for more in &config.more_listeners {
+            let socket = bind(more.addr).await?;
+            listeners.push(match &more.tls {
+                None => Listener::Http(socket),
+                Some(tls) => Listener::Tls(socket, tls_terminator(tls, &config, &error_log).await?),
+            });
+        }
         if listeners.is_empty() {
             return Err(StartError("no listener configured".into()));
         }
@@ -171,12 +162,16 @@ impl Server {
             router: Router::new(
                 read,
                 config.extensions,
+                config.routing,
                 CachePolicy {
                     backend_cache: config.backend_cache,
                     stale_routes_ttl: config.stale_routes_ttl,
+                    backend_cache_limits: config.backend_cache_limits,
                 },
             ),
-            upstream: Upstream::new(config.timeouts.dial, backend_tls),
+            upstream: Upstream::new(config.timeouts.dial, backend_tls)
+                .with_max_idle(config.max_idle_per_backend),
+            hchecker: Arc::default(),
             policies: policy::Policies::new(write.clone(), config.breaker),
             write,
             access_log,
@@ -250,6 +245,35 @@ impl Server {
     }
 }
 
+/// The TLS terminator for one listener's settings: certificates from Redis (a third client, built from the
+/// read options, PlanB §8.2), a watched directory (a bad one is fatal), or fixed files.
+async fn tls_terminator(
+    tls: &config::TlsSettings,
+    config: &Config,
+    error_log: &Log,
+) -> Result<Arc<TlsTerminator>, StartError> {
+    let certs = match &tls.certificates {
+        CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
+            RedisClient::connect(&config.read_redis)
+                .await
+                .map_err(|e| StartError(e.to_string()))?,
+        )),
+        CertificateSource::Directory(dir) => {
+            let certs = DirectoryCerts::load(dir).map_err(|e| {
+                StartError(format!("loading certificates from {}: {e}", dir.display()))
+            })?;
+            let certs = Arc::new(certs);
+            certs.watch(error_log.clone());
+            CertStore::Directory(certs)
+        }
+        CertificateSource::Files { cert, key, ca } => CertStore::Static(Arc::new(
+            tls::load_static(cert, key, ca).map_err(StartError)?,
+        )),
+    };
+    let terminator = TlsTerminator::new(tls.preset, certs).map_err(StartError)?;
+    Ok(Arc::new(terminator))
+}
+
 /// Connect to one Redis; with `--wait-for-redis`, retry (backing off up to 1 s) until the window has passed.
 async fn connect(
     redis: &config::RedisConfig,
@@ -278,8 +302,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))
 }
 
-/// Start the proxy with `config` and serve until `shutdown` resolves. This is what the binary runs.
+/// Start the proxy with `config` and serve until `shutdown` resolves. This is what the binary runs. With
+/// `run_as`, root privileges are dropped once everything is bound and opened, before serving.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    Server::bind(config).await?.serve(shutdown).await;
+    let run_as = config.run_as.clone();
+    let server = Server::bind(config).await?;
+    if let Some(run_as) = &run_as {
+        privileges::drop_to(run_as).map_err(StartError)?;
+    }
+    server.serve(shutdown).await;
     Ok(())
 }

@@ -152,7 +152,13 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+/// One backend's idle connections, at most `max` of them.
+struct PoolInner {
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    max: usize,
+}
+
+type Pool = Arc<PoolInner>;
 
 /// Dials backends and keeps their connections alive for reuse.
 pub struct Upstream {
@@ -163,6 +169,8 @@ pub struct Upstream {
     dial_timeout: Duration,
     /// Verifies `https://` backends (web roots plus `--backend-ca-file`).
     tls: TlsConnector,
+    /// Idle connections kept per backend; 0 closes each connection after its request.
+    max_idle: usize,
 }
 
 impl Upstream {
@@ -171,7 +179,14 @@ impl Upstream {
             pools: DashMap::new(),
             dial_timeout,
             tls: TlsConnector::from(tls),
+            max_idle: MAX_IDLE_PER_BACKEND,
         }
+    }
+
+    /// Keep at most `max` idle connections per backend (0: no keep-alive to backends).
+    pub fn with_max_idle(mut self, max: usize) -> Upstream {
+        self.max_idle = max;
+        self
     }
 
     /// Send `req` to `target`. On a connection failure the request comes back unsent, for failover.
@@ -206,7 +221,16 @@ impl Upstream {
         if let Some(pool) = self.pools.get(key) {
             return pool.clone();
         }
-        self.pools.entry(key.to_string()).or_default().clone()
+        let max = self.max_idle;
+        self.pools
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(PoolInner {
+                    idle: Mutex::default(),
+                    max,
+                })
+            })
+            .clone()
     }
 
     async fn dial(
@@ -331,7 +355,7 @@ fn request_error(e: &hyper::Error) -> String {
 }
 
 fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
-    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(sender) = idle.pop() {
         if sender.is_ready() {
             return Some(sender);
@@ -342,8 +366,8 @@ fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
 
 fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
     if sender.is_ready() {
-        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_BACKEND {
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < pool.max {
             idle.push(sender);
         }
         return;
