@@ -275,11 +275,20 @@ pub fn parse_driver(text: &str) -> Result<Driver, String> {
         ));
     }
     let rest = &text[text.find(':').map_or(text.len(), |i| i + 1)..];
-    // `redis:`, `redis:#p` and `redis:/1` have no authority; give them one so the URL parser sees the parts.
-    let normalised = match rest.strip_prefix("//") {
-        Some(_) => format!("redis:{rest}"),
-        None => format!("redis://{rest}"),
+    // Every part is optional (`redis:`, `redis:#p`, `redis://:6380`): fill in the host before parsing.
+    let after = rest.strip_prefix("//").unwrap_or(rest);
+    let end = after.find(['/', '#', '?']).unwrap_or(after.len());
+    let (authority, tail) = after.split_at(end);
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
     };
+    let hostport = if hostport.is_empty() || hostport.starts_with(':') {
+        format!("127.0.0.1{hostport}")
+    } else {
+        hostport.to_string()
+    };
+    let normalised = format!("redis://{userinfo}{hostport}{tail}");
     let url = url::Url::parse(&normalised).map_err(|e| format!("{text:?}: {e}"))?;
     let host = match url.host() {
         None => "127.0.0.1".to_string(),

@@ -227,11 +227,13 @@ impl Server {
                 info(&warning);
             }
         }
-        if let Some(addr) = self.local_addr() {
-            info(&format!("Listening on {addr}..."));
-        }
-        if let Some(addr) = self.tls_addr() {
-            info(&format!("Listening tls on {addr}..."));
+        // Plain listeners were bound first, so PlanB's two lines keep their order.
+        for listener in &self.listeners {
+            let addr = listener.local_addr();
+            match listener {
+                Listener::Tls(..) => info(&format!("Listening tls on {addr}...")),
+                _ => info(&format!("Listening on {addr}...")),
+            }
         }
         let proxy = self.proxy.clone();
         server::serve(self.listeners, self.proxy, shutdown).await;

@@ -577,7 +577,7 @@ impl Proxy {
         // cached the dead set without it.
         self.router.forget(&ctx.host, &ctx.key).await;
         let forget_again = self.router.forget(&ctx.host, &ctx.key);
-        tokio::spawn(async move {
+        let marking = async move {
             let publish_only = match hchecker {
                 Some(hchecker) => hchecker.alive(&read).await,
                 None => false,
@@ -589,7 +589,13 @@ impl Proxy {
                 error_log.line(format!("{prefix}{e}"));
             }
             forget_again.await;
-        });
+        };
+        // A retry that reads the route again must see this mark: write it first. Otherwise off the request path.
+        if policy.relookup_on_retry {
+            marking.await;
+        } else {
+            tokio::spawn(marking);
+        }
     }
 
     fn error_prefix(&self, ctx: &Ctx, backend: &str) -> String {
