@@ -292,7 +292,7 @@ pub fn parse_driver(text: &str) -> Result<Driver, String> {
     let url = url::Url::parse(&normalised).map_err(|e| format!("{text:?}: {e}"))?;
     let host = match url.host() {
         None => "127.0.0.1".to_string(),
-        Some(url::Host::Domain(d)) if d.is_empty() => "127.0.0.1".to_string(),
+        Some(url::Host::Domain("")) => "127.0.0.1".to_string(),
         Some(url::Host::Domain(d)) => d.to_string(),
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => ip.to_string(),

@@ -1112,3 +1112,43 @@ fn a_500_mb_chunked_put_streams_through_with_flat_memory() {
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// WebSockets: Hipache's hang and crash are not copied
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_websocket_gets_the_400_page_for_an_unknown_host_and_502_for_a_refused_backend() {
+    let redis = RedisServer::start();
+    let refused = refused_url();
+    redis.set_frontend("wsdown.local", &[&refused]);
+    let hip = start(&redis, json!({}));
+    let upgrade = |host: &str| {
+        build_request(
+            "GET",
+            Some(host),
+            "/ws",
+            &[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Version", "13"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            b"",
+        )
+    };
+    let started = std::time::Instant::now();
+    let resp = exchange(hip.addr(), &upgrade("nowhere.local"));
+    assert_eq!(resp.status, 400);
+    assert_page_headers(&resp);
+    assert!(resp.body_str().contains("No Application Configured"));
+    assert!(
+        started.elapsed() < secs(5),
+        "answered at once, not after tcpTimeout"
+    );
+    let resp = exchange(hip.addr(), &upgrade("wsdown.local"));
+    assert_eq!(resp.status, 502);
+    assert_page_headers(&resp);
+    // The proxy is still there.
+    assert_eq!(get(hip.addr(), "__ping__", "/", &[]).status, 200);
+}
