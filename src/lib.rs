@@ -6,14 +6,19 @@
 //! # Layout
 //! - `main.rs`: parses the CLI, installs the crypto provider (ring) and logging, calls [`run`].
 //! - [`cli`]: PlanB's flags (names, defaults, `HYPACHE_*` environment variables) → [`config::Config`].
-//! - [`config`]: the resolved configuration; every policy field says why it exists.
+//! - [`hipache_config`]: the Hipache preset: `-c config.json` (master and 0.3.1 layouts, driver URLs) →
+//!   [`config::Config`] with Hipache's policies; its default error pages are in `static/`.
+//! - [`config`]: the resolved configuration; every policy field says why it exists. Presets differ only in the
+//!   values of these fields (selection, lookup and dead-set rules, retries, response style, forwarding headers,
+//!   signals, key prefix).
+//! - [`privileges`]: dropping root after binding (Hipache's `user`/`group`).
 //! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, graceful shutdown.
 //! - [`tls`]: the TLS handshake with a certificate per server name ([`tls::from_redis`], [`tls::from_dir`]),
 //!   PlanB's presets, and the client side for `https://` backends.
 //! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
 //! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways; [`proxy::upgrade`] runs
 //!   WebSocket tunnels.
-//! - [`route`]: frontend key candidates, round-robin selection, dead-set skipping.
+//! - [`route`]: frontend key candidates, round-robin or random selection, dead-set skipping.
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
 //! - [`health`]: the active health check (`--active-healthcheck`).
@@ -28,12 +33,15 @@
 //! - [`metrics`]: the Prometheus registry (PlanB's five metrics, `process_*`, `hypache_*`) and `/metrics`.
 //! - [`inflight`]: the registry of in-flight requests shown by the SIGUSR1 dump.
 //! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests; tokio task dump if asked).
-//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGHUP handlers.
+//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGUSR2/SIGHUP handlers.
 //!
 //! # Redis schema
 //! - `frontend:<host>` (list): element 0 is an identifier (ignored), then backend URLs.
 //! - `dead:<host>` (set): 0-based indexes of dead backends, with a TTL; written on passive failures.
 //! - channel `dead`: `<host>;<url>;<index>;<count>` on every passive dead mark.
+//! - `hchecker_ping` (string, read by the Hipache preset): while it holds a Unix time less than 30 s old, an
+//!   external checker owns the dead sets and a mark only publishes.
+//! - With a Hipache driver `#prefix`, `frontend:` and `dead:` keys carry it in front (`<prefix>frontend:<host>`).
 //! - `dead:<host>:<url>` (string): the health-check lock, holding the monitoring machine's name (30 s TTL).
 //! - `healthcheck:<host>` (hash): optional `path`, `status`, `body` for the active health check.
 //! - `tls:<name>` (hash): `certificate` (PEM chain) and `key` (PEM, PKCS#8/PKCS#1/SEC1) for the TLS listener;

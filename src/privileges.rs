@@ -11,6 +11,11 @@ pub fn drop_to(run_as: &RunAs) -> Result<(), String> {
     if !getuid().is_root() || run_as.user == "root" || run_as.user == "0" {
         return Ok(());
     }
+    if run_as.user.is_empty() {
+        return Err("`user` is empty while running as root: set it to the account to serve as, or to \"root\" \
+                    (Hipache's ROOT_NEEDS_ROOT)"
+            .into());
+    }
     let user = find_user(&run_as.user)?;
     let gid = match &run_as.group {
         Some(group) => find_group(group)?,
