@@ -1019,7 +1019,9 @@ fn sink_backend() -> (SocketAddr, Arc<AtomicU64>) {
                             continue;
                         };
                         head_done = true;
+                        // The body bytes that came with the head count too.
                         let body = tail.split_off(end + 4);
+                        counter.fetch_add(body.len() as u64, Ordering::Relaxed);
                         tail = body;
                         data = &[];
                     }
@@ -1151,4 +1153,19 @@ fn a_websocket_gets_the_400_page_for_an_unknown_host_and_502_for_a_refused_backe
     assert_page_headers(&resp);
     // The proxy is still there.
     assert_eq!(get(hip.addr(), "__ping__", "/", &[]).status, 200);
+}
+
+#[test]
+fn an_empty_user_as_root_refuses_to_start() {
+    if !nix_is_root() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(&redis, dir.path());
+    config["user"] = json!("");
+    let path = write_config(dir.path(), &config);
+    let out = spawn_raw(&["-c", &path.display().to_string()], &[], secs(15));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("ROOT_NEEDS_ROOT"), "{}", out.stderr);
 }
