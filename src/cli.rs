@@ -22,6 +22,15 @@ pub struct Cli {
     #[arg(short = 'v', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
 
+    /// Hipache's config.json: run as a drop-in Hipache (the Hipache preset). The other flags are then not used.
+    /// Without it, `SETTINGS_FLAVOR=<f>` reads `config/config_<f>.json`, as Hipache does.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the resolved configuration and exit (Hipache's `--dry`).
+    #[arg(short = 'd', long = "dry")]
+    pub dry: bool,
+
     /// Plain HTTP listen address; `disabled` turns the plain listener off.
     #[arg(
         short = 'l',
@@ -390,6 +399,10 @@ impl Cli {
                 ..Limits::default()
             },
             backend_cache: self.backend_cache,
+            backend_cache_limits: (
+                crate::route::BACKEND_CACHE_TTL,
+                crate::route::BACKEND_CACHE_SIZE,
+            ),
             active_healthcheck: self.active_healthcheck,
             monitor_id: match self.monitor_id.as_str() {
                 "" => crate::health::hostname(),
@@ -415,6 +428,15 @@ impl Cli {
             },
             task_dump: self.task_dump,
             workers: usize::from(self.workers),
+            routing: Default::default(),
+            failure: Default::default(),
+            responses: Default::default(),
+            forwarding: Default::default(),
+            key_prefix: String::new(),
+            signals: Default::default(),
+            max_idle_per_backend: 100,
+            more_listeners: Vec::new(),
+            run_as: None,
             breaker: crate::policy::BreakerDefaults {
                 failures: self.breaker_failures,
                 window: self.breaker_window,

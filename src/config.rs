@@ -42,6 +42,9 @@ pub struct Config {
     pub limits: Limits,
     /// `--backend-cache`: reuse a lookup for 2 s instead of reading Redis on every request (PlanB §1.4).
     pub backend_cache: bool,
+    /// The backend cache's lifetime and capacity (0: unbounded) when it is on: PlanB's 2 s and 10,000 hosts,
+    /// or Hipache's `server.lruCache` `{ttl, size}`.
+    pub backend_cache_limits: (Duration, u64),
     /// While the read Redis fails, requests for hosts seen within this window are served from their last
     /// route instead of failing; `None` restores PlanB's 503.
     pub stale_routes_ttl: Option<Duration>,
@@ -69,6 +72,183 @@ pub struct Config {
     /// Worker threads serving connections (0: one per CPU). Each runs its own event loop with its own backend
     /// pool and read-Redis connection, so that a request never hops between threads (see `workers`).
     pub workers: usize,
+    /// How a frontend is matched and a backend chosen: PlanB's round robin, or Hipache's random choice with
+    /// its lookup rules.
+    pub routing: RoutingPolicy,
+    /// What happens when a backend fails: which failures mark it dead, and how often the request is retried.
+    pub failure: FailurePolicy,
+    /// How the answers hypache writes itself look (PlanB's plain text, or Hipache's HTML pages).
+    pub responses: ResponseStyle,
+    /// Which forwarding headers are added to requests, and whether the Host is rewritten.
+    pub forwarding: ForwardingPolicy,
+    /// Prepended to every `frontend:` and `dead:` key (Hipache's `redis://...#prefix`), so several proxies can
+    /// share one Redis database; the `dead` channel is never prefixed. Empty for PlanB.
+    pub key_prefix: String,
+    /// Which signal writes the dump and which reopen the access log: Hipache's logrotate setups send SIGUSR1
+    /// to reopen, PlanB's dump is on SIGUSR1.
+    pub signals: SignalPolicy,
+    /// Idle keep-alive connections kept per backend; 0 opens a new connection for every request (Hipache's
+    /// `httpKeepAlive: false`, its default). PlanB's transport keeps 100.
+    pub max_idle_per_backend: usize,
+    /// Listeners beyond `listen`/`tls_listen`: Hipache binds every entry of `http.bind` and `https.bind`, each
+    /// HTTPS one with its own certificate.
+    pub more_listeners: Vec<ListenerSpec>,
+    /// Drop root privileges to this user and group once the listeners are bound (Hipache's `user`/`group`),
+    /// so a proxy on port 80 does not serve as root. `None` keeps the current identity.
+    pub run_as: Option<RunAs>,
+}
+
+/// One more listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    /// `None`: plain HTTP; otherwise TLS with these settings.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The identity to switch to after binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// A user name or a numeric uid.
+    pub user: String,
+    /// A group name or a numeric gid; `None` is the user's primary group.
+    pub group: Option<String>,
+}
+
+/// How backends are chosen among the live ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// A counter per Host picks the start index (PlanB): an even spread, predictable in tests.
+    #[default]
+    RoundRobin,
+    /// Uniformly at random among the live backends (Hipache): no shared counter to contend on, and the spread
+    /// Hipache users are used to.
+    Random,
+}
+
+/// Which dead set a route reads and marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadSetKey {
+    /// `dead:<frontend key that matched>` (PlanB; `dead:*.a.com` for a wildcard).
+    #[default]
+    FrontendKey,
+    /// `dead:<request hostname>` (Hipache): every subdomain under a wildcard has its own dead set, which is
+    /// what hipache-hchecker writes.
+    RequestHost,
+}
+
+/// Frontend matching and backend selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoutingPolicy {
+    pub selection: Selection,
+    /// Look up the Host without its port (lower-cased when it had one) instead of the Host as received first:
+    /// Hipache never read `frontend:<host>:<port>`.
+    pub strip_port_first: bool,
+    /// A list holding only the identifier still matches (and answers "no valid backend") instead of falling
+    /// through to the next candidate: Hipache's "first non-empty list wins", which operators use to park a
+    /// host without letting a wildcard catch it.
+    pub identifier_only_matches: bool,
+    pub dead_set: DeadSetKey,
+}
+
+/// Dead marking and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// A frontend needs at least this many backends for one to be marked dead: Hipache never marked the only
+    /// backend (there is nothing to fail over to, and a dead mark would turn a blip into TTL seconds of 502s).
+    pub min_backends_to_mark: usize,
+    /// A name that does not resolve marks the backend dead (PlanB); Hipache only marked refused connections
+    /// and connect timeouts.
+    pub mark_on_resolve_failure: bool,
+    /// Backend statuses that mark the backend dead while the answer is still passed on unchanged; empty for
+    /// PlanB. Hipache (as observed): 501-599 except 503, so an overloaded backend saying 503 is not ejected.
+    pub dead_statuses: Vec<std::ops::RangeInclusive<u16>>,
+    /// After a connection failure (nothing sent yet), how many more attempts a request gets; `None` tries each
+    /// live backend once (the failover extension). Hipache's `retryOnError`; 0 answers at once.
+    pub retry_limit: Option<u32>,
+    /// Read the route again from Redis before each retry (Hipache), so a mark another process just wrote is
+    /// seen; otherwise the next live backend of the route already read is tried.
+    pub relookup_on_retry: bool,
+    /// While `hchecker_ping` holds a timestamp less than 30 s old, a dead mark only PUBLISHes (no SADD): an
+    /// external checker (hipache-hchecker) owns the dead sets then. Off for PlanB, which never read it.
+    pub respect_hchecker_ping: bool,
+    /// Publish the backend URL normalised as Node's `url.parse().href` (`http://h:p/`), which is what
+    /// Hipache published and what existing subscribers compare against.
+    pub normalise_published_url: bool,
+}
+
+impl Default for FailurePolicy {
+    /// PlanB's rules.
+    fn default() -> Self {
+        FailurePolicy {
+            min_backends_to_mark: 1,
+            mark_on_resolve_failure: true,
+            dead_statuses: Vec::new(),
+            retry_limit: None,
+            relookup_on_retry: false,
+            respect_hchecker_ping: false,
+            normalise_published_url: false,
+        }
+    }
+}
+
+/// How the proxy's own answers look.
+#[derive(Debug, Clone, Default)]
+pub enum ResponseStyle {
+    /// PlanB's statuses and plain-text bodies (400 `no such route`, 503 for dead or failing backends), and
+    /// `__ping__` answered after a Redis PING.
+    #[default]
+    Planb,
+    /// Hipache's: 400 for an unknown host, 502 when no backend is usable, 504 when a backend is silent, with
+    /// HTML pages and no-cache headers; `__ping__` answers `ok` without touching Redis; `X-Debug` headers.
+    Hipache(std::sync::Arc<ErrorPages>),
+}
+
+/// Hipache's error pages, read once at start-up from `server.staticDir`.
+#[derive(Clone, Default)]
+pub struct ErrorPages {
+    /// Where they were read from; `None` means hypache's built-in pages.
+    pub dir: Option<PathBuf>,
+    /// `error_<code>.html` by status code.
+    pub by_status: std::collections::BTreeMap<u16, bytes::Bytes>,
+    /// `error_default.html`, for statuses without a page of their own.
+    pub default: Option<bytes::Bytes>,
+}
+
+impl std::fmt::Debug for ErrorPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = match &self.dir {
+            Some(dir) => dir.display().to_string(),
+            None => "(built in)".into(),
+        };
+        let pages: Vec<String> = self
+            .by_status
+            .keys()
+            .map(|c| format!("error_{c}.html"))
+            .chain(self.default.as_ref().map(|_| "error_default.html".into()))
+            .collect();
+        write!(f, "{dir}: {}", pages.join(", "))
+    }
+}
+
+/// Headers added on the way to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardingPolicy {
+    /// PlanB: the peer is appended to X-Forwarded-For, X-Forwarded-Proto is set when absent, and a named
+    /// backend gets its own name as Host (the original in X-Host and X-Forwarded-Host).
+    #[default]
+    Planb,
+    /// Hipache: X-Forwarded-For, X-Real-IP (`::ffff:a.b.c.d` for IPv4), X-Forwarded-Proto,
+    /// X-Forwarded-Protocol and X-Forwarded-Port (443/80) each set only when the client sent none, and the Host
+    /// forwarded unchanged, so backends behind Hipache see what they always saw.
+    Hipache,
+}
+
+/// Signal assignments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignalPolicy {
+    /// SIGUSR1 reopens the access log (Hipache's master did; logrotate configs send it) instead of dumping.
+    pub usr1_reopens_log: bool,
 }
 
 /// The format of access-log lines.
@@ -252,6 +432,13 @@ pub enum CertificateSource {
     Redis,
     /// `<name>.crt` + `<name>.key` pairs in a directory, exact name first (PlanB §8.3), re-read when it changes.
     Directory(PathBuf),
+    /// One certificate for every server name, from PEM files read at start-up (Hipache's `https.cert`,
+    /// `https.key` and `https.ca`, the CA certificates appended to the chain as Node sends them).
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: Vec<PathBuf>,
+    },
 }
 
 /// What the plain listener runs (`--engine`).
@@ -336,6 +523,10 @@ impl Config {
             extensions: Extensions::default(),
             limits: Limits::default(),
             backend_cache: false,
+            backend_cache_limits: (
+                crate::route::BACKEND_CACHE_TTL,
+                crate::route::BACKEND_CACHE_SIZE,
+            ),
             active_healthcheck: false,
             monitor_id: crate::health::hostname(),
             stale_routes_ttl: Some(Duration::from_secs(300)),
@@ -346,6 +537,15 @@ impl Config {
             task_dump: false,
             workers: 0,
             breaker: Default::default(),
+            routing: RoutingPolicy::default(),
+            failure: FailurePolicy::default(),
+            responses: ResponseStyle::default(),
+            forwarding: ForwardingPolicy::default(),
+            key_prefix: String::new(),
+            signals: SignalPolicy::default(),
+            max_idle_per_backend: 100,
+            more_listeners: Vec::new(),
+            run_as: None,
         }
     }
 }

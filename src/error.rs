@@ -3,10 +3,14 @@
 //! without a usable certificate, an SNI passthrough connection) are [`CertError`] and [`SniError`], whose
 //! `Display` is the error-log text.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS};
+use http::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPIRES, PRAGMA, RETRY_AFTER,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::config::{ErrorPages, ResponseStyle};
 use crate::policy::guard::{unix_now, GuardReason};
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
@@ -43,6 +47,10 @@ pub enum Reject {
     },
     /// Over a limit with `compat entree`: entree's 403 `{"code":100420,"msg":"reached rate limit"}`.
     RateLimitedEntree,
+    /// The backend did not answer within the request timeout: 503 for PlanB, 504 for Hipache.
+    BackendTimeout,
+    /// Connecting failed and the retries are used up (`disabled`: the limit is 0). PlanB's 503, Hipache's 502.
+    RetriesExhausted { disabled: bool },
 }
 
 impl Reject {
@@ -52,7 +60,10 @@ impl Reject {
             Reject::NoRoute | Reject::MissingHost | Reject::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Reject::AllDead | Reject::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::AllDead
+            | Reject::Unavailable
+            | Reject::BackendTimeout
+            | Reject::RetriesExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Reject::PingOk => StatusCode::OK,
             Reject::PingFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,7 +77,9 @@ impl Reject {
         match self {
             Reject::NoRoute => "no such route".into(),
             Reject::AllDead => "all backends are dead".into(),
-            Reject::Unavailable => String::new(),
+            Reject::Unavailable | Reject::BackendTimeout | Reject::RetriesExhausted { .. } => {
+                String::new()
+            }
             Reject::UpgradeFailed => "\n".into(),
             Reject::MissingHost => "400 Bad Request: missing required Host header".into(),
             Reject::BadRequest(why) => format!("400 Bad Request: {why}"),
@@ -122,6 +135,85 @@ impl Reject {
             }
         }
         resp
+    }
+}
+
+/// The value of `x-debug-version-hipache` on Hipache-style answers.
+pub const HIPACHE_DEBUG_VERSION: &str = concat!("hypache/", env!("CARGO_PKG_VERSION"));
+
+impl Reject {
+    /// The response in the configured style; `debug` (the request had an `X-Debug` header) adds Hipache's
+    /// `x-debug-error` and `x-debug-version-hipache`.
+    pub fn response_in(&self, style: &ResponseStyle, debug: bool) -> Response<ProxyBody> {
+        let ResponseStyle::Hipache(pages) = style else {
+            return self.response();
+        };
+        let Some((status, message)) = self.hipache() else {
+            return self.response();
+        };
+        let mut resp = match pages.page(status.as_u16()) {
+            Some(page) => {
+                let mut resp = Response::new(ProxyBody::full(page));
+                let h = resp.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+                h.insert(EXPIRES, HeaderValue::from_static("-1"));
+                resp
+            }
+            None => {
+                let mut resp = Response::new(ProxyBody::full(message));
+                let h = resp.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                h.insert(CONTENT_LENGTH, HeaderValue::from(message.len()));
+                resp
+            }
+        };
+        *resp.status_mut() = status;
+        if debug {
+            let h = resp.headers_mut();
+            h.insert("x-debug-error", HeaderValue::from_static(message));
+            h.insert(
+                "x-debug-version-hipache",
+                HeaderValue::from_static(HIPACHE_DEBUG_VERSION),
+            );
+        }
+        resp
+    }
+
+    /// Hipache's status and message (its `x-debug-error`, and the body when there is no page); `None` for the
+    /// answers that keep one form in every style (malformed requests, guards, rate limits).
+    fn hipache(&self) -> Option<(StatusCode, &'static str)> {
+        Some(match self {
+            Reject::NoRoute => (StatusCode::BAD_REQUEST, "frontend not found"),
+            Reject::MissingHost => (StatusCode::BAD_REQUEST, "no host header"),
+            Reject::AllDead | Reject::UpgradeFailed => {
+                (StatusCode::BAD_GATEWAY, "Cannot find a valid backend")
+            }
+            Reject::Unavailable => (StatusCode::BAD_GATEWAY, "Cannot reach a valid backend"),
+            Reject::RetriesExhausted { disabled: false } => {
+                (StatusCode::BAD_GATEWAY, "Reached max retries limit")
+            }
+            Reject::RetriesExhausted { disabled: true } => {
+                (StatusCode::BAD_GATEWAY, "Retry on error is disabled")
+            }
+            Reject::BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, "Backend timed out"),
+            Reject::PingOk => (StatusCode::OK, "ok"),
+            _ => return None,
+        })
+    }
+}
+
+impl ErrorPages {
+    /// `error_<status>.html`, else `error_default.html`; `None` means plain text.
+    pub fn page(&self, status: u16) -> Option<bytes::Bytes> {
+        if status < 400 {
+            return None;
+        }
+        self.by_status
+            .get(&status)
+            .or(self.default.as_ref())
+            .cloned()
     }
 }
 

@@ -6,7 +6,12 @@
 //! # Layout
 //! - `main.rs`: parses the CLI, installs the crypto provider (ring) and logging, calls [`run`].
 //! - [`cli`]: PlanB's flags (names, defaults, `HYPACHE_*` environment variables) → [`config::Config`].
-//! - [`config`]: the resolved configuration; every policy field says why it exists.
+//! - [`hipache_config`]: the Hipache preset: `-c config.json` (master and 0.3.1 layouts, driver URLs) →
+//!   [`config::Config`] with Hipache's policies; its default error pages are in `static/`.
+//! - [`config`]: the resolved configuration; every policy field says why it exists. Presets differ only in the
+//!   values of these fields (selection, lookup and dead-set rules, retries, response style, forwarding headers,
+//!   signals, key prefix).
+//! - [`privileges`]: dropping root after binding (Hipache's `user`/`group`).
 //! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, graceful shutdown.
 //! - [`workers`]: thread per core; connections run on worker threads with their own event loop, backend pool
 //!   and read-Redis connection, so that a request never wakes another thread.
@@ -15,7 +20,7 @@
 //! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
 //! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways; [`proxy::upgrade`] runs
 //!   WebSocket tunnels.
-//! - [`route`]: frontend key candidates, round-robin selection, dead-set skipping.
+//! - [`route`]: frontend key candidates, round-robin or random selection, dead-set skipping.
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
 //! - [`health`]: the active health check (`--active-healthcheck`).
@@ -30,12 +35,15 @@
 //! - [`metrics`]: the Prometheus registry (PlanB's five metrics, `process_*`, `hypache_*`) and `/metrics`.
 //! - [`inflight`]: the registry of in-flight requests shown by the SIGUSR1 dump.
 //! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests; tokio task dump if asked).
-//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGHUP handlers.
+//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGUSR2/SIGHUP handlers.
 //!
 //! # Redis schema
 //! - `frontend:<host>` (list): element 0 is an identifier (ignored), then backend URLs.
 //! - `dead:<host>` (set): 0-based indexes of dead backends, with a TTL; written on passive failures.
 //! - channel `dead`: `<host>;<url>;<index>;<count>` on every passive dead mark.
+//! - `hchecker_ping` (string, read by the Hipache preset): while it holds a Unix time less than 30 s old, an
+//!   external checker owns the dead sets and a mark only publishes.
+//! - With a Hipache driver `#prefix`, `frontend:` and `dead:` keys carry it in front (`<prefix>frontend:<host>`).
 //! - `dead:<host>:<url>` (string): the health-check lock, holding the monitoring machine's name (30 s TTL).
 //! - `healthcheck:<host>` (hash): optional `path`, `status`, `body` for the active health check.
 //! - `tls:<name>` (hash): `certificate` (PEM chain) and `key` (PEM, PKCS#8/PKCS#1/SEC1) for the TLS listener;
@@ -58,10 +66,12 @@ pub mod error;
 pub mod event_log;
 pub mod head_scan;
 pub mod health;
+pub mod hipache_config;
 pub mod inflight;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod privileges;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -121,6 +131,8 @@ impl Server {
         } else {
             connect(&config.write_redis, config.wait_for_redis).await?
         };
+        let read = read.with_key_prefix(&config.key_prefix);
+        let write = write.with_key_prefix(&config.key_prefix);
         let access_log = Log::access(&config.access_log, config.access_log_format)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
         let metrics_listener = match config.metrics.address {
@@ -130,27 +142,7 @@ impl Server {
         let error_log = Log::errors();
         let terminator = match config.tls_listen {
             None => None,
-            Some(_) => {
-                let certs = match &config.tls.certificates {
-                    // A third client, built from the read options (PlanB §8.2).
-                    CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
-                        RedisClient::connect(&config.read_redis)
-                            .await
-                            .map_err(|e| StartError(e.to_string()))?,
-                    )),
-                    CertificateSource::Directory(dir) => {
-                        let certs = DirectoryCerts::load(dir).map_err(|e| {
-                            StartError(format!("loading certificates from {}: {e}", dir.display()))
-                        })?;
-                        let certs = Arc::new(certs);
-                        certs.watch(error_log.clone());
-                        CertStore::Directory(certs)
-                    }
-                };
-                let terminator =
-                    TlsTerminator::new(config.tls.preset, certs).map_err(StartError)?;
-                Some(Arc::new(terminator))
-            }
+            Some(_) => Some(tls_terminator(&config.tls, &config, &error_log).await?),
         };
         let backend_tls =
             tls::backend_client_config(config.backend_ca_file.as_deref()).map_err(StartError)?;
@@ -164,6 +156,13 @@ impl Server {
         }
         if let (Some(addr), Some(terminator)) = (config.tls_listen, terminator) {
             listeners.push(Listener::Tls(bind(addr).await?, terminator));
+        }
+        for more in &config.more_listeners {
+            let socket = bind(more.addr).await?;
+            listeners.push(match &more.tls {
+                None => Listener::Http(socket),
+                Some(tls) => Listener::Tls(socket, tls_terminator(tls, &config, &error_log).await?),
+            });
         }
         if listeners.is_empty() {
             return Err(StartError("no listener configured".into()));
@@ -181,7 +180,7 @@ impl Server {
                 .run_on(slot, async move { RedisClient::connect(&redis).await })
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
-            reads.push(own);
+            reads.push(own.with_key_prefix(&config.key_prefix));
         }
         let mut runtimes = vec![tokio::runtime::Handle::current()];
         runtimes.extend(workers.handles());
@@ -191,12 +190,16 @@ impl Server {
             router: Router::new(
                 reads,
                 config.extensions,
+                config.routing,
                 CachePolicy {
                     backend_cache: config.backend_cache,
                     stale_routes_ttl: config.stale_routes_ttl,
+                    backend_cache_limits: config.backend_cache_limits,
                 },
             ),
-            upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1),
+            upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1)
+                .with_max_idle(config.max_idle_per_backend),
+            hchecker: Arc::default(),
             policies: policy::Policies::new(write.clone(), config.breaker),
             write,
             access_log,
@@ -253,11 +256,13 @@ impl Server {
                 info(&warning);
             }
         }
-        if let Some(addr) = self.local_addr() {
-            info(&format!("Listening on {addr}..."));
-        }
-        if let Some(addr) = self.tls_addr() {
-            info(&format!("Listening tls on {addr}..."));
+        // Plain listeners were bound first, so PlanB's two lines keep their order.
+        for listener in &self.listeners {
+            let addr = listener.local_addr();
+            match listener {
+                Listener::Tls(..) => info(&format!("Listening tls on {addr}...")),
+                _ => info(&format!("Listening on {addr}...")),
+            }
         }
         let proxy = self.proxy.clone();
         server::serve(self.listeners, self.proxy, self.workers, shutdown).await;
@@ -269,6 +274,35 @@ impl Server {
         proxy.access_log.close(grace);
         proxy.error_log.close(grace);
     }
+}
+
+/// The TLS terminator for one listener's settings: certificates from Redis (a third client, built from the
+/// read options, PlanB §8.2), a watched directory (a bad one is fatal), or fixed files.
+async fn tls_terminator(
+    tls: &config::TlsSettings,
+    config: &Config,
+    error_log: &Log,
+) -> Result<Arc<TlsTerminator>, StartError> {
+    let certs = match &tls.certificates {
+        CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
+            RedisClient::connect(&config.read_redis)
+                .await
+                .map_err(|e| StartError(e.to_string()))?,
+        )),
+        CertificateSource::Directory(dir) => {
+            let certs = DirectoryCerts::load(dir).map_err(|e| {
+                StartError(format!("loading certificates from {}: {e}", dir.display()))
+            })?;
+            let certs = Arc::new(certs);
+            certs.watch(error_log.clone());
+            CertStore::Directory(certs)
+        }
+        CertificateSource::Files { cert, key, ca } => CertStore::Static(Arc::new(
+            tls::load_static(cert, key, ca).map_err(StartError)?,
+        )),
+    };
+    let terminator = TlsTerminator::new(tls.preset, certs).map_err(StartError)?;
+    Ok(Arc::new(terminator))
 }
 
 /// Connect to one Redis; with `--wait-for-redis`, retry (backing off up to 1 s) until the window has passed.
@@ -299,8 +333,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))
 }
 
-/// Start the proxy with `config` and serve until `shutdown` resolves. This is what the binary runs.
+/// Start the proxy with `config` and serve until `shutdown` resolves. This is what the binary runs. With
+/// `run_as`, root privileges are dropped once everything is bound and opened, before serving.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    Server::bind(config).await?.serve(shutdown).await;
+    let run_as = config.run_as.clone();
+    let server = Server::bind(config).await?;
+    if let Some(run_as) = &run_as {
+        privileges::drop_to(run_as).map_err(StartError)?;
+    }
+    server.serve(shutdown).await;
     Ok(())
 }

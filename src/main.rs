@@ -13,13 +13,33 @@ use tokio::signal::unix::{signal, SignalKind};
 fn main() {
     let cli = hypache::cli::Cli::parse();
     let fasthttp = cli.engine == "fasthttp";
-    let config = match cli.into_config() {
-        Ok(config) => config,
+    let dry = cli.dry;
+    let flavor = std::env::var("SETTINGS_FLAVOR").ok();
+    let hipache_file = hypache::hipache_config::config_path(cli.config.clone(), flavor.as_deref());
+    let resolved = match &hipache_file {
+        // The Hipache preset: everything comes from the file.
+        Some(path) => hypache::hipache_config::load(path)
+            .map(|loaded| (loaded.config, loaded.warnings))
+            .map_err(|e| e.to_string()),
+        None => cli
+            .into_config()
+            .map(|config| (config, Vec::new()))
+            .map_err(|e| e.to_string()),
+    };
+    let (config, warnings) = match resolved {
+        Ok(resolved) => resolved,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
     };
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    if dry {
+        println!("{}", hypache::hipache_config::describe(&config));
+        std::process::exit(0);
+    }
     if fasthttp {
         eprintln!("--engine fasthttp is served by hypache's native engine");
     }

@@ -79,18 +79,40 @@ pub fn start(proxy: &Arc<Proxy>, metrics_listener: Option<TcpListener>) {
 
 /// SIGUSR1: a dump on stdout. SIGHUP: reopen the access log. Installed before the listener is announced, so a
 /// signal sent right after `Listening on` is handled (not the default action, which would end the process).
+/// With [`crate::config::SignalPolicy::usr1_reopens_log`] (Hipache), SIGUSR1 reopens the log as well and the
+/// dump moves to SIGUSR2.
 pub fn install_signal_handlers(proxy: Arc<Proxy>) -> io::Result<()> {
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let usr1_reopens = proxy.config.signals.usr1_reopens_log;
+    let dump_signal = match usr1_reopens {
+        true => SignalKind::user_defined2(),
+        false => SignalKind::user_defined1(),
+    };
+    let mut dump = signal(dump_signal)?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = match usr1_reopens {
+        true => Some(signal(SignalKind::user_defined1())?),
+        false => None,
+    };
     let dump_proxy = proxy.clone();
     tokio::spawn(async move {
-        while usr1.recv().await.is_some() {
+        while dump.recv().await.is_some() {
             tokio::spawn(crate::dump::write(dump_proxy.clone()));
         }
     });
     tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reopening the access log");
+        loop {
+            let usr1_fired = async {
+                match &mut usr1 {
+                    Some(usr1) => usr1.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let which = tokio::select! {
+                got = hup.recv() => got.map(|_| "SIGHUP"),
+                got = usr1_fired => got.map(|_| "SIGUSR1"),
+            };
+            let Some(which) = which else { return };
+            tracing::info!("{which}: reopening the access log");
             proxy.access_log.reopen();
         }
     });

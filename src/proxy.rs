@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessEntry, Log};
 use crate::body::ProxyBody;
-use crate::config::Config;
+use crate::config::{Config, ForwardingPolicy, ResponseStyle};
 use crate::error::Reject;
 use crate::inflight::InflightGuard;
 use crate::metrics::DeadCause;
@@ -47,6 +47,37 @@ pub struct Proxy {
     /// `--request-id-header` in Go's canonical form (`X-Request-Id`), as the logs print it; empty without one.
     /// Computed once, not per request.
     pub(crate) request_id_label: String,
+    /// The last look at `hchecker_ping` (see [`crate::config::FailurePolicy::respect_hchecker_ping`]).
+    pub(crate) hchecker: Arc<HcheckerPing>,
+}
+
+/// How long a `hchecker_ping` timestamp counts as fresh, and how long one look at it is reused (Hipache's 30 s).
+pub const HCHECKER_FRESH: Duration = Duration::from_secs(30);
+
+/// Whether an external health checker is alive, as last read from `hchecker_ping`.
+#[derive(Default)]
+pub struct HcheckerPing {
+    /// When it was last read, and whether it was fresh then.
+    last: std::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl HcheckerPing {
+    /// Whether the checker is alive: the cached answer while it is younger than [`HCHECKER_FRESH`], otherwise
+    /// `GET hchecker_ping` on `read`. A Redis failure counts as "no checker", so marks are still written.
+    async fn alive(&self, read: &RedisClient) -> bool {
+        let cached = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, alive)) = cached {
+            if at.elapsed() < HCHECKER_FRESH {
+                return alive;
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let alive = matches!(read.hchecker_ping().await, Ok(Some(ts)) if (now - ts).abs() <= HCHECKER_FRESH.as_secs() as i64);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), alive));
+        alive
+    }
 }
 
 /// The client side of one request.
@@ -68,6 +99,8 @@ struct Ctx {
     key: String,
     backend_url: String,
     backend_id: usize,
+    /// The identifier of the matched frontend (Hipache's `x-debug-vhost`).
+    identifier: String,
     debug: bool,
     started: Instant,
     /// This request's entry in the in-flight registry (the SIGUSR1 dump).
@@ -89,31 +122,42 @@ impl Proxy {
         if down.conflicting_length {
             return Reject::BadRequest("both Content-Length and Transfer-Encoding").response();
         }
+        let debug = match self.config.responses {
+            ResponseStyle::Planb => req
+                .headers()
+                .get(X_DEBUG_ROUTER)
+                .is_some_and(|v| !v.is_empty()),
+            ResponseStyle::Hipache(_) => req.headers().contains_key(X_DEBUG),
+        };
         let host = match request_host(&req) {
             Ok(host) => host,
-            Err(reject) => return reject.response(),
+            Err(reject) => return self.reject(reject, debug),
         };
-        if host == "__ping__" && req.uri().path() == "/" {
-            return match self.router.store().ping().await {
-                Ok(()) => Reject::PingOk.response(),
-                Err(e) => Reject::PingFailed(e.0).response(),
-            };
+        match self.config.responses {
+            ResponseStyle::Planb if host == "__ping__" && req.uri().path() == "/" => {
+                return match self.router.store().ping().await {
+                    Ok(()) => Reject::PingOk.response(),
+                    Err(e) => Reject::PingFailed(e.0).response(),
+                };
+            }
+            // Hipache's own liveness probe: answered without Redis, whatever the path.
+            ResponseStyle::Hipache(_) if host == "__ping__" => {
+                return self.reject(Reject::PingOk, false);
+            }
+            _ => {}
         }
         let inflight = self
             .telemetry
             .inflight
             .begin(req.method(), &host, req.uri().path());
         let request_id = self.request_id(&mut req);
-        let debug = req
-            .headers()
-            .get(X_DEBUG_ROUTER)
-            .is_some_and(|v| !v.is_empty());
         let mut ctx = Ctx {
             path: req.uri().path().to_string(),
             request_id,
             key: String::new(),
             backend_url: String::new(),
             backend_id: 0,
+            identifier: String::new(),
             debug,
             started: Instant::now(),
             host,
@@ -161,25 +205,10 @@ impl Proxy {
         ctx: &mut Ctx,
         mut entry: AccessEntry,
     ) -> (Response<ProxyBody>, Duration, AccessEntry) {
-        let lookup_started = Instant::now();
-        let looked_up = self.router.lookup(&ctx.host).await;
-        self.telemetry
-            .metrics
-            .redis_lookup(lookup_started.elapsed());
-        let mut route = match looked_up {
+        let mut route = match self.lookup(ctx).await {
             Ok(route) => route,
-            Err(LookupError::NoRoute { key }) => {
-                ctx.key = key;
-                self.log_error(ctx, "?", "no backends registered for host");
-                return (Reject::NoRoute.response(), Duration::ZERO, entry);
-            }
-            Err(LookupError::Store(e)) => {
-                ctx.key = ctx.host.clone();
-                self.log_error(ctx, "?", &e.0);
-                return (Reject::Unavailable.response(), Duration::ZERO, entry);
-            }
+            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
         };
-        ctx.key = route.key.clone();
         entry.backend_key = route.key.clone();
         entry.identifier = route.identifier.clone();
         let log = |m: &str| self.log_error(ctx, "?", m);
@@ -189,22 +218,40 @@ impl Proxy {
             .await;
         let pass = match admitted {
             Ok(pass) => pass,
-            Err(reject) => return (reject.response(), Duration::ZERO, entry),
+            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
         };
-        let start = self.router.next_start(&ctx.host, route.backends.len());
+        let start = self.router.start_for(&ctx.host, &route);
         let Some(mut index) = pass.first_live(&route, start) else {
             self.log_error(ctx, "?", "all backends are dead");
-            return (Reject::AllDead.response(), Duration::ZERO, entry);
+            return (
+                self.reject(Reject::AllDead, ctx.debug),
+                Duration::ZERO,
+                entry,
+            );
         };
 
         // The rewrite that does not depend on the backend is done once, before the first attempt.
         let parts = req.headers_mut();
         headers::remove_hop_by_hop(parts, true);
-        entry.forwarded_for = headers::append_forwarded_for(parts, Some(down.peer.ip()));
-        parts.remove(X_DEBUG_ROUTER);
-        if !parts.contains_key(X_FORWARDED_PROTO) {
-            let proto = if down.tls { "https" } else { "http" };
-            parts.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        match self.config.forwarding {
+            ForwardingPolicy::Planb => {
+                entry.forwarded_for = headers::append_forwarded_for(parts, Some(down.peer.ip()));
+                parts.remove(X_DEBUG_ROUTER);
+                if !parts.contains_key(X_FORWARDED_PROTO) {
+                    let proto = if down.tls { "https" } else { "http" };
+                    parts.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+                }
+            }
+            ForwardingPolicy::Hipache => {
+                entry.forwarded_for =
+                    headers::set_forwarded_if_absent(parts, down.peer.ip(), down.tls);
+                // Forwarded unchanged; an HTTP/2 request carries it in the URI, so it is written out.
+                if !parts.contains_key(header::HOST) {
+                    if let Ok(host) = HeaderValue::from_str(&ctx.host) {
+                        parts.insert(header::HOST, host);
+                    }
+                }
+            }
         }
         if req.version() == Version::HTTP_2 {
             headers::join_cookies(req.headers_mut());
@@ -218,6 +265,9 @@ impl Proxy {
             .to_string();
         *req.uri_mut() = path_and_query.parse().unwrap_or_default();
 
+        let mut retries = 0u32;
+        // Backends that failed for this request: a retry never picks them again, even after a new lookup.
+        let mut failed: Vec<String> = Vec::new();
         loop {
             ctx.backend_id = index;
             ctx.backend_url = route.backends[index].clone();
@@ -225,7 +275,11 @@ impl Proxy {
             let target = match route.target(index) {
                 Ok(target) => target,
                 Err(TargetError::Empty) => {
-                    return (Reject::NoRoute.response(), Duration::ZERO, entry)
+                    return (
+                        self.reject(Reject::NoRoute, ctx.debug),
+                        Duration::ZERO,
+                        entry,
+                    )
                 }
                 Err(TargetError::Invalid(why)) => {
                     self.log_error(
@@ -233,10 +287,16 @@ impl Proxy {
                         &ctx.backend_url,
                         &format!("error in backend request: {why}"),
                     );
-                    return (Reject::Unavailable.response(), Duration::ZERO, entry);
+                    return (
+                        self.reject(Reject::Unavailable, ctx.debug),
+                        Duration::ZERO,
+                        entry,
+                    );
                 }
             };
-            headers::set_host(req.headers_mut(), &target, &ctx.host);
+            if self.config.forwarding == ForwardingPolicy::Planb {
+                headers::set_host(req.headers_mut(), &target, &ctx.host);
+            }
             let backend_started = Instant::now();
             let sent = match self.config.timeouts.request {
                 Some(limit) => tokio::time::timeout(limit, self.upstream.send(&target, req)).await,
@@ -244,10 +304,21 @@ impl Proxy {
             };
             let error = match sent {
                 Ok(Ok(resp)) => {
-                    let outcome = Outcome::Status(resp.status().as_u16());
+                    let status = resp.status().as_u16();
+                    let outcome = Outcome::Status(status);
                     pass.record(&route, index, outcome, &|m| {
                         self.log_error(ctx, &ctx.backend_url, m)
                     });
+                    if self
+                        .config
+                        .failure
+                        .dead_statuses
+                        .iter()
+                        .any(|r| r.contains(&status))
+                    {
+                        // Passed on unchanged; the next requests avoid this backend.
+                        self.mark_dead(ctx, &route, None).await;
+                    }
                     let resp = resp.map(ProxyBody::Upstream);
                     return (resp, backend_started.elapsed(), entry);
                 }
@@ -261,7 +332,7 @@ impl Proxy {
                     );
                     self.log_error(ctx, &ctx.backend_url, &message);
                     return (
-                        Reject::Unavailable.response(),
+                        self.reject(Reject::BackendTimeout, ctx.debug),
                         backend_started.elapsed(),
                         entry,
                     );
@@ -272,7 +343,9 @@ impl Proxy {
             pass.record(&route, index, Outcome::from_error(&error), &|m| {
                 self.log_error(ctx, &ctx.backend_url, m)
             });
-            let dead = error.dead();
+            let dead = error.dead()
+                && (self.config.failure.mark_on_resolve_failure
+                    || !matches!(error, UpstreamError::Resolve(_)));
             let message = match (&error, dead) {
                 (UpstreamError::ConnectTimeout(m), _) => format!("{m} *DEAD*"),
                 (_, true) => format!("error in backend request: {error} *DEAD*"),
@@ -280,30 +353,111 @@ impl Proxy {
             };
             self.log_error(ctx, &ctx.backend_url, &message);
             if dead {
-                self.mark_dead(ctx, route.backends.len(), &error).await;
-                std::sync::Arc::make_mut(&mut route).dead[index] = true;
+                self.mark_dead(ctx, &route, Some(&error)).await;
             }
-            let next = match back {
-                Some(back) if dead && self.config.extensions.failover => {
-                    pass.first_live(&route, index + 1).map(|next| (next, back))
+            std::sync::Arc::make_mut(&mut route).dead[index] = true;
+            // Only a request that never reached the backend can be sent again.
+            let back = match back {
+                Some(back) if error.dead() => back,
+                _ => {
+                    return (
+                        self.reject(Reject::Unavailable, ctx.debug),
+                        backend_started.elapsed(),
+                        entry,
+                    )
                 }
-                _ => None,
+            };
+            let next = match self.config.failure.retry_limit {
+                None if self.config.extensions.failover => pass.first_live(&route, index + 1),
+                None => None,
+                Some(limit) if retries >= limit => {
+                    let reject = Reject::RetriesExhausted {
+                        disabled: limit == 0,
+                    };
+                    return (
+                        self.reject(reject, ctx.debug),
+                        backend_started.elapsed(),
+                        entry,
+                    );
+                }
+                Some(_) => {
+                    retries += 1;
+                    failed.push(ctx.backend_url.clone());
+                    if self.config.failure.relookup_on_retry {
+                        route = match self.lookup(ctx).await {
+                            Ok(route) => route,
+                            Err(reject) => {
+                                return (
+                                    self.reject(reject, ctx.debug),
+                                    backend_started.elapsed(),
+                                    entry,
+                                )
+                            }
+                        };
+                    }
+                    let fresh = std::sync::Arc::make_mut(&mut route);
+                    for (i, url) in fresh.backends.iter().enumerate() {
+                        if failed.contains(url) {
+                            fresh.dead[i] = true;
+                        }
+                    }
+                    let start = self.router.start_for(&ctx.host, &route);
+                    pass.first_live(&route, start)
+                }
             };
             match next {
-                Some((next, back)) => {
+                Some(next) => {
                     self.telemetry.metrics.failover();
                     index = next;
                     req = back;
                 }
+                None if self.config.failure.retry_limit.is_some() => {
+                    return (
+                        self.reject(Reject::AllDead, ctx.debug),
+                        backend_started.elapsed(),
+                        entry,
+                    )
+                }
                 None => {
                     return (
-                        Reject::Unavailable.response(),
+                        self.reject(Reject::Unavailable, ctx.debug),
                         backend_started.elapsed(),
                         entry,
                     )
                 }
             }
         }
+    }
+
+    /// The route for the request's Host, with the context filled in; the lookup's failure as a [`Reject`].
+    async fn lookup(&self, ctx: &mut Ctx) -> Result<std::sync::Arc<crate::route::Route>, Reject> {
+        let lookup_started = Instant::now();
+        let looked_up = self.router.lookup(&ctx.host).await;
+        self.telemetry
+            .metrics
+            .redis_lookup(lookup_started.elapsed());
+        match looked_up {
+            Ok(route) => {
+                ctx.key = route.key.clone();
+                ctx.identifier = route.identifier.clone();
+                Ok(route)
+            }
+            Err(LookupError::NoRoute { key }) => {
+                ctx.key = key;
+                self.log_error(ctx, "?", "no backends registered for host");
+                Err(Reject::NoRoute)
+            }
+            Err(LookupError::Store(e)) => {
+                ctx.key = ctx.host.clone();
+                self.log_error(ctx, "?", &e.0);
+                Err(Reject::Unavailable)
+            }
+        }
+    }
+
+    /// A response of our own, in the configured style.
+    pub(crate) fn reject(&self, reject: Reject, debug: bool) -> Response<ProxyBody> {
+        reject.response_in(&self.config.responses, debug)
     }
 
     /// Strip the response's hop-by-hop headers, add debug headers, write the access-log line.
@@ -320,15 +474,40 @@ impl Proxy {
             // The client gets our HTTP version, not the backend's (hyper downgrades for HTTP/1.0 clients).
             *resp.version_mut() = Version::HTTP_11;
         }
-        if ctx.debug {
-            let h = resp.headers_mut();
-            if let Ok(url) = HeaderValue::from_str(&ctx.backend_url) {
-                h.insert(X_DEBUG_BACKEND_URL, url);
+        match &self.config.responses {
+            ResponseStyle::Planb if ctx.debug => {
+                let h = resp.headers_mut();
+                if let Ok(url) = HeaderValue::from_str(&ctx.backend_url) {
+                    h.insert(X_DEBUG_BACKEND_URL, url);
+                }
+                h.insert(X_DEBUG_BACKEND_ID, HeaderValue::from(ctx.backend_id));
+                if let Ok(key) = HeaderValue::from_str(&ctx.key) {
+                    h.insert(X_DEBUG_FRONTEND_KEY, key);
+                }
             }
-            h.insert(X_DEBUG_BACKEND_ID, HeaderValue::from(ctx.backend_id));
-            if let Ok(key) = HeaderValue::from_str(&ctx.key) {
-                h.insert(X_DEBUG_FRONTEND_KEY, key);
+            // Hipache's set, on backend answers only (its own answers carry `x-debug-error`).
+            ResponseStyle::Hipache(_) if ctx.debug && is_upstream => {
+                let h = resp.headers_mut();
+                let ms = |d: Duration| HeaderValue::from(d.as_millis() as u64);
+                h.insert(
+                    "x-debug-version-hipache",
+                    HeaderValue::from_static(crate::error::HIPACHE_DEBUG_VERSION),
+                );
+                if let Ok(url) = HeaderValue::from_str(&node_href(&ctx.backend_url)) {
+                    h.insert(X_DEBUG_BACKEND_URL, url);
+                }
+                h.insert(X_DEBUG_BACKEND_ID, HeaderValue::from(ctx.backend_id));
+                if let Ok(vhost) = HeaderValue::from_str(&ctx.identifier) {
+                    h.insert("x-debug-vhost", vhost);
+                }
+                let hostname = crate::route::hipache_hostname(&ctx.host);
+                if let Ok(key) = HeaderValue::from_str(&hostname) {
+                    h.insert(X_DEBUG_FRONTEND_KEY, key);
+                }
+                h.insert("x-debug-time-total", ms(ctx.started.elapsed()));
+                h.insert("x-debug-time-backend", ms(backend_time));
             }
+            _ => {}
         }
         entry.status = resp.status().as_u16();
         entry.content_length = resp
@@ -364,28 +543,59 @@ impl Proxy {
     }
 
     /// Passive dead mark: drop the cached route, then write Redis off the request path. A Redis failure is
-    /// logged, nothing else; the mark is counted in the metrics either way (as PlanB counts it).
-    async fn mark_dead(&self, ctx: &Ctx, count: usize, error: &UpstreamError) {
-        let cause = DeadCause::of(error);
+    /// logged, nothing else; the mark is counted in the metrics either way (as PlanB counts it). `error` is the
+    /// connection failure, `None` for a status that marks dead. A frontend with fewer backends than the policy's
+    /// minimum is left alone.
+    async fn mark_dead(
+        &self,
+        ctx: &Ctx,
+        route: &crate::route::Route,
+        error: Option<&UpstreamError>,
+    ) {
+        let policy = &self.config.failure;
+        let count = route.backends.len();
+        if count < policy.min_backends_to_mark {
+            return;
+        }
+        let cause = error.and_then(DeadCause::of);
         if cause.is_some() {
             self.telemetry.metrics.connect_failed();
         }
         self.telemetry.metrics.mark_dead(cause);
         let write = self.write.clone();
+        let read = self.router.store().clone();
+        let hchecker = policy.respect_hchecker_ping.then(|| self.hchecker.clone());
         let error_log = self.error_log.clone();
         let ttl = self.config.dead_backend_ttl;
-        let (key, url, index) = (ctx.key.clone(), ctx.backend_url.clone(), ctx.backend_id);
+        let url = match policy.normalise_published_url {
+            true => node_href(&ctx.backend_url),
+            false => ctx.backend_url.clone(),
+        };
+        let (key, index) = (route.dead_key.clone(), ctx.backend_id);
         let prefix = self.error_prefix(ctx, &ctx.backend_url);
         // Forget the cached route now, and again once the mark is in Redis: a lookup in between may have
         // cached the dead set without it.
-        self.router.forget(&ctx.host, &key).await;
-        let forget_again = self.router.forget(&ctx.host, &key);
-        tokio::spawn(async move {
-            if let Err(e) = write.mark_dead(&key, index, &url, count, ttl).await {
+        self.router.forget(&ctx.host, &ctx.key).await;
+        let forget_again = self.router.forget(&ctx.host, &ctx.key);
+        let marking = async move {
+            let publish_only = match hchecker {
+                Some(hchecker) => hchecker.alive(&read).await,
+                None => false,
+            };
+            if let Err(e) = write
+                .mark_dead(&key, index, &url, count, ttl, publish_only)
+                .await
+            {
                 error_log.line(format!("{prefix}{e}"));
             }
             forget_again.await;
-        });
+        };
+        // A retry that reads the route again must see this mark: write it first. Otherwise off the request path.
+        if policy.relookup_on_retry {
+            marking.await;
+        } else {
+            tokio::spawn(marking);
+        }
     }
 
     fn error_prefix(&self, ctx: &Ctx, backend: &str) -> String {
@@ -452,6 +662,18 @@ pub fn canonical(name: &str) -> String {
     }
     out
 }
+
+/// A backend URL as Node's `url.parse(u).href` writes it (`http://10.0.0.1:8080` → `http://10.0.0.1:8080/`):
+/// what Hipache published on `dead` and showed in `x-debug-backend-url`. Unparsable URLs stay as they are.
+pub fn node_href(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) if url.contains("://") => parsed.to_string(),
+        _ => url.to_string(),
+    }
+}
+
+/// Any `X-Debug` request header turns on Hipache's debug response headers.
+const X_DEBUG: http::HeaderName = http::HeaderName::from_static("x-debug");
 
 /// Keep the proxy alive in an `Arc` for the server's connection tasks.
 pub type SharedProxy = Arc<Proxy>;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::config::Extensions;
+use crate::config::{DeadSetKey, Extensions, RoutingPolicy, Selection};
 use crate::policy::Policy;
 use crate::store::{FrontendData, RedisClient, StoreError};
 use crate::upstream::{Target, TargetError};
@@ -26,6 +26,9 @@ pub struct Route {
     pub key: String,
     /// Element 0 of the list: ignored for routing, logged by the Hipache access-log format.
     pub identifier: String,
+    /// The `dead:<...>` suffix this route's dead set was read from and is marked in: `key`, or the request
+    /// hostname with [`DeadSetKey::RequestHost`].
+    pub dead_key: String,
     /// Backend URLs, identifier excluded.
     pub backends: Vec<String>,
     /// `dead[i]` is true when index `i` is in `dead:<key>`.
@@ -49,7 +52,7 @@ pub enum LookupError {
 pub const BACKEND_CACHE_TTL: Duration = Duration::from_secs(2);
 /// Hosts kept by `--backend-cache`. PlanB kept 100; an edge with more frontends than that would read Redis
 /// for most requests, so hypache keeps more, still bounded.
-const BACKEND_CACHE_SIZE: u64 = 10_000;
+pub const BACKEND_CACHE_SIZE: u64 = 10_000;
 /// Hosts remembered for serving stale routes while Redis is down.
 const STALE_ROUTES_SIZE: u64 = 100_000;
 /// A host's last-known route is refreshed at most this often, so the default mode does not write the stale
@@ -63,6 +66,8 @@ pub struct CachePolicy {
     pub backend_cache: bool,
     /// `--stale-routes-ttl`: while the read Redis fails, serve a host's last route if it is younger than this.
     pub stale_routes_ttl: Option<Duration>,
+    /// The backend cache's lifetime and capacity (0: unbounded).
+    pub backend_cache_limits: (Duration, u64),
 }
 
 #[derive(Clone)]
@@ -76,6 +81,7 @@ pub struct Router {
     /// The read Redis, one client per worker slot (see `workers`): a lookup uses its own thread's connection.
     stores: Vec<RedisClient>,
     extensions: Extensions,
+    routing: RoutingPolicy,
     /// One counter per original Host string, port included, created on the first successful lookup.
     counters: DashMap<Box<str>, Arc<AtomicU32>>,
     /// Successful lookups by Host, for `--backend-cache`.
@@ -86,13 +92,20 @@ pub struct Router {
 
 impl Router {
     /// `stores[0]` serves slot 0 (and any thread that is not a worker); `stores[n]` worker `n`.
-    pub fn new(stores: Vec<RedisClient>, extensions: Extensions, policy: CachePolicy) -> Router {
+    pub fn new(
+        stores: Vec<RedisClient>,
+        extensions: Extensions,
+        routing: RoutingPolicy,
+        policy: CachePolicy,
+    ) -> Router {
         assert!(!stores.is_empty(), "a router needs a read Redis");
         let cache = policy.backend_cache.then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(BACKEND_CACHE_SIZE)
-                .time_to_live(BACKEND_CACHE_TTL)
-                .build()
+            let (ttl, size) = policy.backend_cache_limits;
+            let builder = moka::future::Cache::builder().time_to_live(ttl);
+            match size {
+                0 => builder.build(),
+                size => builder.max_capacity(size).build(),
+            }
         });
         let stale = policy.stale_routes_ttl.map(|ttl| {
             moka::sync::Cache::builder()
@@ -103,6 +116,7 @@ impl Router {
         Router {
             stores,
             extensions,
+            routing,
             counters: DashMap::new(),
             cache,
             stale,
@@ -180,9 +194,24 @@ impl Router {
 
     /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
     async fn read_redis(&self, host: &str) -> Result<Route, LookupError> {
+        let host = match self.routing.strip_port_first {
+            true => hipache_hostname(host),
+            false => std::borrow::Cow::Borrowed(host),
+        };
+        let host = host.as_ref();
+        let dead_for = match self.routing.dead_set {
+            DeadSetKey::FrontendKey => None,
+            DeadSetKey::RequestHost => Some(host),
+        };
+        let min_len = if self.routing.identifier_only_matches {
+            1
+        } else {
+            2
+        };
+        let into_route = |key: &str, data| into_route(key, data, min_len, dead_for);
         let store = self.store();
         let mut first = store
-            .lookup_many(&[host])
+            .lookup_many(&[host], dead_for)
             .await
             .map_err(LookupError::Store)?;
         if let Some(route) = first.pop().and_then(|data| into_route(host, data)) {
@@ -194,12 +223,37 @@ impl Router {
             return Err(LookupError::NoRoute { key: planb_key });
         }
         let keys: Vec<&str> = candidates.iter().map(String::as_str).collect();
-        let found = store.lookup_many(&keys).await.map_err(LookupError::Store)?;
+        let found = store
+            .lookup_many(&keys, dead_for)
+            .await
+            .map_err(LookupError::Store)?;
         candidates
             .into_iter()
             .zip(found)
             .find_map(|(key, data)| into_route(&key, data))
             .ok_or(LookupError::NoRoute { key: planb_key })
+    }
+
+    /// Where the search for a live backend starts: the round-robin counter, or (random selection) a live
+    /// backend drawn uniformly, so that the search takes it unless a policy refuses it.
+    pub fn start_for(&self, host: &str, route: &Route) -> usize {
+        match self.routing.selection {
+            Selection::RoundRobin => self.next_start(host, route.backends.len()),
+            Selection::Random => {
+                let live = route.dead.iter().filter(|d| !**d).count();
+                if live == 0 {
+                    return 0;
+                }
+                let nth = fastrand::usize(..live);
+                route
+                    .dead
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| !**d)
+                    .nth(nth)
+                    .map_or(0, |(i, _)| i)
+            }
+        }
     }
 
     /// The round-robin start index for this Host: `(counter++) mod N`, starting at 0.
@@ -223,6 +277,7 @@ impl Route {
     pub fn new(key: String, identifier: String, backends: Vec<String>, dead: Vec<bool>) -> Route {
         let targets = backends.iter().map(|_| OnceLock::new()).collect();
         Route {
+            dead_key: key.clone(),
             key,
             identifier,
             backends,
@@ -258,8 +313,14 @@ impl Route {
     }
 }
 
-fn into_route(key: &str, data: FrontendData) -> Option<Route> {
-    if data.list.len() < 2 {
+/// A route from a key's data; `None` (a miss) when the list is shorter than `min_len`.
+fn into_route(
+    key: &str,
+    data: FrontendData,
+    min_len: usize,
+    dead_for: Option<&str>,
+) -> Option<Route> {
+    if data.list.len() < min_len.max(1) {
         return None;
     }
     let mut list = data.list.into_iter();
@@ -277,7 +338,19 @@ fn into_route(key: &str, data: FrontendData) -> Option<Route> {
     }
     let mut route = Route::new(key.to_string(), identifier, backends, dead);
     route.policy = Policy::parse(key, data.policy);
+    if let Some(host) = dead_for {
+        route.dead_key = host.to_string();
+    }
     Some(route)
+}
+
+/// Hipache's hostname for a Host value: with a port, the name without it, lower-cased; without one, the value
+/// as it is (hipache.md §1.2). Unlike Hipache, `[::1]:80` gives `::1`, not `[`.
+pub fn hipache_hostname(host: &str) -> std::borrow::Cow<'_, str> {
+    match split_host_port(host) {
+        Some(name) => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+        None => std::borrow::Cow::Borrowed(host),
+    }
 }
 
 /// Go's `net.SplitHostPort`, keeping only a non-empty host: `a.com:80` → `a.com`, `[::1]:80` → `::1`.
@@ -390,7 +463,7 @@ mod tests {
             dead: vec!["garbage".into(), "2".into(), "7".into(), "-1".into()],
             ..Default::default()
         };
-        let route = into_route("k", data).unwrap();
+        let route = into_route("k", data, 2, None).unwrap();
         assert_eq!(route.dead, vec![true, false, true]);
         assert_eq!(route.first_live(0), Some(1));
         assert_eq!(route.first_live(2), Some(1));

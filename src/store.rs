@@ -62,6 +62,8 @@ pub struct RedisClient {
 
 struct Inner {
     config: RedisConfig,
+    /// Prepended to `frontend:` and `dead:` keys (Hipache's `#prefix`); empty by default.
+    prefix: String,
     current: RwLock<Arc<Connected>>,
     /// A Sentinel re-resolution is under way (only one at a time).
     resolving: AtomicBool,
@@ -90,6 +92,7 @@ impl RedisClient {
         let client = RedisClient {
             inner: Arc::new(Inner {
                 config: config.clone(),
+                prefix: String::new(),
                 current: RwLock::new(Arc::new(connected)),
                 resolving: AtomicBool::new(false),
             }),
@@ -99,6 +102,32 @@ impl RedisClient {
             .await
             .map_err(|e| StoreError(format!("redis at {}: {e}", client.addr())))?;
         Ok(client)
+    }
+
+    /// The same client with `prefix` put before every `frontend:` and `dead:` key it reads or writes (not
+    /// before the `dead` channel, as in Hipache).
+    pub fn with_key_prefix(self, prefix: &str) -> RedisClient {
+        if prefix == self.inner.prefix {
+            return self;
+        }
+        let current = self.current();
+        RedisClient {
+            inner: Arc::new(Inner {
+                config: self.inner.config.clone(),
+                prefix: prefix.to_string(),
+                current: RwLock::new(current),
+                resolving: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// `GET hchecker_ping`: the Unix time an external health checker last said it was alive, if any.
+    pub async fn hchecker_ping(&self) -> Result<Option<i64>, StoreError> {
+        let mut con = self.shared();
+        let value: Option<String> = self
+            .call(redis::cmd("GET").arg("hchecker_ping").query_async(&mut con))
+            .await?;
+        Ok(value.and_then(|v| v.trim().parse().ok()))
     }
 
     fn current(&self) -> Arc<Connected> {
@@ -205,16 +234,22 @@ impl RedisClient {
     }
 
     /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<key>` per key, plus the key's policy
-    /// hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`), in one round trip.
-    pub async fn lookup_many(&self, keys: &[&str]) -> Result<Vec<FrontendData>, StoreError> {
+    /// hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`), in one round trip. With `dead_for`,
+    /// the dead set read is `dead:<dead_for>` whatever the key (Hipache reads the request hostname's).
+    pub async fn lookup_many(
+        &self,
+        keys: &[&str],
+        dead_for: Option<&str>,
+    ) -> Result<Vec<FrontendData>, StoreError> {
+        let prefix = &self.inner.prefix;
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("LRANGE")
-                .arg(format!("frontend:{key}"))
+                .arg(format!("{prefix}frontend:{key}"))
                 .arg(0)
                 .arg(-1)
                 .cmd("SMEMBERS")
-                .arg(format!("dead:{key}"));
+                .arg(format!("{prefix}dead:{}", dead_for.unwrap_or(key)));
             for prefix in crate::policy::HASH_PREFIXES {
                 pipe.cmd("HGETALL").arg(format!("{prefix}{key}"));
             }
@@ -268,7 +303,8 @@ impl RedisClient {
         ))
     }
 
-    /// Passive dead mark: pipeline `SADD` + `EXPIRE`, then `PUBLISH dead <key>;<url>;<idx>;<n>`.
+    /// Passive dead mark: pipeline `SADD` + `EXPIRE` (unless `publish_only`: an external checker owns the
+    /// dead sets), then `PUBLISH dead <key>;<url>;<idx>;<n>`.
     pub async fn mark_dead(
         &self,
         key: &str,
@@ -276,19 +312,22 @@ impl RedisClient {
         url: &str,
         count: usize,
         ttl: Duration,
+        publish_only: bool,
     ) -> Result<(), StoreError> {
-        let dead_key = format!("dead:{key}");
+        let dead_key = format!("{}dead:{key}", self.inner.prefix);
         let mut con = self.shared();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SADD")
-            .arg(&dead_key)
-            .arg(index)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&dead_key)
-            .arg(ttl.as_secs())
-            .ignore();
-        self.call(pipe.query_async::<()>(&mut con)).await?;
+        if !publish_only {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD")
+                .arg(&dead_key)
+                .arg(index)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&dead_key)
+                .arg(ttl.as_secs())
+                .ignore();
+            self.call(pipe.query_async::<()>(&mut con)).await?;
+        }
         let message = format!("{key};{url};{index};{count}");
         self.call(
             redis::cmd("PUBLISH")

@@ -167,6 +167,24 @@ pub fn parse_pair(
     })
 }
 
+/// One certificate from PEM files: `cert` (a chain, leaf first), then each CA file appended to the chain, and
+/// the private key. Errors name the file at fault.
+pub fn load_static(
+    cert: &Path,
+    key: &Path,
+    ca: &[std::path::PathBuf],
+) -> Result<CertifiedKey, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut chain = read(cert)?;
+    for ca in ca {
+        chain.push(b'\n');
+        chain.extend(read(ca)?);
+    }
+    let key_pem = read(key)?;
+    parse_pair(&chain, &key_pem, &provider())
+        .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))
+}
+
 /// PlanB's wildcard form: everything up to the first dot becomes `*` (`a.b.c` → `*.b.c`); no dot, no change.
 pub fn wildcard(name: &str) -> String {
     match name.find('.') {
@@ -179,6 +197,8 @@ pub fn wildcard(name: &str) -> String {
 pub enum CertStore {
     Redis(RedisCerts),
     Directory(Arc<DirectoryCerts>),
+    /// The same certificate for every name (Hipache's `https.cert`/`https.key`).
+    Static(Arc<CertifiedKey>),
 }
 
 impl CertStore {
@@ -187,6 +207,7 @@ impl CertStore {
         match self {
             CertStore::Redis(redis) => redis.resolve(name).await,
             CertStore::Directory(dir) => dir.resolve(name),
+            CertStore::Static(key) => Ok(key.clone()),
         }
     }
 }

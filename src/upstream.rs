@@ -152,7 +152,13 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+/// One backend's idle connections, at most `max` of them.
+struct PoolInner {
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    max: usize,
+}
+
+type Pool = Arc<PoolInner>;
 
 /// Dials backends and keeps their connections alive for reuse.
 pub struct Upstream {
@@ -164,6 +170,8 @@ pub struct Upstream {
     dial_timeout: Duration,
     /// Verifies `https://` backends (web roots plus `--backend-ca-file`).
     tls: TlsConnector,
+    /// Idle connections kept per backend; 0 closes each connection after its request.
+    max_idle: usize,
 }
 
 impl Upstream {
@@ -173,7 +181,14 @@ impl Upstream {
             pools: (0..slots.max(1)).map(|_| DashMap::new()).collect(),
             dial_timeout,
             tls: TlsConnector::from(tls),
+            max_idle: MAX_IDLE_PER_BACKEND,
         }
+    }
+
+    /// Keep at most `max` idle connections per backend (0: no keep-alive to backends).
+    pub fn with_max_idle(mut self, max: usize) -> Upstream {
+        self.max_idle = max;
+        self
     }
 
     /// Send `req` to `target`. On a connection failure the request comes back unsent, for failover.
@@ -212,7 +227,16 @@ impl Upstream {
         if let Some(pool) = pools.get(key) {
             return pool.clone();
         }
-        pools.entry(key.to_string()).or_default().clone()
+        let max = self.max_idle;
+        pools
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(PoolInner {
+                    idle: Mutex::default(),
+                    max,
+                })
+            })
+            .clone()
     }
 
     async fn dial(
@@ -337,7 +361,7 @@ fn request_error(e: &hyper::Error) -> String {
 }
 
 fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
-    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(sender) = idle.pop() {
         if sender.is_ready() {
             return Some(sender);
@@ -348,8 +372,8 @@ fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
 
 fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
     if sender.is_ready() {
-        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_BACKEND {
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < pool.max {
             idle.push(sender);
         }
         return;

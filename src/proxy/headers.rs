@@ -19,6 +19,9 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_FORWARDED_PROTOCOL: HeaderName = HeaderName::from_static("x-forwarded-protocol");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_HOST: HeaderName = HeaderName::from_static("x-host");
 pub const X_DEBUG_ROUTER: HeaderName = HeaderName::from_static("x-debug-router");
@@ -80,6 +83,42 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) -> St
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+    first
+}
+
+/// Hipache's forwarding headers, each only when the client sent none: `X-Forwarded-For` and `X-Real-IP` (the
+/// peer, `::ffff:a.b.c.d` for IPv4), `X-Forwarded-Proto`/`X-Forwarded-Protocol` (`https` on TLS, which Hipache
+/// meant but got wrong on modern Node) and `X-Forwarded-Port` (`443`/`80`, as Hipache hard-coded). Returns the
+/// first X-Forwarded-For value as received (for the access log).
+pub fn set_forwarded_if_absent(headers: &mut HeaderMap, peer: IpAddr, tls: bool) -> String {
+    let first = headers
+        .get(X_FORWARDED_FOR)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let addr = match peer {
+        IpAddr::V4(v4) => format!("::ffff:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("::ffff:{v4}"),
+            None => v6.to_string(),
+        },
+    };
+    let (proto, port) = if tls {
+        ("https", "443")
+    } else {
+        ("http", "80")
+    };
+    let mut set = |name: HeaderName, value: &str| {
+        if !headers.contains_key(&name) {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+    };
+    set(X_FORWARDED_FOR, &addr);
+    set(X_REAL_IP, &addr);
+    set(X_FORWARDED_PROTO, proto);
+    set(X_FORWARDED_PROTOCOL, proto);
+    set(X_FORWARDED_PORT, port);
     first
 }
 
@@ -158,6 +197,23 @@ mod tests {
         let first = append_forwarded_for(&mut h, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(first, "1.1.1.1");
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn hipache_forwarding_only_when_absent() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        let first = set_forwarded_if_absent(&mut h, "10.0.0.1".parse().unwrap(), true);
+        assert_eq!(first, "1.2.3.4");
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4");
+        assert_eq!(h[X_REAL_IP], "::ffff:10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_PROTOCOL], "https");
+        assert_eq!(h[X_FORWARDED_PORT], "443");
+        let mut h = HeaderMap::new();
+        set_forwarded_if_absent(&mut h, "::1".parse().unwrap(), false);
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert_eq!(h[X_FORWARDED_PORT], "80");
     }
 
     #[test]

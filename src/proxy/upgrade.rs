@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{headers, Ctx, Downstream, Proxy};
 use crate::body::ProxyBody;
+use crate::config::{ForwardingPolicy, ResponseStyle};
 use crate::error::Reject;
 use crate::route::LookupError;
 use crate::server::now_ms;
@@ -45,12 +46,12 @@ impl Proxy {
             Err(LookupError::NoRoute { key }) => {
                 ctx.key = key;
                 self.log_error(ctx, "?", "no backends registered for host");
-                return Reject::UpgradeFailed.response();
+                return self.upgrade_reject(Reject::NoRoute, ctx.debug);
             }
             Err(LookupError::Store(e)) => {
                 ctx.key = ctx.host.clone();
                 self.log_error(ctx, "?", &e.0);
-                return Reject::UpgradeFailed.response();
+                return self.upgrade_reject(Reject::Unavailable, ctx.debug);
             }
         };
         ctx.key = route.key.clone();
@@ -63,12 +64,19 @@ impl Proxy {
         if let Err(reject) = admitted {
             return reject.response();
         }
-        let start = self.router.next_start(&ctx.host, route.backends.len());
+        let start = self.router.start_for(&ctx.host, &route);
         let Some(mut index) = route.first_live(start) else {
             self.log_error(ctx, "?", "all backends are dead");
-            return Reject::UpgradeFailed.response();
+            return self.upgrade_reject(Reject::AllDead, ctx.debug);
         };
-        headers::append_forwarded_for(req.headers_mut(), Some(down.peer.ip()));
+        match self.config.forwarding {
+            ForwardingPolicy::Planb => {
+                headers::append_forwarded_for(req.headers_mut(), Some(down.peer.ip()));
+            }
+            ForwardingPolicy::Hipache => {
+                headers::set_forwarded_if_absent(req.headers_mut(), down.peer.ip(), down.tls);
+            }
+        }
         let path_and_query = req
             .uri()
             .path_and_query()
@@ -82,7 +90,7 @@ impl Proxy {
                 Ok(target) => target,
                 Err(e) => {
                     self.log_error(ctx, &ctx.backend_url, &format!("{e:?}"));
-                    return Reject::UpgradeFailed.response();
+                    return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
                 }
             };
             match self.upstream.open(&target, &target.authority()).await {
@@ -91,19 +99,25 @@ impl Proxy {
                     let dead = e.dead();
                     self.log_error(ctx, &ctx.backend_url, &e.to_string());
                     if !dead {
-                        return Reject::UpgradeFailed.response();
+                        return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
                     }
-                    self.mark_dead(ctx, route.backends.len(), &e).await;
+                    self.mark_dead(ctx, &route, Some(&e)).await;
                     std::sync::Arc::make_mut(&mut route).dead[index] = true;
                     match route.first_live(index + 1) {
                         Some(next) if self.config.extensions.failover => index = next,
-                        _ => return Reject::UpgradeFailed.response(),
+                        _ => return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug),
                     }
                 }
             }
         };
-        if let Ok(host) = HeaderValue::from_str(&target.authority()) {
-            req.headers_mut().insert(header::HOST, host);
+        if self.config.forwarding == ForwardingPolicy::Planb {
+            if let Ok(host) = HeaderValue::from_str(&target.authority()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        } else if !req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&ctx.host) {
+                req.headers_mut().insert(header::HOST, host);
+            }
         }
         *req.uri_mut() = path_and_query.parse().unwrap_or_default();
         *req.version_mut() = Version::HTTP_11;
@@ -116,7 +130,7 @@ impl Proxy {
             Ok(parts) => parts,
             Err(e) => {
                 self.log_error(ctx, &ctx.backend_url, &e.to_string());
-                return Reject::UpgradeFailed.response();
+                return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
             }
         };
         tokio::spawn(async move {
@@ -126,7 +140,7 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 self.log_error(ctx, &ctx.backend_url, &e.to_string());
-                return Reject::UpgradeFailed.response();
+                return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -152,6 +166,17 @@ impl Proxy {
         });
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::Full(None))
+    }
+}
+
+impl Proxy {
+    /// A failed upgrade: PlanB's 502 with body `\n` whatever the cause, or the cause's own answer in Hipache's
+    /// style (400 page for an unknown host, where Hipache left the socket hanging).
+    fn upgrade_reject(&self, reject: Reject, debug: bool) -> Response<ProxyBody> {
+        match self.config.responses {
+            ResponseStyle::Planb => Reject::UpgradeFailed.response(),
+            ResponseStyle::Hipache(_) => self.reject(reject, debug),
+        }
     }
 }
 

@@ -158,19 +158,27 @@ impl Proxy {
         base.extend(redis_args(redis));
         base.push(("--access-log".to_string(), access_log.display().to_string()));
         let args = merge_args(base, extra);
-        Self::launch(args, env, dir, access_log).unwrap_or_else(|e| panic!("{e}"))
+        let want = expected_listeners(&args);
+        Self::launch(args, env, dir, access_log, want).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts with exactly `args` (nothing added) and waits for the listening line.
     pub fn start_custom(args: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let want = expected_listeners(&args);
+        Self::start_expecting(args, env, want)
+    }
+
+    /// Starts with exactly `args` and waits for the listening lines `want` says (plain, tls): for a
+    /// configuration file, where the flags do not tell.
+    pub fn start_expecting(
+        args: Vec<String>,
+        env: &[(&str, &str)],
+        want: (bool, bool),
+    ) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().unwrap();
         let access_log = dir.path().join("access.log");
-        Self::launch(
-            args.iter().map(|s| s.to_string()).collect(),
-            env,
-            dir,
-            access_log,
-        )
+        Self::launch(args, env, dir, access_log, want)
     }
 
     fn launch(
@@ -178,6 +186,7 @@ impl Proxy {
         env: &[(&str, &str)],
         dir: tempfile::TempDir,
         access_log: PathBuf,
+        (want_plain, want_tls): (bool, bool),
     ) -> Result<Proxy, String> {
         let mut child = command(&args, env, dir.path())
             .spawn()
@@ -185,7 +194,6 @@ impl Proxy {
         let stderr = collect_lines(child.stderr.take().unwrap());
         let stdout = collect_lines(child.stdout.take().unwrap());
         let deadline = Instant::now() + START_TIMEOUT;
-        let (want_plain, want_tls) = expected_listeners(&args);
         loop {
             let (plain, tls) = {
                 let lines = stderr.lock().unwrap();
@@ -228,6 +236,14 @@ impl Proxy {
     /// Runs the binary with exactly `args` to completion (CLI tests); see [`spawn_raw`].
     pub fn spawn_raw(args: &[&str]) -> CliOutput {
         spawn_raw(args, &[], Duration::from_secs(15))
+    }
+
+    /// Every address announced in a `Listening on` line (plain listeners), in order.
+    pub fn plain_addrs(&self) -> Vec<SocketAddr> {
+        self.stderr_lines()
+            .iter()
+            .filter_map(|l| parse_listening(l))
+            .collect()
     }
 
     /// The plain listener's address (HTTP, or the SNI passthrough).
