@@ -32,8 +32,12 @@ pub enum Reject {
     PingOk,
     /// `Host: __ping__` while the read Redis fails: 500 with the error text.
     PingFailed(String),
-    /// A guard (`guard:<key>`) refused the request: 403 with entree's JSON body for the reason.
+    /// A guard (`guard:<key>`) refused the request: 403 with entree's JSON body for the reason (413 for a body
+    /// over `max_body`, whose unread rest closes the connection).
     Guard(GuardReason),
+    /// A body a guard had to read (`sign_body`) did not arrive within the client read timeout: 408, and the
+    /// connection is closed.
+    BodyTimeout,
     /// Over a `ratelimit:<key>` limit: 429 with `Retry-After` and `RateLimit-*` headers (all in seconds).
     RateLimited {
         limit: u64,
@@ -56,7 +60,9 @@ impl Reject {
             Reject::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Reject::PingOk => StatusCode::OK,
             Reject::PingFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::Guard(GuardReason::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::Guard(_) | Reject::RateLimitedEntree => StatusCode::FORBIDDEN,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -70,6 +76,7 @@ impl Reject {
             Reject::UpgradeFailed => "\n".into(),
             Reject::MissingHost => "400 Bad Request: missing required Host header".into(),
             Reject::BadRequest(why) => format!("400 Bad Request: {why}"),
+            Reject::BodyTimeout => "408 Request Timeout: request body not received in time".into(),
             Reject::PingOk => "OK".into(),
             Reject::PingFailed(text) => text.clone(),
             Reject::Guard(GuardReason::BadTimestamp) => {
@@ -114,6 +121,10 @@ impl Reject {
             headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Reject::Guard(GuardReason::BodyTooLarge) | Reject::BodyTimeout = self {
+            // The rest of the body is never read: the connection cannot carry another request.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Reject::MissingHost | Reject::BadRequest(_) = self {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
             let reason = format!("Bad Request: {}", &body["400 Bad Request: ".len()..]);

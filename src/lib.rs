@@ -21,7 +21,7 @@
 //!   timestamp window, anti-replay), [`policy::ratelimit`], [`policy::breaker`].
 //! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
-//! - [`body`]: response body types.
+//! - [`body`]: request and response body types (a request body streams, or is read whole for `sign_body`).
 //! - [`access_log`]: access and error logs (PlanB, Hipache or JSON lines), written off the request path,
 //!   reopened on SIGHUP.
 //! - [`event_log`]: the event log on stderr through `tracing` (text or JSON); PlanB's lines kept verbatim.
@@ -166,6 +166,13 @@ impl Server {
             health::start(write.clone(), config.monitor_id.clone(), error_log.clone());
         }
         let tunnels = Arc::default();
+        // A body read whole for a guard (`sign_body`) gets what Go's ReadTimeout gives a request, else the
+        // header-read timeout, so a slow sender cannot hold its buffer forever.
+        let body_timeout = config
+            .timeouts
+            .client_read
+            .unwrap_or(config.timeouts.client_read_header);
+        let policies = policy::Policies::new(write.clone(), config.breaker, body_timeout);
         let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log);
         let proxy = Proxy {
             router: Router::new(
@@ -177,7 +184,7 @@ impl Server {
                 },
             ),
             upstream: Upstream::new(config.timeouts.dial, backend_tls),
-            policies: policy::Policies::new(write.clone(), config.breaker),
+            policies,
             write,
             access_log,
             error_log,

@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use http::Request;
+use http::{header, Request};
 use redis::Value;
 
+use crate::body::{BufferError, Buffered, RequestBody};
 use crate::error::Reject;
 use crate::route::Route;
 use crate::store::RedisClient;
@@ -284,6 +285,14 @@ impl PolicyStats {
     }
 }
 
+/// Why a body read for `sign_body` ended the request.
+enum BodyFailure {
+    /// A guard rejection, counted as such (over `max_body`, or refused from the head alone).
+    Guard(GuardReason),
+    /// The client's fault but not the guard's verdict (a timeout, a broken body).
+    Other(Reject),
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -295,6 +304,9 @@ const CONFIG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Policies {
     /// The write Redis: nonces and global rate limits are shared by every instance through it.
     write: RedisClient,
+    /// How long a body read for `sign_body` may take to arrive: the client read timeout (or the header one),
+    /// so that a slow sender cannot hold a buffer forever.
+    body_timeout: Duration,
     limiter: ratelimit::Limiter,
     breakers: breaker::Breakers,
     stats: Arc<PolicyStats>,
@@ -337,12 +349,17 @@ impl Pass {
 }
 
 impl Policies {
-    pub fn new(write: RedisClient, breaker_defaults: BreakerDefaults) -> Policies {
+    pub fn new(
+        write: RedisClient,
+        breaker_defaults: BreakerDefaults,
+        body_timeout: Duration,
+    ) -> Policies {
         let stats = Arc::new(PolicyStats::default());
         Policies {
             limiter: ratelimit::Limiter::new(),
             breakers: breaker::Breakers::new(breaker_defaults, stats.clone()),
             write,
+            body_timeout,
             stats,
             logged: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -357,11 +374,12 @@ impl Policies {
     }
 
     /// Run the frontend's guard and rate limit on a request. `host` is the Host the request was routed by;
-    /// `log` writes one error-log line about this request.
-    pub async fn admit<B>(
+    /// `log` writes one error-log line about this request. With `sign_body`, the body is read here and the
+    /// request leaves with it buffered.
+    pub async fn admit(
         &self,
         route: &Route,
-        req: &Request<B>,
+        req: &mut Request<RequestBody>,
         host: &str,
         client: IpAddr,
         log: &(dyn Fn(&str) + Sync),
@@ -379,13 +397,20 @@ impl Policies {
                 log(&e.to_string());
                 return Err(Reject::Guard(GuardReason::Misconfigured));
             }
-            Some(Ok(config)) => match config.verify(req, host) {
-                Ok(nonce) => Some((config, nonce)),
-                Err(reason) => {
-                    self.stats.count_guard(reason);
-                    return Err(reason.reject());
+            Some(Ok(config)) => {
+                let verified = match self.read_signed_body(config, req).await {
+                    Ok(body_sha256) => config.verify(req, host, body_sha256.as_deref()),
+                    Err(BodyFailure::Guard(reason)) => Err(reason),
+                    Err(BodyFailure::Other(reject)) => return Err(reject),
+                };
+                match verified {
+                    Ok(nonce) => Some((config, nonce)),
+                    Err(reason) => {
+                        self.stats.count_guard(reason);
+                        return Err(reason.reject());
+                    }
                 }
-            },
+            }
         };
         match &policy.ratelimit {
             None => {}
@@ -427,6 +452,58 @@ impl Policies {
             None => self.breakers.handle(&route.key, None),
         };
         Ok(Pass { breaker })
+    }
+
+    /// With `sign_body`: refuse what the head alone refuses, then read the body whole (at most `max_body`
+    /// bytes), leave it in the request as a buffered body with its Content-Length, and return its SHA-256.
+    /// Without `sign_body`: nothing (the body keeps streaming).
+    async fn read_signed_body(
+        &self,
+        config: &guard::GuardConfig,
+        req: &mut Request<RequestBody>,
+    ) -> Result<Option<String>, BodyFailure> {
+        if !config.sign_body {
+            return Ok(None);
+        }
+        config.precheck(req).map_err(BodyFailure::Guard)?;
+        let incoming =
+            match std::mem::replace(req.body_mut(), RequestBody::Buffered(Buffered::default())) {
+                RequestBody::Streaming(incoming) => incoming,
+                // Read already (not a path the proxy takes today): hash what is there.
+                RequestBody::Buffered(body) => {
+                    if body.len() > config.max_body {
+                        return Err(BodyFailure::Guard(GuardReason::BodyTooLarge));
+                    }
+                    let mut hash = guard::BodyHash::default();
+                    body.chunks().for_each(|chunk| hash.update(chunk));
+                    *req.body_mut() = RequestBody::Buffered(body);
+                    return Ok(Some(hash.hex()));
+                }
+            };
+        let mut hash = guard::BodyHash::default();
+        let body = crate::body::buffer(incoming, config.max_body, self.body_timeout, |chunk| {
+            hash.update(chunk)
+        })
+        .await
+        .map_err(|e| match e {
+            BufferError::TooLarge => BodyFailure::Guard(GuardReason::BodyTooLarge),
+            BufferError::Timeout => BodyFailure::Other(Reject::BodyTimeout),
+            BufferError::Read(_) => {
+                BodyFailure::Other(Reject::BadRequest("incomplete request body"))
+            }
+        })?;
+        let headers = req.headers_mut();
+        let framed = headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING);
+        // The body is sent whole with its length; the client's framing and its wish to be told to go on with
+        // the body (already read) are spent.
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::EXPECT);
+        if framed || !body.is_empty() {
+            headers.insert(header::CONTENT_LENGTH, body.len().into());
+        }
+        *req.body_mut() = RequestBody::Buffered(body);
+        Ok(Some(hash.hex()))
     }
 
     fn log_fail_open(&self, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {

@@ -13,14 +13,14 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessEntry, Log};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::inflight::InflightGuard;
 use crate::metrics::DeadCause;
 use crate::ops::Telemetry;
-use crate::policy::{Outcome, Policies};
-use crate::route::{LookupError, Router};
+use crate::policy::{Outcome, Pass, Policies};
+use crate::route::{LookupError, Route, Router};
 use crate::server::Tracker;
 use crate::store::RedisClient;
 use crate::upstream::{TargetError, Upstream, UpstreamError};
@@ -81,11 +81,9 @@ impl Proxy {
     }
 
     /// Handle one request and produce its response. Never fails: every failure is a [`Reject`].
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        down: Downstream,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, down: Downstream) -> Response<ProxyBody> {
+        // Streamed as it arrives, unless a guard has to read it first (`sign_body`).
+        let mut req = req.map(RequestBody::Streaming);
         if down.conflicting_length {
             return Reject::BadRequest("both Content-Length and Transfer-Encoding").response();
         }
@@ -156,7 +154,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         down: Downstream,
         ctx: &mut Ctx,
         mut entry: AccessEntry,
@@ -166,7 +164,7 @@ impl Proxy {
         self.telemetry
             .metrics
             .redis_lookup(lookup_started.elapsed());
-        let mut route = match looked_up {
+        let route = match looked_up {
             Ok(route) => route,
             Err(LookupError::NoRoute { key }) => {
                 ctx.key = key;
@@ -185,12 +183,25 @@ impl Proxy {
         let log = |m: &str| self.log_error(ctx, "?", m);
         let admitted = self
             .policies
-            .admit(&route, &req, &ctx.host, down.peer.ip(), &log)
+            .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log)
             .await;
         let pass = match admitted {
             Ok(pass) => pass,
             Err(reject) => return (reject.response(), Duration::ZERO, entry),
         };
+        self.relay(req, down, ctx, entry, route, pass).await
+    }
+
+    /// Select a backend, rewrite the request for it and send it, failing over on connection failures.
+    async fn relay(
+        &self,
+        mut req: Request<RequestBody>,
+        down: Downstream,
+        ctx: &mut Ctx,
+        mut entry: AccessEntry,
+        mut route: Arc<Route>,
+        pass: Pass,
+    ) -> (Response<ProxyBody>, Duration, AccessEntry) {
         let start = self.router.next_start(&ctx.host, route.backends.len());
         let Some(mut index) = pass.first_live(&route, start) else {
             self.log_error(ctx, "?", "all backends are dead");
@@ -347,7 +358,7 @@ impl Proxy {
     }
 
     /// Take the request id from the configured header, or make one (a v4 UUID) when it is missing or empty.
-    fn request_id(&self, req: &mut Request<Incoming>) -> String {
+    fn request_id<B>(&self, req: &mut Request<B>) -> String {
         let Some(name) = &self.config.request_id_header else {
             return String::new();
         };
@@ -404,7 +415,7 @@ impl Proxy {
 }
 
 /// The Host the request is routed by: an absolute-form URI's authority wins over the Host header (Go's rule).
-fn request_host(req: &Request<Incoming>) -> Result<String, Reject> {
+fn request_host<B>(req: &Request<B>) -> Result<String, Reject> {
     if let Some(authority) = req.uri().authority() {
         return Ok(authority.as_str().to_string());
     }
@@ -431,7 +442,7 @@ fn proto(version: Version) -> &'static str {
     }
 }
 
-fn header_text(req: &Request<Incoming>, name: header::HeaderName) -> String {
+fn header_text<B>(req: &Request<B>, name: header::HeaderName) -> String {
     req.headers()
         .get(name)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::body::RequestBody;
+
 /// Idle connections kept per backend (PlanB's transport keeps up to 100).
 const MAX_IDLE_PER_BACKEND: usize = 100;
 
@@ -152,7 +154,7 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+type Pool = Arc<Mutex<Vec<SendRequest<RequestBody>>>>;
 
 /// Dials backends and keeps their connections alive for reuse.
 pub struct Upstream {
@@ -178,8 +180,8 @@ impl Upstream {
     pub async fn send(
         &self,
         target: &Target,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<Incoming>>)> {
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let authority = target.authority();
         let pool = self.pool(&format!("{}://{authority}", target.scheme));
         // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
@@ -213,7 +215,7 @@ impl Upstream {
         &self,
         target: &Target,
         authority: &str,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let stream = self.open(target, authority).await?;
         handshake(stream).await
     }
@@ -289,7 +291,7 @@ fn no_such_host(target: &Target) -> UpstreamError {
     UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host))
 }
 
-async fn handshake(stream: BackendStream) -> Result<SendRequest<Incoming>, UpstreamError> {
+async fn handshake(stream: BackendStream) -> Result<SendRequest<RequestBody>, UpstreamError> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
         .handshake(TokioIo::new(stream))
@@ -330,7 +332,7 @@ fn request_error(e: &hyper::Error) -> String {
     text
 }
 
-fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
+fn checkout(pool: &Pool) -> Option<SendRequest<RequestBody>> {
     let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(sender) = idle.pop() {
         if sender.is_ready() {
@@ -340,7 +342,7 @@ fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
     None
 }
 
-fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
+fn checkin(pool: Pool, mut sender: SendRequest<RequestBody>) {
     if sender.is_ready() {
         let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_BACKEND {
@@ -361,7 +363,7 @@ fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
 
 fn wrap(
     resp: Response<Incoming>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     pool: Pool,
 ) -> Response<UpstreamBody> {
     resp.map(|inner| {
@@ -442,7 +444,7 @@ impl AsyncWrite for BackendStream {
 /// A backend's response body; the connection goes back to the pool when the body has been read to the end.
 pub struct UpstreamBody {
     inner: Incoming,
-    lease: Option<(SendRequest<Incoming>, Pool)>,
+    lease: Option<(SendRequest<RequestBody>, Pool)>,
 }
 
 impl Body for UpstreamBody {
