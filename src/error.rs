@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::policy::guard::{unix_now, GuardReason};
+use crate::policy::ratelimit::RateHeaders;
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -40,9 +41,7 @@ pub enum Reject {
     BodyTimeout,
     /// Over a `ratelimit:<key>` limit: 429 with `Retry-After` and `RateLimit-*` headers (all in seconds).
     RateLimited {
-        limit: u64,
-        remaining: u64,
-        reset: u64,
+        headers: RateHeaders,
         retry_after: u64,
     },
     /// Over a limit with `compat entree`: entree's 403 `{"code":100420,"msg":"reached rate limit"}`.
@@ -106,16 +105,12 @@ impl Reject {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
         }
         if let Reject::RateLimited {
-            limit,
-            remaining,
-            reset,
+            headers: limit,
             retry_after,
-        } = *self
+        } = self
         {
-            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-            headers.insert("ratelimit-limit", HeaderValue::from(limit));
-            headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
-            headers.insert("ratelimit-reset", HeaderValue::from(reset));
+            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            limit.insert(headers);
         }
         if *self == Reject::UpgradeFailed {
             headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

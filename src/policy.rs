@@ -317,12 +317,17 @@ pub struct Policies {
 /// What a request that passed the policies carries into backend selection.
 pub struct Pass {
     breaker: Option<breaker::Handle>,
+    /// The frontend's rate limit after this request, for the response's `RateLimit-*` headers.
+    pub rate: Option<ratelimit::RateHeaders>,
 }
 
 impl Pass {
     /// No policy applies (WebSocket tunnels, frontends without a breaker).
     pub fn open() -> Pass {
-        Pass { breaker: None }
+        Pass {
+            breaker: None,
+            rate: None,
+        }
     }
 
     /// [`Route::first_live`], also skipping backends that the breaker ejected. May claim a half-open backend's
@@ -412,6 +417,7 @@ impl Policies {
                 }
             }
         };
+        let mut rate = None;
         match &policy.ratelimit {
             None => {}
             Some(Err(e)) => self.log_fail_open(e, log),
@@ -421,7 +427,7 @@ impl Policies {
                     .check(limit, &self.write, &route.key, req, client)
                     .await;
                 match verdict {
-                    Ok(ratelimit::Verdict::Allowed) => {}
+                    Ok(ratelimit::Verdict::Allowed(headers)) => rate = Some(headers),
                     Ok(ratelimit::Verdict::Limited(reject)) => {
                         bump(&self.stats.rate_limited);
                         return Err(reject);
@@ -451,7 +457,7 @@ impl Policies {
             Some(Ok(overrides)) => self.breakers.handle(&route.key, Some(overrides)),
             None => self.breakers.handle(&route.key, None),
         };
-        Ok(Pass { breaker })
+        Ok(Pass { breaker, rate })
     }
 
     /// With `sign_body`: refuse what the head alone refuses, then read the body whole (at most `max_body`

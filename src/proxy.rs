@@ -189,7 +189,13 @@ impl Proxy {
             Ok(pass) => pass,
             Err(reject) => return (reject.response(), Duration::ZERO, entry),
         };
-        self.relay(req, down, ctx, entry, route, pass).await
+        let rate = pass.rate;
+        let (mut resp, backend_time, entry) = self.relay(req, down, ctx, entry, route, pass).await;
+        // The frontend's rate limit as it stands after this request, on whatever answer it got.
+        if let Some(rate) = rate {
+            rate.insert(resp.headers_mut());
+        }
+        (resp, backend_time, entry)
     }
 
     /// Select a backend, rewrite the request for it and send it, failing over on connection failures.

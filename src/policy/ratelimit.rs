@@ -139,8 +139,48 @@ impl RateLimitConfig {
 
 /// The answer for one request.
 pub enum Verdict {
-    Allowed,
+    /// Passed; the headers describe the client's bucket after this request.
+    Allowed(RateHeaders),
     Limited(Reject),
+}
+
+/// The `RateLimit-*` response headers (IETF draft-ietf-httpapi-ratelimit-headers-03, as Envoy writes them with
+/// `enable_x_ratelimit_headers`), on passed responses and on 429s, so that a client can pace itself before it
+/// is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `RateLimit-Limit`: the burst, the most requests that may pass back to back.
+    pub limit: u64,
+    /// `RateLimit-Remaining`: requests that could still pass right now.
+    pub remaining: u64,
+    /// `RateLimit-Reset`: whole seconds (rounded up) until the bucket is full again.
+    pub reset: u64,
+}
+
+impl RateHeaders {
+    pub const LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+    pub const REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+    pub const RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+
+    fn new(config: &RateLimitConfig, decision: &Decision) -> RateHeaders {
+        RateHeaders {
+            limit: config.burst,
+            remaining: decision.remaining,
+            reset: whole_secs(decision.reset_us),
+        }
+    }
+
+    /// Set the three headers, replacing any a backend sent: they describe the limit this proxy enforces.
+    pub fn insert(&self, headers: &mut http::HeaderMap) {
+        headers.insert(Self::LIMIT, self.limit.into());
+        headers.insert(Self::REMAINING, self.remaining.into());
+        headers.insert(Self::RESET, self.reset.into());
+    }
+}
+
+/// Microseconds as whole seconds, rounded up, at least 1 (a header saying 0 would invite a retry at once).
+fn whole_secs(us: u64) -> u64 {
+    us.div_ceil(1_000_000).max(1)
 }
 
 /// What GCRA decided, in microseconds.
@@ -237,18 +277,16 @@ impl Limiter {
             Scope::Local => self.check_local(config, frontend, client_key),
             Scope::Global => check_global(config, write, frontend, &client_key).await?,
         };
+        let headers = RateHeaders::new(config, &decision);
         if decision.allowed {
-            return Ok(Verdict::Allowed);
+            return Ok(Verdict::Allowed(headers));
         }
-        let secs = |us: u64| us.div_ceil(1_000_000).max(1);
         let reject = if config.entree {
             Reject::RateLimitedEntree
         } else {
             Reject::RateLimited {
-                limit: config.burst,
-                remaining: decision.remaining,
-                reset: secs(decision.reset_us),
-                retry_after: secs(decision.retry_after_us),
+                headers,
+                retry_after: whole_secs(decision.retry_after_us),
             }
         };
         Ok(Verdict::Limited(reject))
