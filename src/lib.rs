@@ -173,7 +173,7 @@ impl Server {
             .client_read
             .unwrap_or(config.timeouts.client_read_header);
         let policies = policy::Policies::new(write.clone(), config.breaker, body_timeout);
-        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log);
+        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log, &policies);
         let proxy = Proxy {
             router: Router::new(
                 read,

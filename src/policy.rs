@@ -238,15 +238,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::cli::parse_go_duration(text)
 }
 
-/// Counters of what the policy layer did, for the metrics endpoint.
+/// One of the three policy features, for the metrics' `feature` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Guard = 0,
+    RateLimit = 1,
+    Breaker = 2,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 3] = [Feature::Guard, Feature::RateLimit, Feature::Breaker];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Feature::Guard => "guard",
+            Feature::RateLimit => "ratelimit",
+            Feature::Breaker => "breaker",
+        }
+    }
+}
+
+/// Counters of what the policy layer did, read by the metrics endpoint when it is scraped.
 #[derive(Debug, Default)]
 pub struct PolicyStats {
     guard_rejects: [AtomicU64; GuardReason::ALL.len()],
     rate_limited: AtomicU64,
+    ratelimit_errors: AtomicU64,
     breaker_ejections: AtomicU64,
     breaker_probes: AtomicU64,
     breaker_recoveries: AtomicU64,
-    config_errors: AtomicU64,
+    config_errors: [AtomicU64; Feature::ALL.len()],
 }
 
 impl PolicyStats {
@@ -275,9 +296,14 @@ impl PolicyStats {
         self.breaker_recoveries.load(Ordering::Relaxed)
     }
 
-    /// Requests that met a malformed policy hash.
-    pub fn config_errors(&self) -> u64 {
-        self.config_errors.load(Ordering::Relaxed)
+    /// Global rate-limit checks that Redis could not answer (the request was let through).
+    pub fn ratelimit_errors(&self) -> u64 {
+        self.ratelimit_errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests that met a malformed policy hash of `feature`.
+    pub fn config_errors(&self, feature: Feature) -> u64 {
+        self.config_errors[feature as usize].load(Ordering::Relaxed)
     }
 
     fn count_guard(&self, reason: GuardReason) {
@@ -378,6 +404,11 @@ impl Policies {
         &self.stats
     }
 
+    /// Counts the backends that breakers hold out of rotation right now (read when metrics are scraped).
+    pub fn ejected_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        self.breakers.ejected_counter()
+    }
+
     /// Run the frontend's guard and rate limit on a request. `host` is the Host the request was routed by;
     /// `log` writes one error-log line about this request. With `sign_body`, the body is read here and the
     /// request leaves with it buffered.
@@ -398,7 +429,8 @@ impl Policies {
         let guard = match &policy.guard {
             None => None,
             Some(Err(e)) => {
-                bump(&self.stats.config_errors);
+                self.count_config_error(Feature::Guard);
+                self.stats.count_guard(GuardReason::Misconfigured);
                 log(&e.to_string());
                 return Err(Reject::Guard(GuardReason::Misconfigured));
             }
@@ -420,7 +452,7 @@ impl Policies {
         let mut rate = None;
         match &policy.ratelimit {
             None => {}
-            Some(Err(e)) => self.log_fail_open(e, log),
+            Some(Err(e)) => self.log_fail_open(Feature::RateLimit, e, log),
             Some(Ok(limit)) => {
                 let verdict = self
                     .limiter
@@ -432,7 +464,10 @@ impl Policies {
                         bump(&self.stats.rate_limited);
                         return Err(reject);
                     }
-                    Err(e) => self.log_throttled(&format!("ratelimit:{}", route.key), &e, log),
+                    Err(e) => {
+                        bump(&self.stats.ratelimit_errors);
+                        self.log_throttled(&format!("ratelimit:{}", route.key), &e, log)
+                    }
                 }
             }
         }
@@ -451,7 +486,7 @@ impl Policies {
         }
         let breaker = match &policy.breaker {
             Some(Err(e)) => {
-                self.log_fail_open(e, log);
+                self.log_fail_open(Feature::Breaker, e, log);
                 self.breakers.handle(&route.key, None)
             }
             Some(Ok(overrides)) => self.breakers.handle(&route.key, Some(overrides)),
@@ -512,8 +547,12 @@ impl Policies {
         Ok(Some(hash.hex()))
     }
 
-    fn log_fail_open(&self, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {
-        bump(&self.stats.config_errors);
+    fn count_config_error(&self, feature: Feature) {
+        bump(&self.stats.config_errors[feature as usize]);
+    }
+
+    fn log_fail_open(&self, feature: Feature, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {
+        self.count_config_error(feature);
         let text = format!("{e}; ignored");
         self.log_throttled(&format!("{}\n{}", e.key, e.field), &text, log);
     }

@@ -72,7 +72,7 @@ fn a_half_open_backend_gets_one_probe_then_recovers() {
     let good = Backend::named("good");
     redis.set_frontend("a.com", &[&flaky.url(), &good.url()]);
     set_breaker(&redis, "a.com", &["failures", "2", "cooldown", "3s"]);
-    let proxy = Proxy::start(&redis, &[]);
+    let proxy = Proxy::start(&redis, &["--metrics-address", "127.0.0.1:0"]);
     assert_eq!(
         bodies(&proxy, "a.com", 4),
         ["broken", "good", "broken", "good"]
@@ -106,6 +106,17 @@ fn a_half_open_backend_gets_one_probe_then_recovers() {
     proxy.wait_stderr("a recovery line", |l| {
         l.contains("circuit breaker: probe succeeded; backend back in rotation")
     });
+    // Ejected, probed and ejected again, probed and recovered: on /metrics too.
+    let m = support::metrics::scrape(proxy.metrics_addr());
+    assert_eq!(
+        m.value("hypache_breaker_ejections_total"),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.value("hypache_breaker_probes_total"), 2.0);
+    assert_eq!(m.value("hypache_breaker_recoveries_total"), 1.0);
+    assert_eq!(m.value("hypache_breaker_backends_ejected"), 0.0);
 }
 
 #[test]

@@ -231,6 +231,22 @@ impl Breakers {
         }
     }
 
+    /// Counts the backends held out of rotation right now, over every frontend: open and not yet due, or
+    /// half-open waiting for their probe. Walks every breaker, so it is for a metrics scrape, not a request.
+    pub fn ejected_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let frontends = self.frontends.clone();
+        move || {
+            let now = Instant::now();
+            frontends
+                .iter()
+                .map(|(_, frontend)| {
+                    let backends = frontend.lock().unwrap_or_else(|p| p.into_inner());
+                    backends.values().filter(|b| b.ejected(now)).count()
+                })
+                .sum()
+        }
+    }
+
     /// Whether every frontend has a breaker (`--breaker-failures` set).
     pub fn on_by_default(&self) -> bool {
         self.defaults.failures > 0
