@@ -263,9 +263,17 @@ fn per_app_secrets() {
 /// proxy's check, the answer can differ once, so one retry with a fresh timestamp is allowed.
 #[track_caller]
 fn assert_timestamp(proxy: &Proxy, offset: i64, accepted: bool) {
+    assert_timestamp_with(offset, accepted, |ts| {
+        entree_get(proxy, "a.com", ts, &fresh_nonce())
+    });
+}
+
+/// [`assert_timestamp`] for any client: `send` makes one request with the given `X-Timestamp`.
+#[track_caller]
+fn assert_timestamp_with(offset: i64, accepted: bool, send: impl Fn(i64) -> Resp) {
     let mut last = None;
     for _attempt in 0..2 {
-        let resp = entree_get(proxy, "a.com", unix_now() + offset, &fresh_nonce());
+        let resp = send(unix_now() + offset);
         if (resp.status == 200) == accepted {
             if !accepted {
                 assert_bad_timestamp(&resp);
@@ -396,6 +404,75 @@ fn hmac_sha256_signs_host_path_and_query() {
     assert_eq!(get(proxy.addr(), "open.com", "/", &[]).status, 200);
 }
 
+/// An HMAC request (no query, no app key, no body line) with the given timestamp and nonce.
+fn hmac_at(host: &str, ts: i64, nonce: &str, secret: &str) -> Vec<(String, String)> {
+    let text = format!("HMAC-SHA256\nGET\n{host}\n/\n\n{ts}\n{nonce}\n");
+    vec![
+        ("X-Timestamp".into(), ts.to_string()),
+        ("X-Nonce".into(), nonce.into()),
+        ("X-Sign".into(), hmac_sign(&text, secret)),
+    ]
+}
+
+fn send_owned(proxy: &Proxy, host: &str, headers: &[(String, String)]) -> Resp {
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    get(proxy.addr(), host, "/", &h)
+}
+
+#[test]
+fn hmac_mode_refuses_stale_future_and_replayed_requests() {
+    let (redis, proxy, backend) = setup(&["secret", "k3y", "time_window", "30"]);
+    let hmac_get = |ts: i64| {
+        send_owned(
+            &proxy,
+            "a.com",
+            &hmac_at("a.com", ts, &fresh_nonce(), "k3y"),
+        )
+    };
+    // Both edges of the window pass; one second beyond either is refused, as is an hour off.
+    for (offset, accepted) in [
+        (0, true),
+        (-30, true),
+        (30, true),
+        (-31, false),
+        (31, false),
+        (-3600, false),
+        (3600, false),
+    ] {
+        assert_timestamp_with(offset, accepted, hmac_get);
+    }
+    // A stale timestamp signed with the wrong secret is a bad signature first.
+    let resp = send_owned(
+        &proxy,
+        "a.com",
+        &hmac_at("a.com", unix_now() - 3600, &fresh_nonce(), "other"),
+    );
+    assert_guard_reject(&resp, 100403, "invalid sign");
+
+    // Replayed, on this process and on a second one sharing the Redis.
+    let second = Proxy::start(&redis, &[]);
+    let signed = hmac_at("a.com", unix_now(), &fresh_nonce(), "k3y");
+    assert_eq!(send_owned(&second, "a.com", &signed).status, 200);
+    let replay = send_owned(&proxy, "a.com", &signed);
+    assert_guard_reject(&replay, 100410, "dupliacted nonce");
+    let replay = send_owned(&second, "a.com", &signed);
+    assert_guard_reject(&replay, 100410, "dupliacted nonce");
+    let passed = backend.hits();
+
+    // nonce_ttl 0 turns anti-replay off: the same request passes twice and no nonce is stored.
+    redis.query::<i64>(&["HSET", "guard:a.com", "nonce_ttl", "0"]);
+    let nonce = fresh_nonce();
+    let signed = hmac_at("a.com", unix_now(), &nonce, "k3y");
+    assert_eq!(send_owned(&proxy, "a.com", &signed).status, 200);
+    assert_eq!(send_owned(&proxy, "a.com", &signed).status, 200);
+    assert_eq!(backend.hits(), passed + 2);
+    let stored: i64 = redis.query(&["EXISTS", &format!("guard-nonce:a.com:{nonce}")]);
+    assert_eq!(stored, 0);
+}
+
 #[track_caller]
 fn assert_fails_closed(redis: &RedisServer, proxy: &Proxy, backend: &Backend, log_part: &str) {
     let signed = entree_request(
@@ -462,6 +539,26 @@ fn a_malformed_guard_fails_closed_and_names_key_and_field() {
         &backend,
         r#"malformed guard:a.com: field "secert": unknown field"#,
     );
+
+    // Every other field that can be wrong, one at a time.
+    for (field, value, why) in [
+        ("secret", "", "empty secret"),
+        ("secret:app1", "", "empty secret"),
+        ("nonce_ttl", "-1", "is not a whole number"),
+        ("time_window", "1.5", "is not a whole number"),
+    ] {
+        redis.query::<i64>(&["DEL", "guard:a.com"]);
+        redis.query::<i64>(&["HSET", "guard:a.com", "mode", "entree", "secret", "s3cret"]);
+        redis.query::<i64>(&["HSET", "guard:a.com", field, value]);
+        assert_fails_closed(
+            &redis,
+            &proxy,
+            &backend,
+            &format!(r#"malformed guard:a.com: field "{field}": "#),
+        );
+        let line = proxy.wait_stderr(why, |l| l.contains(field) && l.contains(why));
+        assert!(line.contains("guard:a.com"), "{line}");
+    }
 
     // Not a hash at all.
     redis.query::<i64>(&["DEL", "guard:a.com"]);

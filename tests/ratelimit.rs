@@ -255,6 +255,41 @@ fn a_malformed_limit_fails_open_and_is_logged_once() {
         l.contains(r#"malformed ratelimit:a.com: field "scope""#)
     });
 
+    // Every other way a hash can be wrong, each on a frontend of its own (the log says the same thing about
+    // the same key and field once per 10 s): requests pass (a burst of 1 would refuse the second) and the log
+    // names the key and field.
+    for (i, (field, value)) in [
+        ("period", "0"),
+        ("period", "soon"),
+        ("burst", "0"),
+        ("by", "cookie:session"),
+        ("by", "header:bad header"),
+        ("compat", "nginx"),
+        ("bursts", "1"),
+        ("rate", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let host = format!("m{i}.com");
+        let key = format!("ratelimit:{host}");
+        redis.set_frontend(&host, &[&backend.url()]);
+        let mut args = vec!["HSET", &key, "period", "1m", "burst", "1", field, value];
+        if field != "rate" {
+            args.extend(["rate", "1"]);
+        }
+        redis.query::<i64>(&args);
+        for _ in 0..2 {
+            assert_eq!(
+                get(proxy.addr(), &host, "/", &[]).status,
+                200,
+                "{field} {value}"
+            );
+        }
+        let part = format!(r#"malformed {key}: field "{field}""#);
+        proxy.wait_stderr(&part, |l| l.contains(&part) && l.ends_with("; ignored"));
+    }
+
     // Not a hash.
     redis.query::<i64>(&["DEL", "ratelimit:a.com"]);
     redis.query::<i64>(&["RPUSH", "ratelimit:a.com", "10"]);
@@ -262,7 +297,7 @@ fn a_malformed_limit_fails_open_and_is_logged_once() {
     proxy.wait_stderr("naming the key with WRONGTYPE", |l| {
         l.contains("malformed ratelimit:a.com: WRONGTYPE")
     });
-    assert_eq!(backend.hits(), 11);
+    assert_eq!(backend.hits(), 27);
 }
 
 #[test]
