@@ -121,14 +121,18 @@ impl std::fmt::Debug for Secret {
 /// A parsed `guard:<key>` hash.
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
+    /// entree's scheme, so entree clients keep working unchanged, or HMAC-SHA256, which also signs the host
+    /// and (optionally) the body and is not MD5.
     pub mode: Mode,
     /// The `secret` field: used for every app key without a `secret:<app-key>` field of its own.
     secret: Option<Secret>,
-    /// `secret:<app-key>` fields.
+    /// `secret:<app-key>` fields: one secret per partner, so one can be rotated or revoked alone.
     app_secrets: Vec<(Vec<u8>, Secret)>,
-    /// Seconds `X-Timestamp` may differ from now, both ends inclusive.
+    /// Seconds `X-Timestamp` may differ from now, both ends inclusive: bounds how long a captured request
+    /// stays usable, with room for clock skew between clients and the proxy.
     pub time_window: u64,
-    /// Seconds a nonce is remembered; 0: no anti-replay.
+    /// Seconds a nonce is remembered, so a captured request cannot be sent again inside the window; 0: no
+    /// anti-replay (one Redis write per request saved).
     pub nonce_ttl: u64,
     /// `sign_body` (hmac-sha256 only): the signature covers the body too, so a captured request cannot be
     /// replayed with another body. Costs buffering the body before it is forwarded, hence off by default.

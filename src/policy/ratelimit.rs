@@ -44,12 +44,21 @@ pub enum Scope {
 /// A parsed `ratelimit:<key>` hash.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
+    /// Requests per `period` in the long run: what a well-behaved client may sustain (Traefik's `average`).
     pub rate: u64,
+    /// The period `rate` is counted over (default 1 s), so `rate 100 period 1m` reads as operators say it.
     pub period: Duration,
+    /// Requests that may pass back to back (default `rate`): real clients are bursty (a page load fires many
+    /// calls at once) and should not be refused for that alone.
     pub burst: u64,
+    /// Whose requests share a bucket: per IP by default, per user behind a NAT or a CDN, or the whole frontend
+    /// to protect a backend whatever the source.
     pub by: By,
+    /// In process (free, but each instance allows the full rate) or shared through Redis (one round trip, the
+    /// limit holds across every instance).
     pub scope: Scope,
-    /// `compat entree`: answer entree's 403 `{"code":100420,...}` instead of 429.
+    /// `compat entree`: answer entree's 403 `{"code":100420,...}` instead of 429, for clients written against
+    /// entree that only understand its codes.
     pub entree: bool,
 }
 
