@@ -1,13 +1,135 @@
-//! Response body types: a synthesized body or a backend's streamed body, plus a guard that notices when the
+//! Body types: what goes to a backend ([`RequestBody`]: the client's body streamed, or held in memory when a
+//! guard had to read it first), what goes back to a client ([`ProxyBody`]), and a guard that notices when a
 //! response has been written to the end.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use crate::upstream::UpstreamBody;
+
+/// What the proxy sends to a backend.
+pub enum RequestBody {
+    /// The client's body, streamed frame by frame as it arrives (every frontend without `sign_body`).
+    Streaming(Incoming),
+    /// A body read whole before anything was sent (a guard with `sign_body` had to hash it). The frames are
+    /// kept as they arrived, so the bytes are never copied: hashing reads them, sending hands them on.
+    Buffered(Buffered),
+}
+
+/// The frames of a body read whole, and their total length.
+#[derive(Debug, Default)]
+pub struct Buffered {
+    frames: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Buffered {
+    /// Bytes in the body.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunks not sent yet, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.frames.iter().map(|b| b.as_ref())
+    }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug)]
+pub enum BufferError {
+    /// It is longer than the limit (known from Content-Length, or found while reading).
+    TooLarge,
+    /// It did not arrive within the time allowed.
+    Timeout,
+    /// The client's connection or stream failed mid-body.
+    Read(String),
+}
+
+/// Read `body` whole, at most `max` bytes, within `timeout`; `each` sees every chunk once as it arrives (to hash
+/// it). Trailers are dropped: a buffered body is sent with a Content-Length, which leaves no place for them.
+pub async fn buffer(
+    body: Incoming,
+    max: u64,
+    timeout: Duration,
+    each: impl FnMut(&[u8]),
+) -> Result<Buffered, BufferError> {
+    if body.size_hint().lower() > max {
+        return Err(BufferError::TooLarge);
+    }
+    tokio::time::timeout(timeout, read_frames(body, max, each))
+        .await
+        .map_err(|_| BufferError::Timeout)?
+}
+
+async fn read_frames(
+    mut body: Incoming,
+    max: u64,
+    mut each: impl FnMut(&[u8]),
+) -> Result<Buffered, BufferError> {
+    let mut buffered = Buffered::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BufferError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffered.len += data.len() as u64;
+        if buffered.len > max {
+            return Err(BufferError::TooLarge);
+        }
+        if !data.is_empty() {
+            each(&data);
+            buffered.frames.push_back(data);
+        }
+    }
+    Ok(buffered)
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Buffered(b) => {
+                let next = b.frames.pop_front().map(|data| {
+                    b.len -= data.len() as u64;
+                    Ok(Frame::data(data))
+                });
+                Poll::Ready(next)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Buffered(b) => b.frames.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Buffered(b) => SizeHint::with_exact(b.len),
+        }
+    }
+}
 
 /// What the proxy sends back to a client.
 pub enum ProxyBody {

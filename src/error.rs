@@ -12,6 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::body::ProxyBody;
 use crate::config::{ErrorPages, ResponseStyle};
 use crate::policy::guard::{unix_now, GuardReason};
+use crate::policy::ratelimit::RateHeaders;
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -36,13 +37,15 @@ pub enum Reject {
     PingOk,
     /// `Host: __ping__` while the read Redis fails: 500 with the error text.
     PingFailed(String),
-    /// A guard (`guard:<key>`) refused the request: 403 with entree's JSON body for the reason.
+    /// A guard (`guard:<key>`) refused the request: 403 with entree's JSON body for the reason (413 for a body
+    /// over `max_body`, whose unread rest closes the connection).
     Guard(GuardReason),
+    /// A body a guard had to read (`sign_body`) did not arrive within the client read timeout: 408, and the
+    /// connection is closed.
+    BodyTimeout,
     /// Over a `ratelimit:<key>` limit: 429 with `Retry-After` and `RateLimit-*` headers (all in seconds).
     RateLimited {
-        limit: u64,
-        remaining: u64,
-        reset: u64,
+        headers: RateHeaders,
         retry_after: u64,
     },
     /// Over a limit with `compat entree`: entree's 403 `{"code":100420,"msg":"reached rate limit"}`.
@@ -67,7 +70,9 @@ impl Reject {
             Reject::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Reject::PingOk => StatusCode::OK,
             Reject::PingFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::Guard(GuardReason::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::Guard(_) | Reject::RateLimitedEntree => StatusCode::FORBIDDEN,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -83,6 +88,7 @@ impl Reject {
             Reject::UpgradeFailed => "\n".into(),
             Reject::MissingHost => "400 Bad Request: missing required Host header".into(),
             Reject::BadRequest(why) => format!("400 Bad Request: {why}"),
+            Reject::BodyTimeout => "408 Request Timeout: request body not received in time".into(),
             Reject::PingOk => "OK".into(),
             Reject::PingFailed(text) => text.clone(),
             Reject::Guard(GuardReason::BadTimestamp) => {
@@ -112,21 +118,21 @@ impl Reject {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
         }
         if let Reject::RateLimited {
-            limit,
-            remaining,
-            reset,
+            headers: limit,
             retry_after,
-        } = *self
+        } = self
         {
-            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-            headers.insert("ratelimit-limit", HeaderValue::from(limit));
-            headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
-            headers.insert("ratelimit-reset", HeaderValue::from(reset));
+            headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            limit.insert(headers);
         }
         if *self == Reject::UpgradeFailed {
             headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Reject::Guard(GuardReason::BodyTooLarge) | Reject::BodyTimeout = self {
+            // The rest of the body is never read: the connection cannot carry another request.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Reject::MissingHost | Reject::BadRequest(_) = self {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
             let reason = format!("Bad Request: {}", &body["400 Bad Request: ".len()..]);

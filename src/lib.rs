@@ -28,7 +28,7 @@
 //!   timestamp window, anti-replay), [`policy::ratelimit`], [`policy::breaker`].
 //! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
 //! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
-//! - [`body`]: response body types.
+//! - [`body`]: request and response body types (a request body streams, or is read whole for `sign_body`).
 //! - [`access_log`]: access and error logs (PlanB, Hipache or JSON lines), written off the request path,
 //!   reopened on SIGHUP.
 //! - [`event_log`]: the event log on stderr through `tracing` (text or JSON); PlanB's lines kept verbatim.
@@ -185,7 +185,21 @@ impl Server {
         let mut runtimes = vec![tokio::runtime::Handle::current()];
         runtimes.extend(workers.handles());
         let tunnels = Arc::default();
-        let telemetry = Telemetry::new(&config, &tunnels, &access_log, &error_log, runtimes);
+        // A body read whole for a guard (`sign_body`) gets what Go's ReadTimeout gives a request, else the
+        // header-read timeout, so a slow sender cannot hold its buffer forever.
+        let body_timeout = config
+            .timeouts
+            .client_read
+            .unwrap_or(config.timeouts.client_read_header);
+        let policies = policy::Policies::new(write.clone(), config.breaker, body_timeout);
+        let telemetry = Telemetry::new(
+            &config,
+            &tunnels,
+            &access_log,
+            &error_log,
+            &policies,
+            runtimes,
+        );
         let proxy = Proxy {
             router: Router::new(
                 reads,
@@ -200,7 +214,7 @@ impl Server {
             upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1)
                 .with_max_idle(config.max_idle_per_backend),
             hchecker: Arc::default(),
-            policies: policy::Policies::new(write.clone(), config.breaker),
+            policies,
             write,
             access_log,
             error_log,

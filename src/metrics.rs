@@ -29,6 +29,7 @@ use prometheus::{
 use tokio::net::TcpListener;
 
 use crate::access_log::AccessEntry;
+use crate::policy::{Feature, GuardReason, PolicyStats};
 use crate::upstream::UpstreamError;
 
 /// Buckets for Redis round trips, which take well under a millisecond on a healthy network.
@@ -106,6 +107,10 @@ pub struct Sources {
     pub dropped_error: Arc<AtomicU64>,
     /// The runtimes: the control runtime first, then one per worker thread (see `workers`).
     pub runtimes: Vec<tokio::runtime::Handle>,
+    /// What the guards, rate limits and breakers decided.
+    pub policy: Arc<PolicyStats>,
+    /// Backends the breakers hold out of rotation right now.
+    pub breaker_ejected: Box<dyn Fn() -> f64 + Send + Sync>,
 }
 
 impl Metrics {
@@ -231,6 +236,10 @@ impl Metrics {
                 ("access", sources.dropped_access),
                 ("error", sources.dropped_error),
             ],
+        )));
+        reg(Box::new(PolicyCollector::new(
+            sources.policy,
+            sources.breaker_ejected,
         )));
         let workers = sources.runtimes.len().saturating_sub(1) as f64;
         reg(Box::new(
@@ -425,27 +434,172 @@ impl Collector for PullingCounter {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let metrics = self
+        let values = self
             .values
             .iter()
-            .map(|(value, count)| {
-                let mut pair = proto::LabelPair::default();
-                pair.set_name(self.label.to_string());
-                pair.set_value(value.to_string());
-                let mut counter = proto::Counter::default();
-                counter.set_value(count.load(Ordering::Relaxed) as f64);
-                let mut metric = proto::Metric::from_label(vec![pair]);
-                metric.set_counter(counter);
-                metric
+            .map(|(value, count)| (Some(*value), count.load(Ordering::Relaxed) as f64))
+            .collect();
+        vec![family(
+            &self.desc.fq_name,
+            &self.desc.help,
+            MetricType::COUNTER,
+            Some(self.label),
+            values,
+        )]
+    }
+}
+
+/// The policy layer's decisions, read from [`PolicyStats`] when Prometheus scrapes (the request path only bumps
+/// atomics). Every labelled series is present from the start, at 0, so a rate over it works before the first
+/// rejection.
+struct PolicyCollector {
+    stats: Arc<PolicyStats>,
+    ejected: Box<dyn Fn() -> f64 + Send + Sync>,
+    descs: Vec<Desc>,
+}
+
+/// Name, help, label (if any) of each family [`PolicyCollector`] writes, in the order of its `collect`.
+const POLICY_FAMILIES: [(&str, &str, Option<&str>); 8] = [
+    (
+        "hypache_guard_rejects_total",
+        "Requests refused by a guard, by reason (missing_parameters, bad_signature, bad_timestamp, \
+         replayed_nonce, misconfigured, body_too_large).",
+        Some("reason"),
+    ),
+    (
+        "hypache_rate_limited_total",
+        "Requests refused by a rate limit (429, or 403 with compat entree).",
+        None,
+    ),
+    (
+        "hypache_ratelimit_errors_total",
+        "Global rate-limit checks Redis could not answer; the requests were let through.",
+        None,
+    ),
+    (
+        "hypache_breaker_ejections_total",
+        "Backends ejected by a circuit breaker (after failures, or after a failed half-open probe).",
+        None,
+    ),
+    (
+        "hypache_breaker_probes_total",
+        "Half-open probes: requests let through to an ejected backend whose cooldown is over.",
+        None,
+    ),
+    (
+        "hypache_breaker_recoveries_total",
+        "Ejected backends back in rotation after a successful probe.",
+        None,
+    ),
+    (
+        "hypache_breaker_backends_ejected",
+        "Backends held out of rotation by circuit breakers right now (open, or half-open awaiting a probe).",
+        None,
+    ),
+    (
+        "hypache_policy_config_errors_total",
+        "Requests that met a malformed policy hash, by feature (guard, ratelimit, breaker).",
+        Some("feature"),
+    ),
+];
+
+impl PolicyCollector {
+    fn new(stats: Arc<PolicyStats>, ejected: Box<dyn Fn() -> f64 + Send + Sync>) -> Self {
+        let descs = POLICY_FAMILIES
+            .iter()
+            .map(|(name, help, label)| {
+                let labels = label.iter().map(|l| l.to_string()).collect();
+                Desc::new(name.to_string(), help.to_string(), labels, HashMap::new()).unwrap()
             })
             .collect();
-        let mut family = MetricFamily::default();
-        family.set_name(self.desc.fq_name.clone());
-        family.set_help(self.desc.help.clone());
-        family.set_field_type(MetricType::COUNTER);
-        family.set_metric(metrics);
-        vec![family]
+        PolicyCollector {
+            stats,
+            ejected,
+            descs,
+        }
     }
+}
+
+impl Collector for PolicyCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = &self.stats;
+        let guard = GuardReason::ALL
+            .iter()
+            .map(|r| (Some(r.label()), s.guard_rejects(*r) as f64))
+            .collect();
+        let config = Feature::ALL
+            .iter()
+            .map(|f| (Some(f.label()), s.config_errors(*f) as f64))
+            .collect();
+        let one = |v: u64| vec![(None, v as f64)];
+        let values: [Vec<(Option<&str>, f64)>; 8] = [
+            guard,
+            one(s.rate_limited()),
+            one(s.ratelimit_errors()),
+            one(s.breaker_ejections()),
+            one(s.breaker_probes()),
+            one(s.breaker_recoveries()),
+            vec![(None, (self.ejected)())],
+            config,
+        ];
+        POLICY_FAMILIES
+            .iter()
+            .zip(values)
+            .map(|((name, help, label), values)| {
+                let kind = if name.ends_with("_total") {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::GAUGE
+                };
+                family(name, help, kind, *label, values)
+            })
+            .collect()
+    }
+}
+
+/// One metric family of counters or gauges, one series per value (labelled with `label` when given).
+fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: Option<&str>,
+    values: Vec<(Option<&str>, f64)>,
+) -> MetricFamily {
+    let metrics = values
+        .into_iter()
+        .map(|(label_value, value)| {
+            let pairs = match (label, label_value) {
+                (Some(label), Some(label_value)) => {
+                    let mut pair = proto::LabelPair::default();
+                    pair.set_name(label.to_string());
+                    pair.set_value(label_value.to_string());
+                    vec![pair]
+                }
+                _ => Vec::new(),
+            };
+            let mut metric = proto::Metric::from_label(pairs);
+            if kind == MetricType::COUNTER {
+                let mut counter = proto::Counter::default();
+                counter.set_value(value);
+                metric.set_counter(counter);
+            } else {
+                let mut gauge = proto::Gauge::default();
+                gauge.set_value(value);
+                metric.set_gauge(gauge);
+            }
+            metric
+        })
+        .collect();
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
 }
 
 /// Bind the metrics listener (a failure is fatal at start-up, as in PlanB).
@@ -509,6 +663,8 @@ mod tests {
             dropped_access: Arc::new(AtomicU64::new(5)),
             dropped_error: Arc::new(AtomicU64::new(0)),
             runtimes: Vec::new(),
+            policy: Arc::default(),
+            breaker_ejected: Box::new(|| 1.0),
         }
     }
 
@@ -536,6 +692,19 @@ mod tests {
         assert!(text.contains(
             "hypache_frontend_responses_total{frontend=\"a.com\",status_code=\"200\"} 1\n"
         ));
+        // The policy series exist from the start, every label value at 0.
+        assert!(text.contains("# TYPE hypache_guard_rejects_total counter\n"));
+        for reason in GuardReason::ALL {
+            let series = format!(
+                "hypache_guard_rejects_total{{reason=\"{}\"}} 0\n",
+                reason.label()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        assert!(text.contains("hypache_policy_config_errors_total{feature=\"breaker\"} 0\n"));
+        assert!(text.contains("hypache_rate_limited_total 0\n"));
+        assert!(text.contains("# TYPE hypache_breaker_backends_ejected gauge\n"));
+        assert!(text.contains("hypache_breaker_backends_ejected 1\n"));
         drop(guard);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains("planb_reverseproxy_connections_current_open 0\n"));

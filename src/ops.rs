@@ -16,6 +16,7 @@ use crate::access_log::Log;
 use crate::config::Config;
 use crate::inflight::Inflight;
 use crate::metrics::{Metrics, Sources};
+use crate::policy::Policies;
 use crate::proxy::Proxy;
 use crate::server::Tracker;
 
@@ -28,12 +29,14 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Build the registry; `tunnels` and the logs' drop counters are read when Prometheus scrapes.
+    /// Build the registry; `tunnels`, the logs' drop counters and the policy counters are read when Prometheus
+    /// scrapes.
     pub fn new(
         config: &Config,
         tunnels: &Arc<Tracker>,
         access_log: &Log,
         error_log: &Log,
+        policies: &Policies,
         runtimes: Vec<tokio::runtime::Handle>,
     ) -> Telemetry {
         let inflight = Arc::new(Inflight::default());
@@ -49,6 +52,11 @@ impl Telemetry {
             dropped_access: access_log.dropped(),
             dropped_error: error_log.dropped(),
             runtimes: runtimes.clone(),
+            policy: policies.stats().clone(),
+            breaker_ejected: {
+                let count = policies.ejected_counter();
+                Box::new(move || count() as f64)
+            },
         };
         Telemetry {
             metrics: Arc::new(Metrics::new(config.metrics.per_frontend, sources)),

@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use http::Request;
+use http::{header, Request};
 use redis::Value;
 
+use crate::body::{BufferError, Buffered, RequestBody};
 use crate::error::Reject;
 use crate::route::Route;
 use crate::store::RedisClient;
@@ -237,15 +238,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::cli::parse_go_duration(text)
 }
 
-/// Counters of what the policy layer did, for the metrics endpoint.
+/// One of the three policy features, for the metrics' `feature` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Guard = 0,
+    RateLimit = 1,
+    Breaker = 2,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 3] = [Feature::Guard, Feature::RateLimit, Feature::Breaker];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Feature::Guard => "guard",
+            Feature::RateLimit => "ratelimit",
+            Feature::Breaker => "breaker",
+        }
+    }
+}
+
+/// Counters of what the policy layer did, read by the metrics endpoint when it is scraped.
 #[derive(Debug, Default)]
 pub struct PolicyStats {
     guard_rejects: [AtomicU64; GuardReason::ALL.len()],
     rate_limited: AtomicU64,
+    ratelimit_errors: AtomicU64,
     breaker_ejections: AtomicU64,
     breaker_probes: AtomicU64,
     breaker_recoveries: AtomicU64,
-    config_errors: AtomicU64,
+    config_errors: [AtomicU64; Feature::ALL.len()],
 }
 
 impl PolicyStats {
@@ -274,14 +296,27 @@ impl PolicyStats {
         self.breaker_recoveries.load(Ordering::Relaxed)
     }
 
-    /// Requests that met a malformed policy hash.
-    pub fn config_errors(&self) -> u64 {
-        self.config_errors.load(Ordering::Relaxed)
+    /// Global rate-limit checks that Redis could not answer (the request was let through).
+    pub fn ratelimit_errors(&self) -> u64 {
+        self.ratelimit_errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests that met a malformed policy hash of `feature`.
+    pub fn config_errors(&self, feature: Feature) -> u64 {
+        self.config_errors[feature as usize].load(Ordering::Relaxed)
     }
 
     fn count_guard(&self, reason: GuardReason) {
         self.guard_rejects[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Why a body read for `sign_body` ended the request.
+enum BodyFailure {
+    /// A guard rejection, counted as such (over `max_body`, or refused from the head alone).
+    Guard(GuardReason),
+    /// The client's fault but not the guard's verdict (a timeout, a broken body).
+    Other(Reject),
 }
 
 fn bump(counter: &AtomicU64) {
@@ -295,6 +330,9 @@ const CONFIG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Policies {
     /// The write Redis: nonces and global rate limits are shared by every instance through it.
     write: RedisClient,
+    /// How long a body read for `sign_body` may take to arrive: the client read timeout (or the header one),
+    /// so that a slow sender cannot hold a buffer forever.
+    body_timeout: Duration,
     limiter: ratelimit::Limiter,
     breakers: breaker::Breakers,
     stats: Arc<PolicyStats>,
@@ -305,12 +343,17 @@ pub struct Policies {
 /// What a request that passed the policies carries into backend selection.
 pub struct Pass {
     breaker: Option<breaker::Handle>,
+    /// The frontend's rate limit after this request, for the response's `RateLimit-*` headers.
+    pub rate: Option<ratelimit::RateHeaders>,
 }
 
 impl Pass {
     /// No policy applies (WebSocket tunnels, frontends without a breaker).
     pub fn open() -> Pass {
-        Pass { breaker: None }
+        Pass {
+            breaker: None,
+            rate: None,
+        }
     }
 
     /// [`Route::first_live`], also skipping backends that the breaker ejected. May claim a half-open backend's
@@ -337,12 +380,17 @@ impl Pass {
 }
 
 impl Policies {
-    pub fn new(write: RedisClient, breaker_defaults: BreakerDefaults) -> Policies {
+    pub fn new(
+        write: RedisClient,
+        breaker_defaults: BreakerDefaults,
+        body_timeout: Duration,
+    ) -> Policies {
         let stats = Arc::new(PolicyStats::default());
         Policies {
             limiter: ratelimit::Limiter::new(),
             breakers: breaker::Breakers::new(breaker_defaults, stats.clone()),
             write,
+            body_timeout,
             stats,
             logged: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -356,12 +404,18 @@ impl Policies {
         &self.stats
     }
 
+    /// Counts the backends that breakers hold out of rotation right now (read when metrics are scraped).
+    pub fn ejected_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        self.breakers.ejected_counter()
+    }
+
     /// Run the frontend's guard and rate limit on a request. `host` is the Host the request was routed by;
-    /// `log` writes one error-log line about this request.
-    pub async fn admit<B>(
+    /// `log` writes one error-log line about this request. With `sign_body`, the body is read here and the
+    /// request leaves with it buffered.
+    pub async fn admit(
         &self,
         route: &Route,
-        req: &Request<B>,
+        req: &mut Request<RequestBody>,
         host: &str,
         client: IpAddr,
         log: &(dyn Fn(&str) + Sync),
@@ -375,33 +429,45 @@ impl Policies {
         let guard = match &policy.guard {
             None => None,
             Some(Err(e)) => {
-                bump(&self.stats.config_errors);
+                self.count_config_error(Feature::Guard);
+                self.stats.count_guard(GuardReason::Misconfigured);
                 log(&e.to_string());
                 return Err(Reject::Guard(GuardReason::Misconfigured));
             }
-            Some(Ok(config)) => match config.verify(req, host) {
-                Ok(nonce) => Some((config, nonce)),
-                Err(reason) => {
-                    self.stats.count_guard(reason);
-                    return Err(reason.reject());
+            Some(Ok(config)) => {
+                let verified = match self.read_signed_body(config, req).await {
+                    Ok(body_sha256) => config.verify(req, host, body_sha256.as_deref()),
+                    Err(BodyFailure::Guard(reason)) => Err(reason),
+                    Err(BodyFailure::Other(reject)) => return Err(reject),
+                };
+                match verified {
+                    Ok(nonce) => Some((config, nonce)),
+                    Err(reason) => {
+                        self.stats.count_guard(reason);
+                        return Err(reason.reject());
+                    }
                 }
-            },
+            }
         };
+        let mut rate = None;
         match &policy.ratelimit {
             None => {}
-            Some(Err(e)) => self.log_fail_open(e, log),
+            Some(Err(e)) => self.log_fail_open(Feature::RateLimit, e, log),
             Some(Ok(limit)) => {
                 let verdict = self
                     .limiter
                     .check(limit, &self.write, &route.key, req, client)
                     .await;
                 match verdict {
-                    Ok(ratelimit::Verdict::Allowed) => {}
+                    Ok(ratelimit::Verdict::Allowed(headers)) => rate = Some(headers),
                     Ok(ratelimit::Verdict::Limited(reject)) => {
                         bump(&self.stats.rate_limited);
                         return Err(reject);
                     }
-                    Err(e) => self.log_throttled(&format!("ratelimit:{}", route.key), &e, log),
+                    Err(e) => {
+                        bump(&self.stats.ratelimit_errors);
+                        self.log_throttled(&format!("ratelimit:{}", route.key), &e, log)
+                    }
                 }
             }
         }
@@ -420,17 +486,73 @@ impl Policies {
         }
         let breaker = match &policy.breaker {
             Some(Err(e)) => {
-                self.log_fail_open(e, log);
+                self.log_fail_open(Feature::Breaker, e, log);
                 self.breakers.handle(&route.key, None)
             }
             Some(Ok(overrides)) => self.breakers.handle(&route.key, Some(overrides)),
             None => self.breakers.handle(&route.key, None),
         };
-        Ok(Pass { breaker })
+        Ok(Pass { breaker, rate })
     }
 
-    fn log_fail_open(&self, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {
-        bump(&self.stats.config_errors);
+    /// With `sign_body`: refuse what the head alone refuses, then read the body whole (at most `max_body`
+    /// bytes), leave it in the request as a buffered body with its Content-Length, and return its SHA-256.
+    /// Without `sign_body`: nothing (the body keeps streaming).
+    async fn read_signed_body(
+        &self,
+        config: &guard::GuardConfig,
+        req: &mut Request<RequestBody>,
+    ) -> Result<Option<String>, BodyFailure> {
+        if !config.sign_body {
+            return Ok(None);
+        }
+        config.precheck(req).map_err(BodyFailure::Guard)?;
+        let incoming =
+            match std::mem::replace(req.body_mut(), RequestBody::Buffered(Buffered::default())) {
+                RequestBody::Streaming(incoming) => incoming,
+                // Read already (not a path the proxy takes today): hash what is there.
+                RequestBody::Buffered(body) => {
+                    if body.len() > config.max_body {
+                        return Err(BodyFailure::Guard(GuardReason::BodyTooLarge));
+                    }
+                    let mut hash = guard::BodyHash::default();
+                    body.chunks().for_each(|chunk| hash.update(chunk));
+                    *req.body_mut() = RequestBody::Buffered(body);
+                    return Ok(Some(hash.hex()));
+                }
+            };
+        let mut hash = guard::BodyHash::default();
+        let body = crate::body::buffer(incoming, config.max_body, self.body_timeout, |chunk| {
+            hash.update(chunk)
+        })
+        .await
+        .map_err(|e| match e {
+            BufferError::TooLarge => BodyFailure::Guard(GuardReason::BodyTooLarge),
+            BufferError::Timeout => BodyFailure::Other(Reject::BodyTimeout),
+            BufferError::Read(_) => {
+                BodyFailure::Other(Reject::BadRequest("incomplete request body"))
+            }
+        })?;
+        let headers = req.headers_mut();
+        let framed = headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING);
+        // The body is sent whole with its length; the client's framing and its wish to be told to go on with
+        // the body (already read) are spent.
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::EXPECT);
+        if framed || !body.is_empty() {
+            headers.insert(header::CONTENT_LENGTH, body.len().into());
+        }
+        *req.body_mut() = RequestBody::Buffered(body);
+        Ok(Some(hash.hex()))
+    }
+
+    fn count_config_error(&self, feature: Feature) {
+        bump(&self.stats.config_errors[feature as usize]);
+    }
+
+    fn log_fail_open(&self, feature: Feature, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {
+        self.count_config_error(feature);
         let text = format!("{e}; ignored");
         self.log_throttled(&format!("{}\n{}", e.key, e.field), &text, log);
     }

@@ -13,14 +13,14 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessEntry, Log};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::config::{Config, ForwardingPolicy, ResponseStyle};
 use crate::error::Reject;
 use crate::inflight::InflightGuard;
 use crate::metrics::DeadCause;
 use crate::ops::Telemetry;
-use crate::policy::{Outcome, Policies};
-use crate::route::{LookupError, Router};
+use crate::policy::{Outcome, Pass, Policies};
+use crate::route::{LookupError, Route, Router};
 use crate::server::Tracker;
 use crate::store::RedisClient;
 use crate::upstream::{TargetError, Upstream, UpstreamError};
@@ -114,11 +114,9 @@ impl Proxy {
     }
 
     /// Handle one request and produce its response. Never fails: every failure is a [`Reject`].
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        down: Downstream,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, down: Downstream) -> Response<ProxyBody> {
+        // Streamed as it arrives, unless a guard has to read it first (`sign_body`).
+        let mut req = req.map(RequestBody::Streaming);
         if down.conflicting_length {
             return Reject::BadRequest("both Content-Length and Transfer-Encoding").response();
         }
@@ -200,12 +198,12 @@ impl Proxy {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         down: Downstream,
         ctx: &mut Ctx,
         mut entry: AccessEntry,
     ) -> (Response<ProxyBody>, Duration, AccessEntry) {
-        let mut route = match self.lookup(ctx).await {
+        let route = match self.lookup(ctx).await {
             Ok(route) => route,
             Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
         };
@@ -214,12 +212,31 @@ impl Proxy {
         let log = |m: &str| self.log_error(ctx, "?", m);
         let admitted = self
             .policies
-            .admit(&route, &req, &ctx.host, down.peer.ip(), &log)
+            .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log)
             .await;
         let pass = match admitted {
             Ok(pass) => pass,
             Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
         };
+        let rate = pass.rate;
+        let (mut resp, backend_time, entry) = self.relay(req, down, ctx, entry, route, pass).await;
+        // The frontend's rate limit as it stands after this request, on whatever answer it got.
+        if let Some(rate) = rate {
+            rate.insert(resp.headers_mut());
+        }
+        (resp, backend_time, entry)
+    }
+
+    /// Select a backend, rewrite the request for it and send it, failing over on connection failures.
+    async fn relay(
+        &self,
+        mut req: Request<RequestBody>,
+        down: Downstream,
+        ctx: &mut Ctx,
+        mut entry: AccessEntry,
+        mut route: Arc<Route>,
+        pass: Pass,
+    ) -> (Response<ProxyBody>, Duration, AccessEntry) {
         let start = self.router.start_for(&ctx.host, &route);
         let Some(mut index) = pass.first_live(&route, start) else {
             self.log_error(ctx, "?", "all backends are dead");
@@ -526,7 +543,7 @@ impl Proxy {
     }
 
     /// Take the request id from the configured header, or make one (a v4 UUID) when it is missing or empty.
-    fn request_id(&self, req: &mut Request<Incoming>) -> String {
+    fn request_id<B>(&self, req: &mut Request<B>) -> String {
         let Some(name) = &self.config.request_id_header else {
             return String::new();
         };
@@ -614,7 +631,7 @@ impl Proxy {
 }
 
 /// The Host the request is routed by: an absolute-form URI's authority wins over the Host header (Go's rule).
-fn request_host(req: &Request<Incoming>) -> Result<String, Reject> {
+fn request_host<B>(req: &Request<B>) -> Result<String, Reject> {
     if let Some(authority) = req.uri().authority() {
         return Ok(authority.as_str().to_string());
     }
@@ -641,7 +658,7 @@ fn proto(version: Version) -> &'static str {
     }
 }
 
-fn header_text(req: &Request<Incoming>, name: header::HeaderName) -> String {
+fn header_text<B>(req: &Request<B>, name: header::HeaderName) -> String {
     req.headers()
         .get(name)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::body::RequestBody;
+
 /// Idle connections kept per backend (PlanB's transport keeps up to 100).
 const MAX_IDLE_PER_BACKEND: usize = 100;
 
@@ -154,7 +156,7 @@ impl std::fmt::Display for UpstreamError {
 
 /// One backend's idle connections, at most `max` of them.
 struct PoolInner {
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<RequestBody>>>,
     max: usize,
 }
 
@@ -195,8 +197,8 @@ impl Upstream {
     pub async fn send(
         &self,
         target: &Target,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<Incoming>>)> {
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let authority = target.authority();
         let pool = self.pool(&format!("{}://{authority}", target.scheme));
         // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
@@ -243,7 +245,7 @@ impl Upstream {
         &self,
         target: &Target,
         authority: &str,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let stream = self.open(target, authority).await?;
         handshake(stream).await
     }
@@ -319,7 +321,7 @@ fn no_such_host(target: &Target) -> UpstreamError {
     UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host))
 }
 
-async fn handshake(stream: BackendStream) -> Result<SendRequest<Incoming>, UpstreamError> {
+async fn handshake(stream: BackendStream) -> Result<SendRequest<RequestBody>, UpstreamError> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
         .handshake(TokioIo::new(stream))
@@ -360,7 +362,7 @@ fn request_error(e: &hyper::Error) -> String {
     text
 }
 
-fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
+fn checkout(pool: &Pool) -> Option<SendRequest<RequestBody>> {
     let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(sender) = idle.pop() {
         if sender.is_ready() {
@@ -370,7 +372,7 @@ fn checkout(pool: &Pool) -> Option<SendRequest<Incoming>> {
     None
 }
 
-fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
+fn checkin(pool: Pool, mut sender: SendRequest<RequestBody>) {
     if sender.is_ready() {
         let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < pool.max {
@@ -391,7 +393,7 @@ fn checkin(pool: Pool, mut sender: SendRequest<Incoming>) {
 
 fn wrap(
     resp: Response<Incoming>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     pool: Pool,
 ) -> Response<UpstreamBody> {
     resp.map(|inner| {
@@ -472,7 +474,7 @@ impl AsyncWrite for BackendStream {
 /// A backend's response body; the connection goes back to the pool when the body has been read to the end.
 pub struct UpstreamBody {
     inner: Incoming,
-    lease: Option<(SendRequest<Incoming>, Pool)>,
+    lease: Option<(SendRequest<RequestBody>, Pool)>,
 }
 
 impl Body for UpstreamBody {

@@ -72,7 +72,7 @@ fn a_half_open_backend_gets_one_probe_then_recovers() {
     let good = Backend::named("good");
     redis.set_frontend("a.com", &[&flaky.url(), &good.url()]);
     set_breaker(&redis, "a.com", &["failures", "2", "cooldown", "3s"]);
-    let proxy = Proxy::start(&redis, &[]);
+    let proxy = Proxy::start(&redis, &["--metrics-address", "127.0.0.1:0"]);
     assert_eq!(
         bodies(&proxy, "a.com", 4),
         ["broken", "good", "broken", "good"]
@@ -106,6 +106,17 @@ fn a_half_open_backend_gets_one_probe_then_recovers() {
     proxy.wait_stderr("a recovery line", |l| {
         l.contains("circuit breaker: probe succeeded; backend back in rotation")
     });
+    // Ejected, probed and ejected again, probed and recovered: on /metrics too.
+    let m = support::metrics::scrape(proxy.metrics_addr());
+    assert_eq!(
+        m.value("hypache_breaker_ejections_total"),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.value("hypache_breaker_probes_total"), 2.0);
+    assert_eq!(m.value("hypache_breaker_recoveries_total"), 1.0);
+    assert_eq!(m.value("hypache_breaker_backends_ejected"), 0.0);
 }
 
 #[test]
@@ -161,6 +172,26 @@ fn every_backend_ejected_is_503_as_all_dead() {
     set_breaker(&redis, "a.com", &["failures", "2"]);
     let fresh = Proxy::start(&redis, &[]);
     assert_eq!(bodies(&fresh, "a.com", 5), vec!["broken"; 5]);
+}
+
+#[test]
+fn dead_and_ejected_backends_together_are_503_as_all_dead() {
+    let redis = RedisServer::start();
+    let (bad, _) = switchable("bad", true);
+    let dead = Backend::named("dead");
+    redis.set_frontend("a.com", &[&dead.url(), &bad.url()]);
+    redis.query::<i64>(&["SADD", "dead:a.com", "0"]);
+    // One of two may be ejected (50%): the dead one does not count against the cap.
+    set_breaker(&redis, "a.com", &["failures", "1", "cooldown", "1m"]);
+    let proxy = Proxy::start(&redis, &[]);
+    assert_eq!(bodies(&proxy, "a.com", 1), ["broken"]);
+    let resp = get(proxy.addr(), "a.com", "/", &[]);
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body_str(), "all backends are dead");
+    assert_eq!((dead.hits(), bad.hits()), (0, 1));
+    // The dead one revived: it takes the traffic while the other is still ejected.
+    redis.query::<i64>(&["DEL", "dead:a.com"]);
+    assert_eq!(bodies(&proxy, "a.com", 3), vec!["dead"; 3]);
 }
 
 #[test]
@@ -230,6 +261,24 @@ fn a_malformed_breaker_fails_open_and_is_logged() {
         .filter(|l| l.contains(part))
         .count();
     assert_eq!(count, 1);
+    // Every other field that can be wrong, one at a time: each leaves the backend in rotation (a valid
+    // `failures 1` with the cap at 100% would eject it at once) and is logged naming its field.
+    for (field, value) in [
+        ("failures", "-1"),
+        ("window", "0"),
+        ("cooldown", "soon"),
+        ("on", "4xx"),
+        ("max_ejection", "100"),
+    ] {
+        set_breaker(
+            &redis,
+            "a.com",
+            &["failures", "1", "max_ejection_percent", "100", field, value],
+        );
+        assert_eq!(bodies(&proxy, "a.com", 3), vec!["broken"; 3], "{field}");
+        let part = format!(r#"malformed breaker:a.com: field "{field}""#);
+        proxy.wait_stderr(&part, |l| l.contains(&part) && l.ends_with("; ignored"));
+    }
     // Not a hash: also ignored.
     redis.query::<i64>(&["DEL", "breaker:a.com"]);
     redis.query::<()>(&["SET", "breaker:a.com", "on"]);

@@ -263,9 +263,17 @@ fn per_app_secrets() {
 /// proxy's check, the answer can differ once, so one retry with a fresh timestamp is allowed.
 #[track_caller]
 fn assert_timestamp(proxy: &Proxy, offset: i64, accepted: bool) {
+    assert_timestamp_with(offset, accepted, |ts| {
+        entree_get(proxy, "a.com", ts, &fresh_nonce())
+    });
+}
+
+/// [`assert_timestamp`] for any client: `send` makes one request with the given `X-Timestamp`.
+#[track_caller]
+fn assert_timestamp_with(offset: i64, accepted: bool, send: impl Fn(i64) -> Resp) {
     let mut last = None;
     for _attempt in 0..2 {
-        let resp = entree_get(proxy, "a.com", unix_now() + offset, &fresh_nonce());
+        let resp = send(unix_now() + offset);
         if (resp.status == 200) == accepted {
             if !accepted {
                 assert_bad_timestamp(&resp);
@@ -396,6 +404,75 @@ fn hmac_sha256_signs_host_path_and_query() {
     assert_eq!(get(proxy.addr(), "open.com", "/", &[]).status, 200);
 }
 
+/// An HMAC request (no query, no app key, no body line) with the given timestamp and nonce.
+fn hmac_at(host: &str, ts: i64, nonce: &str, secret: &str) -> Vec<(String, String)> {
+    let text = format!("HMAC-SHA256\nGET\n{host}\n/\n\n{ts}\n{nonce}\n");
+    vec![
+        ("X-Timestamp".into(), ts.to_string()),
+        ("X-Nonce".into(), nonce.into()),
+        ("X-Sign".into(), hmac_sign(&text, secret)),
+    ]
+}
+
+fn send_owned(proxy: &Proxy, host: &str, headers: &[(String, String)]) -> Resp {
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    get(proxy.addr(), host, "/", &h)
+}
+
+#[test]
+fn hmac_mode_refuses_stale_future_and_replayed_requests() {
+    let (redis, proxy, backend) = setup(&["secret", "k3y", "time_window", "30"]);
+    let hmac_get = |ts: i64| {
+        send_owned(
+            &proxy,
+            "a.com",
+            &hmac_at("a.com", ts, &fresh_nonce(), "k3y"),
+        )
+    };
+    // Both edges of the window pass; one second beyond either is refused, as is an hour off.
+    for (offset, accepted) in [
+        (0, true),
+        (-30, true),
+        (30, true),
+        (-31, false),
+        (31, false),
+        (-3600, false),
+        (3600, false),
+    ] {
+        assert_timestamp_with(offset, accepted, hmac_get);
+    }
+    // A stale timestamp signed with the wrong secret is a bad signature first.
+    let resp = send_owned(
+        &proxy,
+        "a.com",
+        &hmac_at("a.com", unix_now() - 3600, &fresh_nonce(), "other"),
+    );
+    assert_guard_reject(&resp, 100403, "invalid sign");
+
+    // Replayed, on this process and on a second one sharing the Redis.
+    let second = Proxy::start(&redis, &[]);
+    let signed = hmac_at("a.com", unix_now(), &fresh_nonce(), "k3y");
+    assert_eq!(send_owned(&second, "a.com", &signed).status, 200);
+    let replay = send_owned(&proxy, "a.com", &signed);
+    assert_guard_reject(&replay, 100410, "dupliacted nonce");
+    let replay = send_owned(&second, "a.com", &signed);
+    assert_guard_reject(&replay, 100410, "dupliacted nonce");
+    let passed = backend.hits();
+
+    // nonce_ttl 0 turns anti-replay off: the same request passes twice and no nonce is stored.
+    redis.query::<i64>(&["HSET", "guard:a.com", "nonce_ttl", "0"]);
+    let nonce = fresh_nonce();
+    let signed = hmac_at("a.com", unix_now(), &nonce, "k3y");
+    assert_eq!(send_owned(&proxy, "a.com", &signed).status, 200);
+    assert_eq!(send_owned(&proxy, "a.com", &signed).status, 200);
+    assert_eq!(backend.hits(), passed + 2);
+    let stored: i64 = redis.query(&["EXISTS", &format!("guard-nonce:a.com:{nonce}")]);
+    assert_eq!(stored, 0);
+}
+
 #[track_caller]
 fn assert_fails_closed(redis: &RedisServer, proxy: &Proxy, backend: &Backend, log_part: &str) {
     let signed = entree_request(
@@ -463,6 +540,26 @@ fn a_malformed_guard_fails_closed_and_names_key_and_field() {
         r#"malformed guard:a.com: field "secert": unknown field"#,
     );
 
+    // Every other field that can be wrong, one at a time.
+    for (field, value, why) in [
+        ("secret", "", "empty secret"),
+        ("secret:app1", "", "empty secret"),
+        ("nonce_ttl", "-1", "is not a whole number"),
+        ("time_window", "1.5", "is not a whole number"),
+    ] {
+        redis.query::<i64>(&["DEL", "guard:a.com"]);
+        redis.query::<i64>(&["HSET", "guard:a.com", "mode", "entree", "secret", "s3cret"]);
+        redis.query::<i64>(&["HSET", "guard:a.com", field, value]);
+        assert_fails_closed(
+            &redis,
+            &proxy,
+            &backend,
+            &format!(r#"malformed guard:a.com: field "{field}": "#),
+        );
+        let line = proxy.wait_stderr(why, |l| l.contains(field) && l.contains(why));
+        assert!(line.contains("guard:a.com"), "{line}");
+    }
+
     // Not a hash at all.
     redis.query::<i64>(&["DEL", "guard:a.com"]);
     redis.query::<()>(&["SET", "guard:a.com", "s3cret"]);
@@ -477,13 +574,262 @@ fn a_malformed_guard_fails_closed_and_names_key_and_field() {
     );
 }
 
+fn sha256_hex(body: &[u8]) -> String {
+    Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An HMAC client for a `sign_body` frontend: `body` adds the tenth line, the body's SHA-256 (`None`: a client
+/// that does not sign the body).
+fn hmac_signed(method: &str, host: &str, path: &str, body: Option<&[u8]>, secret: &str) -> Signed {
+    let (ts, nonce) = (unix_now().to_string(), fresh_nonce());
+    let mut text = format!("HMAC-SHA256\n{method}\n{host}\n{path}\n\n{ts}\n{nonce}\n");
+    if let Some(body) = body {
+        text.push('\n');
+        text.push_str(&sha256_hex(body));
+    }
+    Signed {
+        path: path.to_string(),
+        headers: vec![
+            ("X-Timestamp".into(), ts),
+            ("X-Nonce".into(), nonce),
+            ("X-Sign".into(), hmac_sign(&text, secret)),
+        ],
+    }
+}
+
+const SIGN_BODY: &[&str] = &["secret", "k3y", "sign_body", "1", "max_body", "16"];
+
 #[test]
-fn sign_body_is_refused_until_bodies_can_be_signed() {
-    let (_redis, proxy, backend) = setup(&["mode", "hmac-sha256", "secret", "k", "sign_body", "1"]);
-    let resp = get(proxy.addr(), "a.com", "/r", &[]);
-    assert_guard_reject(&resp, 100400, "guard misconfigured");
+fn sign_body_covers_the_body_which_reaches_the_backend_intact() {
+    let (_redis, proxy, backend) = setup(SIGN_BODY);
+    let body = br#"{"amount":10}"#;
+    let signed = hmac_signed("POST", "a.com", "/pay", Some(body), "k3y");
+    let resp = request(
+        proxy.addr(),
+        "POST",
+        "a.com",
+        "/pay",
+        &signed.headers(),
+        body,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    let seen = backend.single_request();
+    assert_eq!(seen.body, body);
+    assert_eq!(seen.header("content-length"), Some("13"));
+
+    // The same signature with another body of the same length, and a signature without the body line, are
+    // refused before the backend sees anything.
+    let signed = hmac_signed("POST", "a.com", "/pay", Some(body), "k3y");
+    let other = br#"{"amount":99}"#;
+    let resp = request(
+        proxy.addr(),
+        "POST",
+        "a.com",
+        "/pay",
+        &signed.headers(),
+        other,
+    );
+    assert_guard_reject(&resp, 100403, "invalid sign");
+    let unsigned_body = hmac_signed("POST", "a.com", "/pay", None, "k3y");
+    let resp = request(
+        proxy.addr(),
+        "POST",
+        "a.com",
+        "/pay",
+        &unsigned_body.headers(),
+        body,
+    );
+    assert_guard_reject(&resp, 100403, "invalid sign");
+    assert_eq!(backend.hits(), 1);
+
+    // A chunked body is verified whole and forwarded with its length instead of its chunks.
+    let signed = hmac_signed("PUT", "a.com", "/c", Some(b"hello world"), "k3y");
+    let mut headers = signed.headers();
+    headers.push(("Transfer-Encoding", "chunked"));
+    let chunks = b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n";
+    let resp = request(proxy.addr(), "PUT", "a.com", "/c", &headers, chunks);
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    let seen = backend.requests().pop().unwrap();
+    assert_eq!(seen.body_str(), "hello world");
+    assert!(!seen.chunked, "{seen:?}");
+    assert_eq!(seen.header("content-length"), Some("11"));
+    assert!(!seen.has_header("transfer-encoding"));
+
+    // No body at all: the SHA-256 of nothing is signed.
+    let signed = hmac_signed("GET", "a.com", "/", Some(b""), "k3y");
+    let resp = get(proxy.addr(), "a.com", "/", &signed.headers());
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    assert_eq!(backend.requests().pop().unwrap().body, b"");
+}
+
+#[track_caller]
+fn assert_413(resp: &Resp) {
+    assert_eq!(resp.status, 413, "{}", resp.head_text());
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert_eq!(
+        resp.body_str(),
+        r#"{"code":100413,"msg":"request body too large"}"#
+    );
+}
+
+#[test]
+fn a_body_over_max_body_is_413_and_never_forwarded() {
+    let (_redis, proxy, backend) = setup(SIGN_BODY);
+    // Exactly max_body passes.
+    let body = [b'x'; 16];
+    let signed = hmac_signed("POST", "a.com", "/", Some(&body), "k3y");
+    let resp = request(proxy.addr(), "POST", "a.com", "/", &signed.headers(), &body);
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+
+    // One byte more, announced by Content-Length.
+    let body = [b'x'; 17];
+    let signed = hmac_signed("POST", "a.com", "/", Some(&body), "k3y");
+    assert_413(&request(
+        proxy.addr(),
+        "POST",
+        "a.com",
+        "/",
+        &signed.headers(),
+        &body,
+    ));
+
+    // Found while reading a chunked body.
+    let signed = hmac_signed("POST", "a.com", "/", Some(&body), "k3y");
+    let mut headers = signed.headers();
+    headers.push(("Transfer-Encoding", "chunked"));
+    let chunks = b"a\r\nxxxxxxxxxx\r\n7\r\nxxxxxxx\r\n0\r\n\r\n";
+    assert_413(&request(
+        proxy.addr(),
+        "POST",
+        "a.com",
+        "/",
+        &headers,
+        chunks,
+    ));
+
+    // Refused from the Content-Length alone: a client waiting for 100 Continue never has to send the body.
+    let signed = hmac_signed("POST", "a.com", "/", Some(&[b'x'; 1000]), "k3y");
+    let mut headers = signed.headers();
+    headers.push(("Content-Length", "1000"));
+    headers.push(("Expect", "100-continue"));
+    let resp = exchange(
+        proxy.addr(),
+        &build_request("POST", Some("a.com"), "/", &headers, b""),
+    );
+    assert_413(&resp);
+    assert_eq!(backend.hits(), 1);
+}
+
+#[test]
+fn a_signed_body_that_does_not_arrive_in_time_is_408() {
+    let redis = RedisServer::start();
+    let backend = Backend::named("ok");
+    redis.set_frontend("a.com", &[&backend.url()]);
+    redis.query::<i64>(&["HSET", "guard:a.com", "secret", "k3y", "sign_body", "1"]);
+    let proxy = Proxy::start(&redis, &["--client-read-timeout", "1s"]);
+    let signed = hmac_signed("POST", "a.com", "/", Some(b"0123456789"), "k3y");
+    let mut headers = signed.headers();
+    headers.push(("Content-Length", "10"));
+    let mut conn = ClientConn::connect(proxy.addr());
+    let mut bytes = build_request("POST", Some("a.com"), "/", &headers, b"");
+    bytes.extend_from_slice(b"012");
+    conn.send(&bytes).unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 408, "{}", resp.head_text());
+    assert_eq!(resp.header("connection"), Some("close"));
     assert_eq!(backend.hits(), 0);
-    proxy.wait_stderr("naming sign_body", |l| {
-        l.contains(r#"malformed guard:a.com: field "sign_body": not supported yet"#)
+}
+
+#[test]
+fn without_sign_body_a_guarded_body_streams_to_the_backend() {
+    // A raw backend, to see the body's first chunk arrive while the client has not sent the rest.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_url = format!("http://{}", listener.local_addr().unwrap());
+    let (first_chunk_seen, seen) = std::sync::mpsc::channel::<Vec<u8>>();
+    let backend = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "the proxy closed: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            if !told && got.windows(6).any(|w| w == b"first-") {
+                first_chunk_seen.send(got.clone()).unwrap();
+                told = true;
+            }
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .unwrap();
+        got
     });
+    let redis = RedisServer::start();
+    redis.set_frontend("a.com", &[&backend_url]);
+    redis.query::<i64>(&["HSET", "guard:a.com", "secret", "k3y"]);
+    let proxy = Proxy::start(&redis, &[]);
+    let signed = hmac_signed("POST", "a.com", "/up", None, "k3y");
+    let mut headers = signed.headers();
+    headers.push(("Transfer-Encoding", "chunked"));
+    let mut conn = ClientConn::connect(proxy.addr());
+    let mut head = build_request("POST", Some("a.com"), "/up", &headers, b"");
+    head.extend_from_slice(b"6\r\nfirst-\r\n");
+    conn.send(&head).unwrap();
+    let received = seen
+        .recv_timeout(secs(10))
+        .expect("the first chunk reaches the backend before the body is complete");
+    assert!(
+        String::from_utf8_lossy(&received).contains("Transfer-Encoding: chunked"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    conn.send(b"4\r\nlast\r\n0\r\n\r\n").unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.head_text());
+    assert_eq!(resp.body_str(), "ok");
+    let got = String::from_utf8(backend.join().unwrap()).unwrap();
+    assert!(
+        got.contains("first-") && got.ends_with("last\r\n0\r\n\r\n"),
+        "{got}"
+    );
+}
+
+#[test]
+fn malformed_body_settings_fail_closed() {
+    let (redis, proxy, backend) = setup(&["mode", "entree", "secret", "s3cret", "sign_body", "1"]);
+    assert_fails_closed(
+        &redis,
+        &proxy,
+        &backend,
+        r#"malformed guard:a.com: field "sign_body": only mode hmac-sha256 can sign the body"#,
+    );
+    for (field, value) in [("sign_body", "sometimes"), ("max_body", "1MiB")] {
+        redis.query::<i64>(&["DEL", "guard:a.com"]);
+        redis.query::<i64>(&[
+            "HSET",
+            "guard:a.com",
+            "mode",
+            "entree",
+            "secret",
+            "s3cret",
+            field,
+            value,
+        ]);
+        assert_fails_closed(
+            &redis,
+            &proxy,
+            &backend,
+            &format!(r#"malformed guard:a.com: field "{field}""#),
+        );
+    }
 }

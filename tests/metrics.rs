@@ -200,6 +200,115 @@ fn markdead_counts_even_when_the_redis_write_fails() {
 }
 
 #[test]
+fn policy_decisions_are_counted() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &[]);
+    let ok = Backend::named("ok");
+    let broken = Backend::start(|_| Reply::text(500, "broken"));
+    let hset = |key: &str, fields: &[&str]| {
+        let mut args = vec!["HSET", key];
+        args.extend_from_slice(fields);
+        redis.query::<i64>(&args);
+    };
+    let status =
+        |host: &str, headers: &[(&str, &str)]| get(proxy.addr(), host, "/", headers).status;
+    // Before anything happened every series is there, at 0.
+    let m = scrape(proxy.metrics_addr());
+    assert!(
+        m.has("hypache_guard_rejects_total{reason=\"bad_signature\"}"),
+        "{}",
+        m.text
+    );
+    assert!(m.has("hypache_breaker_backends_ejected"), "{}", m.text);
+
+    // Guard: two requests without headers, one with a wrong signature, one over max_body.
+    redis.set_frontend("guard.com", &[&ok.url()]);
+    hset(
+        "guard:guard.com",
+        &["secret", "k", "sign_body", "1", "max_body", "4"],
+    );
+    assert_eq!(status("guard.com", &[]), 403);
+    assert_eq!(status("guard.com", &[]), 403);
+    let bad = [("X-Sign", "00"), ("X-Timestamp", "1"), ("X-Nonce", "n")];
+    let resp = request(proxy.addr(), "POST", "guard.com", "/", &bad, b"0123456789");
+    assert_eq!(resp.status, 413);
+    assert_eq!(status("guard.com", &bad), 403);
+    // A malformed guard: a rejection, and a configuration error.
+    redis.set_frontend("broken-guard.com", &[&ok.url()]);
+    hset("guard:broken-guard.com", &["mode", "md5", "secret", "k"]);
+    assert_eq!(status("broken-guard.com", &[]), 403);
+
+    // Rate limit: a burst of one, then two refused.
+    redis.set_frontend("limited.com", &[&ok.url()]);
+    hset(
+        "ratelimit:limited.com",
+        &["rate", "1", "period", "1m", "burst", "1"],
+    );
+    assert_eq!(status("limited.com", &[]), 200);
+    assert_eq!(status("limited.com", &[]), 429);
+    assert_eq!(status("limited.com", &[]), 429);
+    // A malformed limit, met twice; a global limit Redis cannot run.
+    redis.set_frontend("bad-limit.com", &[&ok.url()]);
+    hset("ratelimit:bad-limit.com", &["rate", "lots"]);
+    assert_eq!(status("bad-limit.com", &[]), 200);
+    assert_eq!(status("bad-limit.com", &[]), 200);
+    redis.set_frontend("global.com", &[&ok.url()]);
+    hset("ratelimit:global.com", &["rate", "1", "scope", "global"]);
+    redis.query::<i64>(&["RPUSH", "ratelimit-state:global.com:127.0.0.1", "x"]);
+    assert_eq!(status("global.com", &[]), 200);
+
+    // Breaker: one failure ejects the broken backend of two.
+    redis.set_frontend("breaker.com", &[&broken.url(), &ok.url()]);
+    hset(
+        "breaker:breaker.com",
+        &[
+            "failures",
+            "1",
+            "cooldown",
+            "1m",
+            "max_ejection_percent",
+            "50",
+        ],
+    );
+    assert_eq!(status("breaker.com", &[]), 500);
+    assert_eq!(status("breaker.com", &[]), 200);
+    assert_eq!(status("breaker.com", &[]), 200);
+
+    let m = scrape(proxy.metrics_addr());
+    let guard = |reason: &str| {
+        m.value(&format!(
+            "hypache_guard_rejects_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(guard("missing_parameters"), 2.0, "{}", m.text);
+    assert_eq!(guard("bad_signature"), 1.0);
+    assert_eq!(guard("body_too_large"), 1.0);
+    assert_eq!(guard("misconfigured"), 1.0);
+    assert_eq!(guard("bad_timestamp"), 0.0);
+    assert_eq!(guard("replayed_nonce"), 0.0);
+    let config = |feature: &str| {
+        m.value(&format!(
+            "hypache_policy_config_errors_total{{feature=\"{feature}\"}}"
+        ))
+    };
+    assert_eq!(config("guard"), 1.0);
+    assert_eq!(config("ratelimit"), 2.0);
+    assert_eq!(config("breaker"), 0.0);
+    assert_eq!(m.value("hypache_rate_limited_total"), 2.0);
+    assert_eq!(m.value("hypache_ratelimit_errors_total"), 1.0);
+    assert_eq!(m.value("hypache_breaker_ejections_total"), 1.0);
+    assert_eq!(m.value("hypache_breaker_backends_ejected"), 1.0);
+    assert_eq!(m.value("hypache_breaker_probes_total"), 0.0);
+    assert_eq!(m.value("hypache_breaker_recoveries_total"), 0.0);
+    assert!(
+        m.text
+            .contains("# TYPE hypache_breaker_backends_ejected gauge\n"),
+        "{}",
+        m.text
+    );
+}
+
+#[test]
 fn other_paths_get_404() {
     let redis = RedisServer::start();
     let proxy = start(&redis, &[]);

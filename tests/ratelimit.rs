@@ -46,11 +46,34 @@ fn assert_429(resp: &Resp, limit: u64) {
     assert!(reset >= retry, "reset {reset} < retry-after {retry}");
 }
 
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` of a response, as numbers.
+#[track_caller]
+fn rate_headers(resp: &Resp) -> (u64, u64, u64) {
+    let number = |name: &str| -> u64 {
+        resp.header(name)
+            .unwrap_or_else(|| panic!("no {name} in {}", resp.head_text()))
+            .parse()
+            .unwrap()
+    };
+    (
+        number("ratelimit-limit"),
+        number("ratelimit-remaining"),
+        number("ratelimit-reset"),
+    )
+}
+
 #[test]
 fn a_burst_passes_exactly_then_429_with_headers() {
     // One request a minute refills nothing during the test: exactly `burst` pass.
     let (_redis, proxy, backend) = setup(&["rate", "1", "period", "60", "burst", "5"]);
-    assert_eq!(statuses(&proxy, 5, &[]), [200; 5]);
+    // Passed responses tell the client where it stands: the bucket after this request, and how long until it
+    // is full again (one minute per request taken).
+    for taken in 1..=5 {
+        let resp = get(proxy.addr(), "a.com", "/", &[]);
+        assert_eq!(resp.status, 200, "{}", resp.head_text());
+        assert_eq!(rate_headers(&resp), (5, 5 - taken, 60 * taken));
+        assert!(!resp.has_header("retry-after"));
+    }
     let resp = get(proxy.addr(), "a.com", "/", &[]);
     assert_429(&resp, 5);
     assert!(resp.header("retry-after").unwrap().parse::<u64>().unwrap() >= 50);
@@ -64,8 +87,35 @@ fn a_burst_passes_exactly_then_429_with_headers() {
     let other = Backend::named("other");
     _redis.set_frontend("b.com", &[&other.url()]);
     for _ in 0..10 {
-        assert_eq!(get(proxy.addr(), "b.com", "/", &[]).status, 200);
+        let resp = get(proxy.addr(), "b.com", "/", &[]);
+        assert_eq!(resp.status, 200);
+        assert!(
+            !resp.has_header("ratelimit-remaining"),
+            "{}",
+            resp.head_text()
+        );
     }
+}
+
+#[test]
+fn the_proxy_limit_replaces_a_backends_own_headers() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(|_| {
+        Reply::text(200, "ok")
+            .header("RateLimit-Limit", "1000")
+            .header("RateLimit-Remaining", "999")
+            .header("RateLimit-Reset", "1")
+    });
+    redis.set_frontend("a.com", &[&backend.url()]);
+    set_limit(&redis, &["rate", "10", "period", "1m", "burst", "3"]);
+    let proxy = Proxy::start(&redis, &[]);
+    let resp = get(proxy.addr(), "a.com", "/", &[]);
+    assert_eq!(resp.header_all("ratelimit-remaining"), ["2"]);
+    assert_eq!(rate_headers(&resp), (3, 2, 6));
+    // A frontend without a limit passes the backend's through untouched.
+    redis.set_frontend("b.com", &[&backend.url()]);
+    let resp = get(proxy.addr(), "b.com", "/", &[]);
+    assert_eq!(rate_headers(&resp), (1000, 999, 1));
 }
 
 #[test]
@@ -134,20 +184,53 @@ fn a_global_limit_is_shared_by_two_processes() {
     let (redis, first, backend) =
         setup(&["rate", "1", "period", "60", "burst", "4", "scope", "global"]);
     let second = Proxy::start(&redis, &[]);
-    let mut passed = 0;
+    // Alternating between the two, each answer counts the other's requests too.
     for i in 0..4 {
         let proxy = if i % 2 == 0 { &first } else { &second };
-        let status = get(proxy.addr(), "a.com", "/", &[]).status;
-        assert_eq!(status, 200, "request {i}");
-        passed += 1;
+        let resp = get(proxy.addr(), "a.com", "/", &[]);
+        assert_eq!(resp.status, 200, "request {i}");
+        assert_eq!(rate_headers(&resp).1, 3 - i, "request {i}");
     }
-    assert_eq!(passed, 4);
     assert_429(&get(first.addr(), "a.com", "/", &[]), 4);
     assert_429(&get(second.addr(), "a.com", "/", &[]), 4);
     assert_eq!(backend.hits(), 4);
     // The shared state lives on the write Redis with a TTL.
     let ttl: i64 = redis.query(&["PTTL", "ratelimit-state:a.com:127.0.0.1"]);
     assert!(ttl > 0, "PTTL {ttl}");
+}
+
+/// `n` requests at once, spread over `proxies`; the statuses in no particular order.
+fn concurrent(proxies: &[&Proxy], n: usize) -> Vec<u16> {
+    let addrs: Vec<_> = proxies.iter().map(|p| p.addr()).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (addr, barrier) = (addrs[i % addrs.len()], barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                get(addr, "a.com", "/", &[]).status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn limits_hold_exactly_under_concurrency() {
+    // Local: one process, its buckets updated by compare-and-swap from every worker thread.
+    let (redis, proxy, _backend) = setup(&["rate", "1", "period", "60", "burst", "8"]);
+    let got = concurrent(&[&proxy], 24);
+    assert_eq!(got.iter().filter(|s| **s == 200).count(), 8, "{got:?}");
+    assert_eq!(got.iter().filter(|s| **s == 429).count(), 16, "{got:?}");
+    // Global: two processes racing on one Redis script.
+    set_limit(
+        &redis,
+        &["rate", "1", "period", "60", "burst", "8", "scope", "global"],
+    );
+    let second = Proxy::start(&redis, &[]);
+    let got = concurrent(&[&proxy, &second], 24);
+    assert_eq!(got.iter().filter(|s| **s == 200).count(), 8, "{got:?}");
+    assert_eq!(got.iter().filter(|s| **s == 429).count(), 16, "{got:?}");
 }
 
 #[test]
@@ -172,6 +255,41 @@ fn a_malformed_limit_fails_open_and_is_logged_once() {
         l.contains(r#"malformed ratelimit:a.com: field "scope""#)
     });
 
+    // Every other way a hash can be wrong, each on a frontend of its own (the log says the same thing about
+    // the same key and field once per 10 s): requests pass (a burst of 1 would refuse the second) and the log
+    // names the key and field.
+    for (i, (field, value)) in [
+        ("period", "0"),
+        ("period", "soon"),
+        ("burst", "0"),
+        ("by", "cookie:session"),
+        ("by", "header:bad header"),
+        ("compat", "nginx"),
+        ("bursts", "1"),
+        ("rate", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let host = format!("m{i}.com");
+        let key = format!("ratelimit:{host}");
+        redis.set_frontend(&host, &[&backend.url()]);
+        let mut args = vec!["HSET", &key, "period", "1m", "burst", "1", field, value];
+        if field != "rate" {
+            args.extend(["rate", "1"]);
+        }
+        redis.query::<i64>(&args);
+        for _ in 0..2 {
+            assert_eq!(
+                get(proxy.addr(), &host, "/", &[]).status,
+                200,
+                "{field} {value}"
+            );
+        }
+        let part = format!(r#"malformed {key}: field "{field}""#);
+        proxy.wait_stderr(&part, |l| l.contains(&part) && l.ends_with("; ignored"));
+    }
+
     // Not a hash.
     redis.query::<i64>(&["DEL", "ratelimit:a.com"]);
     redis.query::<i64>(&["RPUSH", "ratelimit:a.com", "10"]);
@@ -179,7 +297,7 @@ fn a_malformed_limit_fails_open_and_is_logged_once() {
     proxy.wait_stderr("naming the key with WRONGTYPE", |l| {
         l.contains("malformed ratelimit:a.com: WRONGTYPE")
     });
-    assert_eq!(backend.hits(), 11);
+    assert_eq!(backend.hits(), 27);
 }
 
 #[test]

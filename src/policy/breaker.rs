@@ -99,9 +99,16 @@ impl Outcome {
 pub struct BreakerDefaults {
     /// Failures within `window` that eject a backend; 0: no breaker unless a frontend has a `breaker:` hash.
     pub failures: u32,
+    /// How recent the counted failures must be, so that a few errors spread over a day never eject anything.
     pub window: Duration,
+    /// How long an ejected backend is skipped before one probe: long enough for it to recover (or be
+    /// restarted), short enough that capacity comes back without an operator.
     pub cooldown: Duration,
+    /// Which results count as failures: a backend whose 5xx are meaningful answers can count only
+    /// connection errors and timeouts.
     pub on: On,
+    /// Most backends of one frontend ejected at once, in percent: a frontend-wide problem (a bad deploy, a
+    /// database down) must not empty the rotation, as Envoy's outlier detection caps it.
     pub max_ejection_percent: u8,
 }
 
@@ -117,7 +124,8 @@ impl Default for BreakerDefaults {
     }
 }
 
-/// A parsed `breaker:<key>` hash: each field overrides the flag of the same name.
+/// A parsed `breaker:<key>` hash: each field overrides the flag of the same name (see [`BreakerDefaults`] for
+/// why each exists), so one frontend can be tuned, or opted out with `failures 0`, without a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BreakerOverrides {
     pub failures: Option<u32>,
@@ -228,6 +236,22 @@ impl Breakers {
                 .max_capacity(MAX_FRONTENDS)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
+        }
+    }
+
+    /// Counts the backends held out of rotation right now, over every frontend: open and not yet due, or
+    /// half-open waiting for their probe. Walks every breaker, so it is for a metrics scrape, not a request.
+    pub fn ejected_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let frontends = self.frontends.clone();
+        move || {
+            let now = Instant::now();
+            frontends
+                .iter()
+                .map(|(_, frontend)| {
+                    let backends = frontend.lock().unwrap_or_else(|p| p.into_inner());
+                    backends.values().filter(|b| b.ejected(now)).count()
+                })
+                .sum()
         }
     }
 

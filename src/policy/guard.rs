@@ -3,10 +3,12 @@
 //!
 //! Fields: `mode` (`hmac-sha256`, the default, or `entree`), `secret` and/or `secret:<app-key>`, `time_window`
 //! (seconds, default 600, both ends inclusive), `nonce_ttl` (seconds, default twice the window so a captured
-//! request can never be replayed while its timestamp is still accepted; 0 turns anti-replay off).
+//! request can never be replayed while its timestamp is still accepted; 0 turns anti-replay off), and for
+//! `hmac-sha256` only, `sign_body` (the signature also covers the SHA-256 of the body, which is then read whole
+//! before anything is forwarded) with `max_body` (bytes, default 1 MiB).
 //!
 //! Rejections are entree's 403 JSON bodies: 100401 missing parameters, 100403 bad signature, 100405 bad
-//! timestamp, 100410 replayed nonce.
+//! timestamp, 100410 replayed nonce; a body over `max_body` is 413 with a body in the same style (100413).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,10 @@ use crate::store::{RedisClient, StoreError};
 
 /// Longest `X-Nonce` accepted: nonces become Redis keys.
 const MAX_NONCE: usize = 256;
+/// `max_body` when not set: nginx's `client_max_body_size` default, plenty for the API calls that get signed.
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+/// The largest `max_body` accepted: a signed body is held in memory, once per request in flight.
+pub const MAX_MAX_BODY: u64 = 64 * 1024 * 1024;
 
 /// Why a guard refused a request (also the metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,15 +43,18 @@ pub enum GuardReason {
     Replayed = 3,
     /// The frontend's `guard:<key>` hash is malformed: every request is refused until it is fixed.
     Misconfigured = 4,
+    /// With `sign_body`, the body is longer than `max_body` (413, 100413).
+    BodyTooLarge = 5,
 }
 
 impl GuardReason {
-    pub const ALL: [GuardReason; 5] = [
+    pub const ALL: [GuardReason; 6] = [
         GuardReason::MissingParams,
         GuardReason::BadSign,
         GuardReason::BadTimestamp,
         GuardReason::Replayed,
         GuardReason::Misconfigured,
+        GuardReason::BodyTooLarge,
     ];
 
     /// A short label for metrics.
@@ -56,6 +65,7 @@ impl GuardReason {
             GuardReason::BadTimestamp => "bad_timestamp",
             GuardReason::Replayed => "replayed_nonce",
             GuardReason::Misconfigured => "misconfigured",
+            GuardReason::BodyTooLarge => "body_too_large",
         }
     }
 
@@ -67,6 +77,7 @@ impl GuardReason {
             GuardReason::BadTimestamp => 100405,
             GuardReason::Replayed => 100410,
             GuardReason::Misconfigured => 100400,
+            GuardReason::BodyTooLarge => 100413,
         }
     }
 
@@ -78,6 +89,7 @@ impl GuardReason {
             GuardReason::BadTimestamp => "invalid timestamp",
             GuardReason::Replayed => "dupliacted nonce",
             GuardReason::Misconfigured => "guard misconfigured",
+            GuardReason::BodyTooLarge => "request body too large",
         }
     }
 
@@ -91,7 +103,8 @@ impl GuardReason {
 pub enum Mode {
     /// entree: `base64(hex(md5(appKey\nMETHOD\ncontentType\npath\nquery\ntimestamp\nnonce\nsecret)))`.
     Entree,
-    /// HMAC-SHA256 over method, host, path, query, timestamp, nonce and app key (see [`hmac_string`]).
+    /// HMAC-SHA256 over method, host, path, query, timestamp, nonce, app key and, with `sign_body`, the body's
+    /// SHA-256 (see [`hmac_string`]).
     HmacSha256,
 }
 
@@ -108,31 +121,38 @@ impl std::fmt::Debug for Secret {
 /// A parsed `guard:<key>` hash.
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
+    /// entree's scheme, so entree clients keep working unchanged, or HMAC-SHA256, which also signs the host
+    /// and (optionally) the body and is not MD5.
     pub mode: Mode,
     /// The `secret` field: used for every app key without a `secret:<app-key>` field of its own.
     secret: Option<Secret>,
-    /// `secret:<app-key>` fields.
+    /// `secret:<app-key>` fields: one secret per partner, so one can be rotated or revoked alone.
     app_secrets: Vec<(Vec<u8>, Secret)>,
-    /// Seconds `X-Timestamp` may differ from now, both ends inclusive.
+    /// Seconds `X-Timestamp` may differ from now, both ends inclusive: bounds how long a captured request
+    /// stays usable, with room for clock skew between clients and the proxy.
     pub time_window: u64,
-    /// Seconds a nonce is remembered; 0: no anti-replay.
+    /// Seconds a nonce is remembered, so a captured request cannot be sent again inside the window; 0: no
+    /// anti-replay (one Redis write per request saved).
     pub nonce_ttl: u64,
+    /// `sign_body` (hmac-sha256 only): the signature covers the body too, so a captured request cannot be
+    /// replayed with another body. Costs buffering the body before it is forwarded, hence off by default.
+    pub sign_body: bool,
+    /// Longest body accepted with `sign_body`, in bytes: the body is held in memory until it is verified, so
+    /// it needs a bound; longer is 413.
+    pub max_body: u64,
 }
 
 impl GuardConfig {
     pub fn parse(fields: &Fields) -> FieldResult<GuardConfig> {
-        for name in ["sign_body", "max_body"] {
-            if fields.get(name).is_some() {
-                // Refused rather than ignored: a guard that silently skipped the body would pass requests the
-                // operator meant to refuse.
-                return Err((
-                    name.into(),
-                    "not supported yet: request bodies cannot be signed".into(),
-                ));
-            }
-        }
         fields.only(
-            &["mode", "secret", "time_window", "nonce_ttl"],
+            &[
+                "mode",
+                "secret",
+                "time_window",
+                "nonce_ttl",
+                "sign_body",
+                "max_body",
+            ],
             &["secret:"],
         )?;
         let mode = match fields.get("mode").map(str::trim) {
@@ -172,12 +192,43 @@ impl GuardConfig {
         let nonce_ttl = fields
             .u64("nonce_ttl")?
             .unwrap_or(time_window.saturating_mul(2).max(1));
+        let sign_body = match fields.get("sign_body").map(str::trim) {
+            None => false,
+            Some("1" | "true" | "yes" | "on") => true,
+            Some("0" | "false" | "no" | "off") => false,
+            Some(other) => {
+                return Err((
+                    "sign_body".into(),
+                    format!("{other:?} is neither 1/true/yes/on nor 0/false/no/off"),
+                ))
+            }
+        };
+        if sign_body && mode == Mode::Entree {
+            // Refused rather than ignored: entree's scheme has no place for the body, and a guard that silently
+            // skipped it would pass requests the operator meant to refuse.
+            return Err((
+                "sign_body".into(),
+                "only mode hmac-sha256 can sign the body".into(),
+            ));
+        }
+        let max_body = match fields.u64("max_body")? {
+            None => DEFAULT_MAX_BODY,
+            Some(n) if n > MAX_MAX_BODY => {
+                return Err((
+                    "max_body".into(),
+                    format!("{n} is more than {MAX_MAX_BODY} (64 MiB)"),
+                ))
+            }
+            Some(n) => n,
+        };
         Ok(GuardConfig {
             mode,
             secret,
             app_secrets,
             time_window,
             nonce_ttl,
+            sign_body,
+            max_body,
         })
     }
 
@@ -189,9 +240,9 @@ impl GuardConfig {
             .or(self.secret.as_ref())
     }
 
-    /// Check the signature and the timestamp. On success, the nonce to spend (when anti-replay is on and the
-    /// request has one).
-    pub fn verify<B>(&self, req: &Request<B>, host: &str) -> Result<Option<Vec<u8>>, GuardReason> {
+    /// What can be refused from the head alone: a missing header (100401) or an app key without a secret
+    /// (100403). Run before a body is read for `sign_body`, so that such requests cost no buffering.
+    pub fn precheck<B>(&self, req: &Request<B>) -> Result<(), GuardReason> {
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -209,6 +260,30 @@ impl GuardConfig {
         if required_missing || nonce.len() > MAX_NONCE {
             return Err(GuardReason::MissingParams);
         }
+        self.secret_for(app_key).ok_or(GuardReason::BadSign)?;
+        Ok(())
+    }
+
+    /// Check the signature and the timestamp. `body_sha256` is the lowercase hex SHA-256 of the body, required
+    /// with `sign_body` (a missing one fails the signature). On success, the nonce to spend (when anti-replay is
+    /// on and the request has one).
+    pub fn verify<B>(
+        &self,
+        req: &Request<B>,
+        host: &str,
+        body_sha256: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, GuardReason> {
+        self.precheck(req)?;
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default()
+        };
+        let app_key = header("x-app-key");
+        let sign = header("x-sign");
+        let timestamp = header("x-timestamp");
+        let nonce = header("x-nonce");
         let secret = self.secret_for(app_key).ok_or(GuardReason::BadSign)?;
         let query = go_query_encode(req.uri().query().unwrap_or(""));
         let ok = match self.mode {
@@ -228,6 +303,11 @@ impl GuardConfig {
                 bool::from(expected.as_bytes().ct_eq(sign))
             }
             Mode::HmacSha256 => {
+                let body_sha256 = match (self.sign_body, body_sha256) {
+                    (false, _) => None,
+                    (true, Some(hash)) => Some(hash.as_bytes()),
+                    (true, None) => return Err(GuardReason::BadSign),
+                };
                 let text = hmac_string(&HmacParts {
                     method: req.method().as_str().as_bytes(),
                     host: host.to_ascii_lowercase().as_bytes(),
@@ -236,6 +316,7 @@ impl GuardConfig {
                     timestamp,
                     nonce,
                     app_key,
+                    body_sha256,
                 });
                 let expected = hmac_sha256_hex(&secret.0, &text);
                 bool::from(expected.as_bytes().ct_eq(sign))
@@ -338,12 +419,14 @@ pub struct HmacParts<'a> {
     pub nonce: &'a [u8],
     /// `X-App-Key`, empty when not sent.
     pub app_key: &'a [u8],
+    /// With `sign_body`: the lowercase hex SHA-256 of the body (of the empty string when there is none).
+    pub body_sha256: Option<&'a [u8]>,
 }
 
-/// The HMAC-SHA256 string to sign: `HMAC-SHA256`, method, host, path, query, timestamp, nonce, app key, each on
-/// its own line, no trailing newline.
+/// The HMAC-SHA256 string to sign: `HMAC-SHA256`, method, host, path, query, timestamp, nonce, app key and, with
+/// `sign_body`, the body's SHA-256, each on its own line, no trailing newline.
 pub fn hmac_string(p: &HmacParts<'_>) -> Vec<u8> {
-    [
+    let mut lines = vec![
         b"HMAC-SHA256".as_slice(),
         p.method,
         p.host,
@@ -352,8 +435,23 @@ pub fn hmac_string(p: &HmacParts<'_>) -> Vec<u8> {
         p.timestamp,
         p.nonce,
         p.app_key,
-    ]
-    .join(&b'\n')
+    ];
+    lines.extend(p.body_sha256);
+    lines.join(&b'\n')
+}
+
+/// Lowercase hex SHA-256, fed chunk by chunk (the body as it arrives).
+#[derive(Default)]
+pub struct BodyHash(Sha256);
+
+impl BodyHash {
+    pub fn update(&mut self, chunk: &[u8]) {
+        sha2::Digest::update(&mut self.0, chunk);
+    }
+
+    pub fn hex(self) -> String {
+        hex(&sha2::Digest::finalize(self.0))
+    }
 }
 
 /// Lowercase hex of HMAC-SHA256(secret, text).
@@ -476,6 +574,72 @@ mod tests {
         assert_eq!(
             hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    fn config(pairs: &[(&str, &str)]) -> FieldResult<GuardConfig> {
+        GuardConfig::parse(&Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
+    }
+
+    #[test]
+    fn sign_body_and_max_body() {
+        let c = config(&[("secret", "k")]).unwrap();
+        assert_eq!((c.sign_body, c.max_body), (false, DEFAULT_MAX_BODY));
+        let c = config(&[("secret", "k"), ("sign_body", "yes"), ("max_body", "10")]).unwrap();
+        assert_eq!((c.sign_body, c.max_body), (true, 10));
+        let field = |pairs: &[(&str, &str)]| config(pairs).unwrap_err().0;
+        assert_eq!(
+            field(&[("secret", "k"), ("sign_body", "maybe")]),
+            "sign_body"
+        );
+        assert_eq!(
+            field(&[("mode", "entree"), ("secret", "k"), ("sign_body", "1")]),
+            "sign_body"
+        );
+        assert_eq!(field(&[("secret", "k"), ("max_body", "1MB")]), "max_body");
+        assert_eq!(
+            field(&[
+                ("secret", "k"),
+                ("max_body", &(MAX_MAX_BODY + 1).to_string())
+            ]),
+            "max_body"
+        );
+        // Off explicitly is fine in either mode.
+        assert!(config(&[("mode", "entree"), ("secret", "k"), ("sign_body", "0")]).is_ok());
+    }
+
+    #[test]
+    fn the_body_hash_is_a_tenth_line() {
+        let mut hash = BodyHash::default();
+        hash.update(b"ab");
+        hash.update(b"c");
+        let abc = hash.hex();
+        assert_eq!(
+            abc,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let parts = |body_sha256| HmacParts {
+            method: b"POST",
+            host: b"a.com",
+            path: b"/",
+            query: b"",
+            timestamp: b"1",
+            nonce: b"n",
+            app_key: b"",
+            body_sha256,
+        };
+        assert_eq!(
+            hmac_string(&parts(None)),
+            b"HMAC-SHA256\nPOST\na.com\n/\n\n1\nn\n".to_vec()
+        );
+        assert_eq!(
+            hmac_string(&parts(Some(abc.as_bytes()))),
+            format!("HMAC-SHA256\nPOST\na.com\n/\n\n1\nn\n\n{abc}").into_bytes()
         );
     }
 

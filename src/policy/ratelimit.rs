@@ -44,12 +44,21 @@ pub enum Scope {
 /// A parsed `ratelimit:<key>` hash.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
+    /// Requests per `period` in the long run: what a well-behaved client may sustain (Traefik's `average`).
     pub rate: u64,
+    /// The period `rate` is counted over (default 1 s), so `rate 100 period 1m` reads as operators say it.
     pub period: Duration,
+    /// Requests that may pass back to back (default `rate`): real clients are bursty (a page load fires many
+    /// calls at once) and should not be refused for that alone.
     pub burst: u64,
+    /// Whose requests share a bucket: per IP by default, per user behind a NAT or a CDN, or the whole frontend
+    /// to protect a backend whatever the source.
     pub by: By,
+    /// In process (free, but each instance allows the full rate) or shared through Redis (one round trip, the
+    /// limit holds across every instance).
     pub scope: Scope,
-    /// `compat entree`: answer entree's 403 `{"code":100420,...}` instead of 429.
+    /// `compat entree`: answer entree's 403 `{"code":100420,...}` instead of 429, for clients written against
+    /// entree that only understand its codes.
     pub entree: bool,
 }
 
@@ -139,8 +148,48 @@ impl RateLimitConfig {
 
 /// The answer for one request.
 pub enum Verdict {
-    Allowed,
+    /// Passed; the headers describe the client's bucket after this request.
+    Allowed(RateHeaders),
     Limited(Reject),
+}
+
+/// The `RateLimit-*` response headers (IETF draft-ietf-httpapi-ratelimit-headers-03, as Envoy writes them with
+/// `enable_x_ratelimit_headers`), on passed responses and on 429s, so that a client can pace itself before it
+/// is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `RateLimit-Limit`: the burst, the most requests that may pass back to back.
+    pub limit: u64,
+    /// `RateLimit-Remaining`: requests that could still pass right now.
+    pub remaining: u64,
+    /// `RateLimit-Reset`: whole seconds (rounded up) until the bucket is full again.
+    pub reset: u64,
+}
+
+impl RateHeaders {
+    pub const LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+    pub const REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+    pub const RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+
+    fn new(config: &RateLimitConfig, decision: &Decision) -> RateHeaders {
+        RateHeaders {
+            limit: config.burst,
+            remaining: decision.remaining,
+            reset: whole_secs(decision.reset_us),
+        }
+    }
+
+    /// Set the three headers, replacing any a backend sent: they describe the limit this proxy enforces.
+    pub fn insert(&self, headers: &mut http::HeaderMap) {
+        headers.insert(Self::LIMIT, self.limit.into());
+        headers.insert(Self::REMAINING, self.remaining.into());
+        headers.insert(Self::RESET, self.reset.into());
+    }
+}
+
+/// Microseconds as whole seconds, rounded up, at least 1 (a header saying 0 would invite a retry at once).
+fn whole_secs(us: u64) -> u64 {
+    us.div_ceil(1_000_000).max(1)
 }
 
 /// What GCRA decided, in microseconds.
@@ -237,18 +286,16 @@ impl Limiter {
             Scope::Local => self.check_local(config, frontend, client_key),
             Scope::Global => check_global(config, write, frontend, &client_key).await?,
         };
+        let headers = RateHeaders::new(config, &decision);
         if decision.allowed {
-            return Ok(Verdict::Allowed);
+            return Ok(Verdict::Allowed(headers));
         }
-        let secs = |us: u64| us.div_ceil(1_000_000).max(1);
         let reject = if config.entree {
             Reject::RateLimitedEntree
         } else {
             Reject::RateLimited {
-                limit: config.burst,
-                remaining: decision.remaining,
-                reset: secs(decision.reset_us),
-                retry_after: secs(decision.retry_after_us),
+                headers,
+                retry_after: whole_secs(decision.retry_after_us),
             }
         };
         Ok(Verdict::Limited(reject))

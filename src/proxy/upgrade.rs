@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{headers, Ctx, Downstream, Proxy};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::config::{ForwardingPolicy, ResponseStyle};
 use crate::error::Reject;
 use crate::route::LookupError;
@@ -28,7 +27,7 @@ use crate::server::now_ms;
 use crate::upstream::UpstreamBody;
 
 /// `Upgrade: websocket` (the first Upgrade value, case-insensitive); `Connection` is not checked, as in PlanB.
-pub fn is_websocket(req: &Request<Incoming>) -> bool {
+pub fn is_websocket<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
@@ -37,7 +36,7 @@ pub fn is_websocket(req: &Request<Incoming>) -> bool {
 impl Proxy {
     pub(super) async fn websocket(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         down: Downstream,
         ctx: &mut Ctx,
     ) -> Response<ProxyBody> {
@@ -59,7 +58,7 @@ impl Proxy {
         let log = |m: &str| self.log_error(ctx, "?", m);
         let admitted = self
             .policies
-            .admit(&route, &req, &ctx.host, down.peer.ip(), &log)
+            .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log)
             .await;
         if let Err(reject) = admitted {
             return reject.response();
