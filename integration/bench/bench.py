@@ -359,8 +359,9 @@ def _order(proxy):
     return (fixed.index(proxy) if proxy in fixed else len(fixed) - 0.5, proxy)
 
 
-def _case_order(case):
-    return (0, case, "") if isinstance(case, int) else (1, 0, str(case))
+def _case_order(case, first_seen):
+    """Connection counts ascending; named cases (upload, download) in the order they were measured."""
+    return (0, case) if isinstance(case, int) else (1, first_seen.get(case, 0))
 
 
 def _ratio(a, b):
@@ -537,8 +538,11 @@ def cmd_report(args):
         groups.setdefault((run["scenario"], run["case"], run["proxy"]), []).append(run)
     results = [_aggregate(key, rs) for key, rs in groups.items()]
     order = {name: i for i, name in enumerate(args.scenario_order or [])}
-    results.sort(key=lambda r: (order.get(r["scenario"], len(order)), r["scenario"], _case_order(r["case"]),
-                                _order(r["proxy"])))
+    first_seen = {}
+    for run in runs:
+        first_seen.setdefault(run["case"], len(first_seen))
+    results.sort(key=lambda r: (order.get(r["scenario"], len(order)), r["scenario"],
+                                _case_order(r["case"], first_seen), _order(r["proxy"])))
     by_key = {(r["scenario"], r["case"], r["proxy"]): r for r in results}
     ratios = []
     for r in results:
