@@ -51,10 +51,12 @@ if [ "$smoke" = 1 ]; then
   # when hypache served nothing, any non-2xx, dropped an idle connection or lost a byte.
   : "${duration:=2s}" "${rounds:=1}" "${conns_arg:=16}" "${proxies_arg:=hypache}" "${warmup:=0}"
   : "${idle_conns:=1000}" "${stream_size:=64M}"
+  idle_hold=1
   notes+=("smoke mode: hypache only, 1 short round")
 else
   : "${duration:=10s}" "${rounds:=3}" "${conns_arg:=64,256}" "${proxies_arg:=hypache,nginx,haproxy}" "${warmup:=1s}"
   : "${idle_conns:=10000}" "${stream_size:=1G}"
+  idle_hold=3   # seconds every idle connection is held open while the proxy's RSS is sampled
 fi
 : "${out:=$here/results/latest.json}"
 out=$(realpath -m -- "$out")
@@ -659,7 +661,7 @@ scenario_idle() { # idle_conns keep-alive connections, each after one request, h
   names+=("${peers[@]}")
   for name in "${names[@]}"; do
     run_load idle idle "$name" "$idle_conns" "$idle_conns" 1 300 \
-      idle-client "${URL[$name]}" "$HOST" --conns "$idle_conns" --watch-pid "${PID[$name]}"
+      idle-client "${URL[$name]}" "$HOST" --conns "$idle_conns" --hold "$idle_hold" --watch-pid "${PID[$name]}"
     stop_server "$name"   # its memory and descriptors go back before the next one is measured
   done
 }
