@@ -146,13 +146,23 @@ async fn accept_loop(
                     return;
                 }
             };
+            // Each kind boxed on its own: the TLS handshake's state is several KB that a plain connection,
+            // idle or not, should not carry.
             match speaks {
                 Speaks::Http => {
-                    serve_connection(stream, peer, proxy, stop, Protocol::Http1 { tls: false })
-                        .await
+                    Box::pin(serve_connection(
+                        stream,
+                        peer,
+                        proxy,
+                        stop,
+                        Protocol::Http1 { tls: false },
+                    ))
+                    .await
                 }
-                Speaks::Tls(terminator) => serve_tls(stream, peer, terminator, proxy, stop).await,
-                Speaks::Sni => crate::sni::serve(stream, proxy).await,
+                Speaks::Tls(terminator) => {
+                    Box::pin(serve_tls(stream, peer, terminator, proxy, stop)).await
+                }
+                Speaks::Sni => Box::pin(crate::sni::serve(stream, proxy)).await,
             }
             drop((alive, counted));
         });
@@ -293,23 +303,26 @@ async fn serve_connection<IO>(
             tls,
             conflicting_length,
         };
-        async move {
+        // Boxed: hyper keeps a slot the size of this future for every connection, busy or idle, and the
+        // request pipeline's future is about 8 KB; boxed, idle keep-alive connections do not pay for it.
+        Box::pin(async move {
             let mut resp = proxy.handle(req, down).await;
             // The request stays in the in-flight registry until its body is written out.
             let inflight = resp.extensions_mut().remove::<Ticket>();
             Ok::<_, std::convert::Infallible>(
                 resp.map(|body| Guarded::new(body, (guard, inflight))),
             )
-        }
+        })
     });
     let watchdog = watchdog(state, timeouts, h2);
+    // One boxed future per protocol, so an HTTP/1 connection does not carry HTTP/2's state.
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        drive(conn, |c| c.graceful_shutdown(), watchdog, stop, true).await;
+        Box::pin(drive(conn, |c| c.graceful_shutdown(), watchdog, stop, true)).await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -321,7 +334,14 @@ async fn serve_connection<IO>(
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), watchdog, stop, false).await;
+        Box::pin(drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            watchdog,
+            stop,
+            false,
+        ))
+        .await;
     }
 }
 
