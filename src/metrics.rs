@@ -87,6 +87,8 @@ pub struct Metrics {
     listener_open: IntGaugeVec,
     /// TLS handshakes that failed on a TLS listener (incremented by the TLS accept path).
     pub tls_handshake_failures: IntCounter,
+    /// Idle keep-alive connections parked without hyper's buffers (see `server::PARK_AFTER`).
+    pub connections_parked: IntGauge,
     per_frontend: Option<PerFrontend>,
 }
 
@@ -210,6 +212,12 @@ impl Metrics {
         reg(Box::new(dead_marks.clone()));
         reg(Box::new(listener_connections.clone()));
         reg(Box::new(listener_open.clone()));
+        let connections_parked = IntGauge::new(
+            "hypache_connections_parked",
+            "Idle HTTP/1 keep-alive connections parked: open, but holding no request buffers.",
+        )
+        .unwrap();
+        reg(Box::new(connections_parked.clone()));
         reg(Box::new(tls_handshake_failures.clone()));
 
         reg(Box::new(
@@ -309,6 +317,7 @@ impl Metrics {
             listener_connections,
             listener_open,
             tls_handshake_failures,
+            connections_parked,
             per_frontend,
         }
     }

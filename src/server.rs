@@ -9,15 +9,16 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -290,11 +291,14 @@ async fn serve_connection<IO>(
         state: state.clone(),
         // HTTP/2 heads are binary frames, and hyper's h2 server refuses Transfer-Encoding itself.
         scan: (!h2).then(HeadScan::default),
+        prefix: Bytes::new(),
+        prefix_scanned: false,
     };
     let tls = !matches!(protocol, Protocol::Http1 { tls: false });
     let timeouts = proxy.config.timeouts.clone();
     let limits = proxy.config.limits;
     let service_state = state.clone();
+    let proxy_metrics = proxy.telemetry.metrics.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
         let (guard, conflicting_length) = RequestGuard::begin(service_state.clone());
@@ -314,6 +318,7 @@ async fn serve_connection<IO>(
             )
         })
     });
+    let state_for_park = state.clone();
     let watchdog = watchdog(state, timeouts, h2);
     // One boxed future per protocol, so an HTTP/1 connection does not carry HTTP/2's state.
     if h2 {
@@ -331,17 +336,154 @@ async fn serve_connection<IO>(
             .max_header_size(limits.max_header_bytes)
             .max_headers(limits.max_headers)
             .keep_alive(true);
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        Box::pin(drive(
-            conn,
-            |c| c.graceful_shutdown(),
+        let parked = proxy_metrics.connections_parked.clone();
+        Box::pin(serve_http1(
+            io,
+            &builder,
+            service,
+            state_for_park,
+            parked,
             watchdog,
             stop,
-            false,
         ))
         .await;
+    }
+}
+
+/// A keep-alive connection idle for this long is parked: hyper's connection and its buffers (about 20 KB)
+/// are dropped, and the socket waits on its own until the client sends again, as nginx frees a keep-alive
+/// connection's buffers. Busy connections never reach it, so it costs nothing under load.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// HTTP/1: serve with hyper while requests come, park while the connection is idle, repeat.
+async fn serve_http1<IO, S>(
+    mut io: TimedIo<IO>,
+    builder: &hyper::server::conn::http1::Builder,
+    service: S,
+    state: Arc<ConnState>,
+    parked: prometheus::IntGauge,
+    watchdog: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Data: Send,
+{
+    let mut watchdog = pin!(watchdog);
+    loop {
+        if io.prefix.is_empty() {
+            // Parked (or nothing sent yet): hold no more than the socket until bytes arrive.
+            let mut first = [0u8; 256];
+            let counted =
+                (state.requests.load(Ordering::Acquire) > 0).then(|| Parked::new(&parked));
+            let read = tokio::select! {
+                read = io.inner.read(&mut first) => read,
+                _ = &mut watchdog => return,
+                _ = stopped(&mut stop) => return,
+            };
+            drop(counted);
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    // Seen now, so the head timer starts with these bytes and the parking timer stops.
+                    io.saw(&first[..n]);
+                    io.prefix = Bytes::copy_from_slice(&first[..n]);
+                    io.prefix_scanned = true;
+                }
+            }
+        }
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service.clone())
+            .with_upgrades();
+        let mut conn = Box::pin(conn);
+        let parked_at = tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = &mut watchdog => return,
+            _ = stopped(&mut stop) => {
+                // Finish the request in flight (the watchdog still applies), then close.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = &mut watchdog => {}
+                }
+                return;
+            }
+            () = idle_for(&state, PARK_AFTER) => {
+                state.parking.store(true, Ordering::Release);
+                let parked_at = state.requests.load(Ordering::Acquire);
+                conn.as_mut().graceful_shutdown();
+                parked_at
+            }
+        };
+        // hyper lets go of an idle connection at once; a request that slipped in is answered first.
+        let finished = tokio::select! {
+            finished = conn.as_mut() => finished.is_ok(),
+            _ = &mut watchdog => false,
+        };
+        state.parking.store(false, Ordering::Release);
+        let slipped_in = state.requests.load(Ordering::Acquire) != parked_at;
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return; // upgraded: the tunnel owns the socket now
+        };
+        if !finished || slipped_in {
+            // That request was answered with `Connection: close`.
+            return;
+        }
+        io = parts.io.into_inner();
+        // What hyper read but did not use comes before what it never read (both were scanned already).
+        if !parts.read_buf.is_empty() {
+            io.prefix = match io.prefix.is_empty() {
+                true => parts.read_buf,
+                false => [parts.read_buf, std::mem::take(&mut io.prefix)]
+                    .concat()
+                    .into(),
+            };
+        }
+        io.prefix_scanned = true;
+    }
+}
+
+/// Counts a parked connection until dropped.
+struct Parked(prometheus::IntGauge);
+
+impl Parked {
+    fn new(gauge: &prometheus::IntGauge) -> Parked {
+        gauge.inc();
+        Parked(gauge.clone())
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Resolves once shutdown has begun (at once when it already has).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Resolves when the connection has served a request and been idle for `after` since.
+async fn idle_for(state: &ConnState, after: Duration) {
+    loop {
+        let phase = state.phase.load(Ordering::Acquire);
+        if phase == IDLE && state.requests.load(Ordering::Acquire) > 0 {
+            let deadline = state.since.load(Ordering::Relaxed) + after.as_millis() as u64;
+            if now_ms() >= deadline {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(instant_at(deadline)) => {}
+                _ = state.went_idle.notified() => {}
+            }
+        } else {
+            state.went_idle.notified().await;
+        }
     }
 }
 
@@ -399,6 +541,10 @@ struct ConnState {
     heads: AtomicU64,
     conflict_head: AtomicU64,
     requests: AtomicU64,
+    /// Signalled when the last request in flight finishes, for the parking timer.
+    went_idle: Notify,
+    /// hyper is being asked to let go of an idle connection: its shutdown of the socket must not reach it.
+    parking: AtomicBool,
 }
 
 /// Milliseconds since the process started (monotonic); cheap to keep in an atomic.
@@ -427,6 +573,8 @@ impl ConnState {
             heads: AtomicU64::new(0),
             conflict_head: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            went_idle: Notify::new(),
+            parking: AtomicBool::new(false),
         }
     }
 
@@ -454,6 +602,7 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.enter(IDLE);
+            self.0.went_idle.notify_one();
         }
     }
 }
@@ -504,6 +653,11 @@ struct TimedIo<IO> {
     inner: IO,
     state: Arc<ConnState>,
     scan: Option<HeadScan>,
+    /// Bytes read while the connection was parked (or left in hyper's buffer when it was parked), handed
+    /// out before reading the socket again.
+    prefix: Bytes,
+    /// `prefix` came back from hyper's buffer and went through the head scan already.
+    prefix_scanned: bool,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for TimedIo<IO> {
@@ -514,21 +668,36 @@ impl<IO: AsyncRead + Unpin> AsyncRead for TimedIo<IO> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
-        if let (false, Some(scan)) = (new.is_empty(), this.scan.as_mut()) {
-            if this.state.phase.load(Ordering::Relaxed) == IDLE {
-                this.state.enter(HEAD);
+        let (polled, scanned) = if this.prefix.is_empty() {
+            (Pin::new(&mut this.inner).poll_read(cx, buf), false)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            (Poll::Ready(Ok(())), this.prefix_scanned)
+        };
+        if !scanned {
+            this.saw(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<IO> TimedIo<IO> {
+    /// Bytes from the client: the first of a request head starts the head timer, and heads are scanned.
+    fn saw(&mut self, new: &[u8]) {
+        if let (false, Some(scan)) = (new.is_empty(), self.scan.as_mut()) {
+            if self.state.phase.load(Ordering::Relaxed) == IDLE {
+                self.state.enter(HEAD);
                 scan.start();
             }
             if let Some(conflict) = scan.feed(new) {
-                let head = this.state.heads.fetch_add(1, Ordering::AcqRel) + 1;
+                let head = self.state.heads.fetch_add(1, Ordering::AcqRel) + 1;
                 if conflict {
-                    this.state.conflict_head.store(head, Ordering::Release);
+                    self.state.conflict_head.store(head, Ordering::Release);
                 }
             }
         }
-        polled
     }
 }
 
@@ -558,6 +727,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for TimedIo<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parking.load(Ordering::Acquire) {
+            // hyper is letting go of an idle connection that is being parked, not closing it.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
