@@ -182,6 +182,20 @@ impl Server {
                 .map_err(|e| StartError(e.to_string()))?;
             reads.push(own.with_key_prefix(&config.key_prefix));
         }
+        // Nonces and global rate limits are written per request: each worker gets its own write client too.
+        let mut writes = vec![write.clone()];
+        for (slot, own_read) in reads.iter().enumerate().skip(1) {
+            if config.write_redis == config.read_redis {
+                writes.push(own_read.clone());
+                continue;
+            }
+            let redis = config.write_redis.clone();
+            let own = workers
+                .run_on(slot, async move { RedisClient::connect(&redis).await })
+                .await
+                .map_err(|e| StartError(e.to_string()))?;
+            writes.push(own.with_key_prefix(&config.key_prefix));
+        }
         let mut runtimes = vec![tokio::runtime::Handle::current()];
         runtimes.extend(workers.handles());
         let tunnels = Arc::default();
@@ -191,7 +205,7 @@ impl Server {
             .timeouts
             .client_read
             .unwrap_or(config.timeouts.client_read_header);
-        let policies = policy::Policies::new(write.clone(), config.breaker, body_timeout);
+        let policies = policy::Policies::new(writes, config.breaker, body_timeout);
         let telemetry = Telemetry::new(
             &config,
             &tunnels,

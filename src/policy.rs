@@ -328,8 +328,9 @@ const CONFIG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The process-wide state of the policy layer: rate-limit buckets, breaker states, counters.
 pub struct Policies {
-    /// The write Redis: nonces and global rate limits are shared by every instance through it.
-    write: RedisClient,
+    /// The write Redis: nonces and global rate limits are shared by every instance through it. One client per
+    /// worker slot (see `workers`), so that the round trip a global limit costs stays on the request's thread.
+    writes: Vec<RedisClient>,
     /// How long a body read for `sign_body` may take to arrive: the client read timeout (or the header one),
     /// so that a slow sender cannot hold a buffer forever.
     body_timeout: Duration,
@@ -380,16 +381,18 @@ impl Pass {
 }
 
 impl Policies {
+    /// `writes[0]` serves slot 0 (and any thread that is not a worker); `writes[n]` worker `n`.
     pub fn new(
-        write: RedisClient,
+        writes: Vec<RedisClient>,
         breaker_defaults: BreakerDefaults,
         body_timeout: Duration,
     ) -> Policies {
+        assert!(!writes.is_empty(), "policies need a write Redis");
         let stats = Arc::new(PolicyStats::default());
         Policies {
             limiter: ratelimit::Limiter::new(),
             breakers: breaker::Breakers::new(breaker_defaults, stats.clone()),
-            write,
+            writes,
             body_timeout,
             stats,
             logged: moka::sync::Cache::builder()
@@ -397,6 +400,13 @@ impl Policies {
                 .time_to_live(CONFIG_LOG_INTERVAL)
                 .build(),
         }
+    }
+
+    /// The write Redis client of the calling thread's worker.
+    fn write(&self) -> &RedisClient {
+        self.writes
+            .get(crate::workers::slot())
+            .unwrap_or(&self.writes[0])
     }
 
     /// The counters, for metrics.
@@ -456,7 +466,7 @@ impl Policies {
             Some(Ok(limit)) => {
                 let verdict = self
                     .limiter
-                    .check(limit, &self.write, &route.key, req, client)
+                    .check(limit, self.write(), &route.key, req, client)
                     .await;
                 match verdict {
                     Ok(ratelimit::Verdict::Allowed(headers)) => rate = Some(headers),
@@ -472,7 +482,7 @@ impl Policies {
             }
         }
         if let Some((config, Some(nonce))) = guard {
-            match config.spend_nonce(&self.write, &route.key, &nonce).await {
+            match config.spend_nonce(self.write(), &route.key, &nonce).await {
                 Ok(true) => {}
                 Ok(false) => {
                     self.stats.count_guard(GuardReason::Replayed);

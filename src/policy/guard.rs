@@ -614,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn the_body_hash_is_a_tenth_line() {
+    fn the_body_hash_is_a_ninth_line() {
         let mut hash = BodyHash::default();
         hash.update(b"ab");
         hash.update(b"c");
