@@ -96,7 +96,7 @@ use crate::server::{Listener, Tracker};
 use crate::store::RedisClient;
 use crate::tls::{CertStore, DirectoryCerts, RedisCerts, TlsTerminator};
 use crate::upstream::Upstream;
-use crate::workers::Workers;
+use crate::workers::{PerWorker, Workers};
 
 /// A start-up failure: the process exits 1 with this message, as PlanB does.
 #[derive(Debug)]
@@ -172,30 +172,21 @@ impl Server {
         }
         let workers = Workers::start(config.workers)
             .map_err(|e| StartError(format!("starting the worker threads: {e}")))?;
-        // Each worker reads routes over its own connection, whose I/O runs on that worker's thread.
-        let mut reads = vec![read];
-        for slot in 1..=workers.count() {
-            let redis = config.read_redis.clone();
-            let own = workers
-                .run_on(slot, async move { RedisClient::connect(&redis).await })
-                .await
-                .map_err(|e| StartError(e.to_string()))?;
-            reads.push(own.with_key_prefix(&config.key_prefix));
-        }
-        // Nonces and global rate limits are written per request: each worker gets its own write client too.
-        let mut writes = vec![write.clone()];
-        for (slot, own_read) in reads.iter().enumerate().skip(1) {
-            if config.write_redis == config.read_redis {
-                writes.push(own_read.clone());
-                continue;
+        // Each worker reads routes, and writes nonces and global rate limits, over its own connections, whose
+        // I/O runs on that worker's thread.
+        let reads = per_worker(&workers, read, &config.read_redis, &config.key_prefix).await?;
+        let writes = match config.write_redis == config.read_redis {
+            true => reads.clone(),
+            false => {
+                per_worker(
+                    &workers,
+                    write.clone(),
+                    &config.write_redis,
+                    &config.key_prefix,
+                )
+                .await?
             }
-            let redis = config.write_redis.clone();
-            let own = workers
-                .run_on(slot, async move { RedisClient::connect(&redis).await })
-                .await
-                .map_err(|e| StartError(e.to_string()))?;
-            writes.push(own.with_key_prefix(&config.key_prefix));
-        }
+        };
         let mut runtimes = vec![tokio::runtime::Handle::current()];
         runtimes.extend(workers.handles());
         let tunnels = Arc::default();
@@ -353,6 +344,25 @@ async fn connect(
             },
         }
     }
+}
+
+/// `control` for slot 0, and one more client to `redis` opened on each worker (see [`workers`]).
+async fn per_worker(
+    workers: &Workers,
+    control: RedisClient,
+    redis: &config::RedisConfig,
+    key_prefix: &str,
+) -> Result<PerWorker<RedisClient>, StartError> {
+    workers
+        .each(control, || {
+            let (redis, key_prefix) = (redis.clone(), key_prefix.to_string());
+            async move {
+                let own = RedisClient::connect(&redis).await?;
+                Ok::<_, store::StoreError>(own.with_key_prefix(&key_prefix))
+            }
+        })
+        .await
+        .map_err(|e| StartError(e.to_string()))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -31,6 +31,7 @@ use crate::body::{BufferError, Buffered, RequestBody};
 use crate::error::Reject;
 use crate::route::Route;
 use crate::store::RedisClient;
+use crate::workers::PerWorker;
 
 pub use breaker::{BreakerDefaults, Outcome};
 pub use guard::GuardReason;
@@ -330,7 +331,7 @@ const CONFIG_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Policies {
     /// The write Redis: nonces and global rate limits are shared by every instance through it. One client per
     /// worker slot (see `workers`), so that the round trip a global limit costs stays on the request's thread.
-    writes: Vec<RedisClient>,
+    writes: PerWorker<RedisClient>,
     /// How long a body read for `sign_body` may take to arrive: the client read timeout (or the header one),
     /// so that a slow sender cannot hold a buffer forever.
     body_timeout: Duration,
@@ -381,13 +382,11 @@ impl Pass {
 }
 
 impl Policies {
-    /// `writes[0]` serves slot 0 (and any thread that is not a worker); `writes[n]` worker `n`.
     pub fn new(
-        writes: Vec<RedisClient>,
+        writes: PerWorker<RedisClient>,
         breaker_defaults: BreakerDefaults,
         body_timeout: Duration,
     ) -> Policies {
-        assert!(!writes.is_empty(), "policies need a write Redis");
         let stats = Arc::new(PolicyStats::default());
         Policies {
             limiter: ratelimit::Limiter::new(),
@@ -404,9 +403,7 @@ impl Policies {
 
     /// The write Redis client of the calling thread's worker.
     fn write(&self) -> &RedisClient {
-        self.writes
-            .get(crate::workers::slot())
-            .unwrap_or(&self.writes[0])
+        self.writes.current()
     }
 
     /// The counters, for metrics.

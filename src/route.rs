@@ -14,6 +14,7 @@ use crate::config::{DeadSetKey, Extensions, RoutingPolicy, Selection};
 use crate::policy::Policy;
 use crate::store::{FrontendData, RedisClient, StoreError};
 use crate::upstream::{Target, TargetError};
+use crate::workers::PerWorker;
 
 /// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
 /// without bound.
@@ -79,7 +80,7 @@ struct StaleRoute {
 /// Looks up frontends and picks backends.
 pub struct Router {
     /// The read Redis, one client per worker slot (see `workers`): a lookup uses its own thread's connection.
-    stores: Vec<RedisClient>,
+    stores: PerWorker<RedisClient>,
     extensions: Extensions,
     routing: RoutingPolicy,
     /// One counter per original Host string, port included, created on the first successful lookup.
@@ -91,14 +92,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// `stores[0]` serves slot 0 (and any thread that is not a worker); `stores[n]` worker `n`.
     pub fn new(
-        stores: Vec<RedisClient>,
+        stores: PerWorker<RedisClient>,
         extensions: Extensions,
         routing: RoutingPolicy,
         policy: CachePolicy,
     ) -> Router {
-        assert!(!stores.is_empty(), "a router needs a read Redis");
         let cache = policy.backend_cache.then(|| {
             let (ttl, size) = policy.backend_cache_limits;
             let builder = moka::future::Cache::builder().time_to_live(ttl);
@@ -125,9 +124,7 @@ impl Router {
 
     /// The read Redis client of the calling thread's worker.
     pub fn store(&self) -> &RedisClient {
-        self.stores
-            .get(crate::workers::slot())
-            .unwrap_or(&self.stores[0])
+        self.stores.current()
     }
 
     /// The route for a Host: from the backend cache when it is on, otherwise (or on a miss) from Redis, and

@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::workers::PerWorker;
+
 use crate::body::RequestBody;
 
 /// Idle connections kept per backend (PlanB's transport keeps up to 100).
@@ -167,7 +169,7 @@ pub struct Upstream {
     /// Idle connections keyed by `scheme://host:port`, so an `http` and an `https` backend on the same
     /// authority never share a connection; one map per worker slot, because a connection's task runs on the
     /// worker that dialed it and a request on another worker would have to wake that thread (see `workers`).
-    pools: Box<[DashMap<String, Pool>]>,
+    pools: PerWorker<DashMap<String, Pool>>,
     /// TCP connect limit, also the TLS handshake limit for `https://` backends (as PlanB's transport).
     dial_timeout: Duration,
     /// Verifies `https://` backends (web roots plus `--backend-ca-file`).
@@ -180,7 +182,7 @@ impl Upstream {
     /// `slots`: the worker slots there are (workers + 1 for slot 0).
     pub fn new(dial_timeout: Duration, tls: Arc<ClientConfig>, slots: usize) -> Upstream {
         Upstream {
-            pools: (0..slots.max(1)).map(|_| DashMap::new()).collect(),
+            pools: PerWorker::new((0..slots.max(1)).map(|_| DashMap::new()).collect()),
             dial_timeout,
             tls: TlsConnector::from(tls),
             max_idle: MAX_IDLE_PER_BACKEND,
@@ -222,10 +224,7 @@ impl Upstream {
     }
 
     fn pool(&self, key: &str) -> Pool {
-        let pools = self
-            .pools
-            .get(crate::workers::slot())
-            .unwrap_or(&self.pools[0]);
+        let pools = self.pools.current();
         if let Some(pool) = pools.get(key) {
             return pool.clone();
         }

@@ -30,6 +30,24 @@ pub fn slot() -> usize {
     SLOT.with(Cell::get)
 }
 
+/// One value per worker slot (index 0 for the control runtime and any other thread), read by the calling
+/// thread's slot: a worker's own Redis connection or backend pool.
+#[derive(Clone)]
+pub struct PerWorker<T>(Box<[T]>);
+
+impl<T> PerWorker<T> {
+    /// `values[0]` serves slot 0; `values[n]` worker `n`.
+    pub fn new(values: Vec<T>) -> PerWorker<T> {
+        assert!(!values.is_empty(), "slot 0 needs a value");
+        PerWorker(values.into_boxed_slice())
+    }
+
+    /// The calling thread's value; slot 0's on a thread that is not one of these workers.
+    pub fn current(&self) -> &T {
+        self.0.get(slot()).unwrap_or(&self.0[0])
+    }
+}
+
 /// The worker threads. Dropping this stops them; connections still open on them are closed.
 pub struct Workers {
     workers: Vec<Worker>,
@@ -89,8 +107,23 @@ impl Workers {
         self.workers.iter().map(|w| w.handle.clone()).collect()
     }
 
-    /// Run `fut` on the worker in `slot` (`1..=count`) and wait for its output: used at start-up to open the
-    /// connections each worker keeps for itself.
+    /// One value per slot: `control` for slot 0, then `make` run on each worker in turn (so that whatever it
+    /// spawns, such as a connection's driver task, lives on that worker's thread).
+    pub async fn each<T, E, F, Fut>(&self, control: T, make: F) -> Result<PerWorker<T>, E>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let mut values = vec![control];
+        for slot in 1..=self.count() {
+            values.push(self.run_on(slot, make()).await?);
+        }
+        Ok(PerWorker::new(values))
+    }
+
+    /// Run `fut` on the worker in `slot` (`1..=count`) and wait for its output.
     pub async fn run_on<F>(&self, slot: usize, fut: F) -> F::Output
     where
         F: Future + Send + 'static,
