@@ -88,7 +88,7 @@ pub struct Metrics {
     /// TLS handshakes that failed on a TLS listener (incremented by the TLS accept path).
     pub tls_handshake_failures: IntCounter,
     /// Idle keep-alive connections parked without hyper's buffers (see `server::PARK_AFTER`).
-    pub connections_parked: IntGauge,
+    connections_parked: IntGauge,
     per_frontend: Option<PerFrontend>,
 }
 
@@ -376,16 +376,18 @@ impl Metrics {
     /// A client connection was accepted on `listener` (`http`, `https`); dropping the guard counts it closed.
     /// Drop it when the connection closes or is handed over to a tunnel (PlanB's "hijack").
     pub fn connection_opened(&self, listener: &'static str) -> ConnectionGuard {
-        self.connections_open.inc();
         self.listener_connections
             .with_label_values(&[listener])
             .inc();
-        let open = self.listener_open.with_label_values(&[listener]);
-        open.inc();
         ConnectionGuard {
-            planb: self.connections_open.clone(),
-            listener: open,
+            _planb: GaugeGuard::hold(&self.connections_open),
+            _listener: GaugeGuard::hold(&self.listener_open.with_label_values(&[listener])),
         }
+    }
+
+    /// An idle HTTP/1 connection is parked until the guard is dropped.
+    pub fn connection_parked(&self) -> GaugeGuard {
+        GaugeGuard::hold(&self.connections_parked)
     }
 
     /// Client connections open (PlanB's gauge).
@@ -404,14 +406,23 @@ impl Metrics {
 
 /// Counts one open connection until dropped.
 pub struct ConnectionGuard {
-    planb: IntGauge,
-    listener: IntGauge,
+    _planb: GaugeGuard,
+    _listener: GaugeGuard,
 }
 
-impl Drop for ConnectionGuard {
+/// One unit of a gauge, given back when dropped.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn hold(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.planb.dec();
-        self.listener.dec();
+        self.0.dec();
     }
 }
 

@@ -327,7 +327,7 @@ async fn serve_connection<IO>(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), watchdog, stop, true)).await;
+        Box::pin(drive(conn, |c| c.graceful_shutdown(), watchdog, stop)).await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -336,13 +336,12 @@ async fn serve_connection<IO>(
             .max_header_size(limits.max_header_bytes)
             .max_headers(limits.max_headers)
             .keep_alive(true);
-        let parked = proxy_metrics.connections_parked.clone();
         Box::pin(serve_http1(
             io,
             &builder,
             service,
             state_for_park,
-            parked,
+            proxy_metrics,
             watchdog,
             stop,
         ))
@@ -361,7 +360,7 @@ async fn serve_http1<IO, S>(
     builder: &hyper::server::conn::http1::Builder,
     service: S,
     state: Arc<ConnState>,
-    parked: prometheus::IntGauge,
+    metrics: Arc<crate::metrics::Metrics>,
     watchdog: impl Future<Output = ()>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -379,7 +378,7 @@ async fn serve_http1<IO, S>(
             // Parked (or nothing sent yet): hold no more than the socket until bytes arrive.
             let mut first = [0u8; 256];
             let counted =
-                (state.requests.load(Ordering::Acquire) > 0).then(|| Parked::new(&parked));
+                (state.requests.load(Ordering::Acquire) > 0).then(|| metrics.connection_parked());
             let read = tokio::select! {
                 read = io.inner.read(&mut first) => read,
                 _ = &mut watchdog => return,
@@ -447,22 +446,6 @@ async fn serve_http1<IO, S>(
     }
 }
 
-/// Counts a parked connection until dropped.
-struct Parked(prometheus::IntGauge);
-
-impl Parked {
-    fn new(gauge: &prometheus::IntGauge) -> Parked {
-        gauge.inc();
-        Parked(gauge.clone())
-    }
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// Resolves once shutdown has begun (at once when it already has).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
@@ -490,16 +473,16 @@ async fn idle_for(state: &ConnState, after: Duration) {
 /// How long an HTTP/2 connection gets to deliver its GOAWAY after the watchdog fired.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
-/// Run a connection until it ends or the watchdog fires; on shutdown ask it to finish gracefully.
+/// Run an HTTP/2 connection until it ends or the watchdog fires; on shutdown ask it to finish gracefully.
+/// (HTTP/1 connections are run by [`serve_http1`], which also parks them.)
 ///
-/// With `goaway`, a watchdog expiry first asks the connection to finish (HTTP/2 sends GOAWAY, so a client about
-/// to reuse the connection learns it must not, instead of seeing a reset) and drops it after a short grace.
+/// A watchdog expiry first asks the connection to finish (GOAWAY, so a client about to reuse the connection
+/// learns it must not, instead of seeing a reset) and drops it after a short grace.
 async fn drive<C: Future>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     watchdog: impl Future<Output = ()>,
     mut stop: watch::Receiver<bool>,
-    goaway: bool,
 ) {
     let mut conn = pin!(conn);
     let mut watchdog = pin!(watchdog);
@@ -511,10 +494,8 @@ async fn drive<C: Future>(
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = &mut watchdog => {
-                if goaway {
-                    graceful(conn.as_mut());
-                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
-                }
+                graceful(conn.as_mut());
+                let _ = tokio::time::timeout(GOAWAY_GRACE, conn.as_mut()).await;
                 return;
             }
             changed = stop.changed(), if !stopping => {
