@@ -22,18 +22,24 @@ fn request(host: &str, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
 }
 
-#[test]
-fn an_idle_connection_is_parked_and_its_next_request_is_served() {
-    let redis = RedisServer::start();
+/// A backend for `ka.test`, and a client connection to `proxy` that served `GET /one` and is now parked.
+fn parked_connection(redis: &RedisServer, proxy: &Proxy) -> (Backend, ClientConn) {
     let backend = Backend::named("kept");
     redis.set_frontend("ka.test", &[&backend.url()]);
-    let proxy = start(&redis, &[]);
     let mut conn = ClientConn::connect(proxy.addr());
     conn.send(&request("ka.test", "/one")).unwrap();
     assert_eq!(conn.read_response().body_str(), "kept");
     assert_eventually(secs(5), "the idle connection parked", || {
-        parked(&proxy) == 1.0
+        parked(proxy) == 1.0
     });
+    (backend, conn)
+}
+
+#[test]
+fn an_idle_connection_is_parked_and_its_next_request_is_served() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &[]);
+    let (backend, mut conn) = parked_connection(&redis, &proxy);
     // The next request arrives in two parts: the first wakes the parked socket.
     conn.send(b"GET /two HTTP/1.1\r\nHo").unwrap();
     conn.send(b"st: ka.test\r\n\r\n").unwrap();
@@ -56,13 +62,8 @@ fn an_idle_connection_is_parked_and_its_next_request_is_served() {
 #[test]
 fn a_parked_connection_still_gets_the_idle_timeout_and_closes_on_shutdown() {
     let redis = RedisServer::start();
-    let backend = Backend::named("kept");
-    redis.set_frontend("ka.test", &[&backend.url()]);
     let proxy = start(&redis, &["--client-idle-timeout", "2s"]);
-    let mut conn = ClientConn::connect(proxy.addr());
-    conn.send(&request("ka.test", "/")).unwrap();
-    assert_eq!(conn.read_response().status, 200);
-    assert_eventually(secs(5), "parked", || parked(&proxy) == 1.0);
+    let (_backend, mut conn) = parked_connection(&redis, &proxy);
     assert!(
         conn.wait_closed(secs(5)),
         "the idle timeout closes a parked connection"
@@ -70,10 +71,7 @@ fn a_parked_connection_still_gets_the_idle_timeout_and_closes_on_shutdown() {
     assert_eventually(secs(5), "no longer counted", || parked(&proxy) == 0.0);
 
     let mut proxy = proxy;
-    let mut conn = ClientConn::connect(proxy.addr());
-    conn.send(&request("ka.test", "/")).unwrap();
-    assert_eq!(conn.read_response().status, 200);
-    assert_eventually(secs(5), "parked", || parked(&proxy) == 1.0);
+    let (_backend, mut conn) = parked_connection(&redis, &proxy);
     proxy.signal("TERM");
     assert!(
         conn.wait_closed(secs(5)),
@@ -85,13 +83,8 @@ fn a_parked_connection_still_gets_the_idle_timeout_and_closes_on_shutdown() {
 #[test]
 fn an_upgrade_request_after_parking_reaches_the_backend() {
     let redis = RedisServer::start();
-    let backend = Backend::named("kept");
-    redis.set_frontend("ka.test", &[&backend.url()]);
     let proxy = start(&redis, &[]);
-    let mut conn = ClientConn::connect(proxy.addr());
-    conn.send(&request("ka.test", "/")).unwrap();
-    assert_eq!(conn.read_response().status, 200);
-    assert_eventually(secs(5), "parked", || parked(&proxy) == 1.0);
+    let (backend, mut conn) = parked_connection(&redis, &proxy);
     // A plain backend refuses the upgrade with an ordinary answer, which comes back on the same connection.
     conn.send(
         b"GET /ws HTTP/1.1\r\nHost: ka.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
