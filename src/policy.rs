@@ -416,6 +416,11 @@ impl Policies {
         self.breakers.ejected_counter()
     }
 
+    /// Whether `route` admits every request unchecked (no guard, rate limit or breaker applies to it).
+    pub fn open(&self, route: &Route) -> bool {
+        route.policy.is_empty() && !self.breakers.on_by_default()
+    }
+
     /// Run the frontend's guard and rate limit on a request. `host` is the Host the request was routed by;
     /// `log` writes one error-log line about this request. With `sign_body`, the body is read here and the
     /// request leaves with it buffered.
@@ -427,10 +432,10 @@ impl Policies {
         client: IpAddr,
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<Pass, Reject> {
-        let policy = &route.policy;
-        if policy.is_empty() && !self.breakers.on_by_default() {
+        if self.open(route) {
             return Ok(Pass::open());
         }
+        let policy = &route.policy;
         // Guard: signature and timestamp first; the nonce is spent only once the rate limit let the request
         // through, so that a client told to retry later can resend the same signed request.
         let guard = match &policy.guard {

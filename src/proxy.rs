@@ -133,7 +133,7 @@ impl Proxy {
         };
         match self.config.responses {
             ResponseStyle::Planb if host == "__ping__" && req.uri().path() == "/" => {
-                return match self.router.store().ping().await {
+                return match Box::pin(self.router.store().ping()).await {
                     Ok(()) => Reject::PingOk.response(),
                     Err(e) => Reject::PingFailed(e.0).response(),
                 };
@@ -162,7 +162,7 @@ impl Proxy {
             inflight,
         };
         if upgrade::is_websocket(&req) {
-            return self.websocket(req, down, &mut ctx).await;
+            return Box::pin(self.websocket(req, down, &mut ctx)).await;
         }
         let entry = AccessEntry {
             time: SystemTime::now(),
@@ -210,10 +210,16 @@ impl Proxy {
         entry.backend_key = route.key.clone();
         entry.identifier = route.identifier.clone();
         let log = |m: &str| self.log_error(ctx, "?", m);
-        let admitted = self
-            .policies
-            .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log)
-            .await;
+        // Boxed: most frontends have no policy, and their requests should not carry the guard's state.
+        let admitted = match self.policies.open(&route) {
+            true => Ok(Pass::open()),
+            false => {
+                let admit = self
+                    .policies
+                    .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log);
+                Box::pin(admit).await
+            }
+        };
         let pass = match admitted {
             Ok(pass) => pass,
             Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
@@ -334,7 +340,7 @@ impl Proxy {
                         .any(|r| r.contains(&status))
                     {
                         // Passed on unchanged; the next requests avoid this backend.
-                        self.mark_dead(ctx, &route, None).await;
+                        Box::pin(self.mark_dead(ctx, &route, None)).await;
                     }
                     let resp = resp.map(ProxyBody::Upstream);
                     return (resp, backend_started.elapsed(), entry);
@@ -370,7 +376,7 @@ impl Proxy {
             };
             self.log_error(ctx, &ctx.backend_url, &message);
             if dead {
-                self.mark_dead(ctx, &route, Some(&error)).await;
+                Box::pin(self.mark_dead(ctx, &route, Some(&error))).await;
             }
             std::sync::Arc::make_mut(&mut route).dead[index] = true;
             // Only a request that never reached the backend can be sent again.
@@ -401,7 +407,7 @@ impl Proxy {
                     retries += 1;
                     failed.push(ctx.backend_url.clone());
                     if self.config.failure.relookup_on_retry {
-                        route = match self.lookup(ctx).await {
+                        route = match Box::pin(self.lookup(ctx)).await {
                             Ok(route) => route,
                             Err(reject) => {
                                 return (

@@ -213,7 +213,8 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = match self.dial(target, &authority).await {
+        // Boxed: dialing (and a TLS handshake) is rare next to reusing a connection.
+        let mut sender = match Box::pin(self.dial(target, &authority)).await {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(req))),
         };

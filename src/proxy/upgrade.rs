@@ -100,7 +100,7 @@ impl Proxy {
                     if !dead {
                         return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
                     }
-                    self.mark_dead(ctx, &route, Some(&e)).await;
+                    Box::pin(self.mark_dead(ctx, &route, Some(&e))).await;
                     std::sync::Arc::make_mut(&mut route).dead[index] = true;
                     match route.first_live(index + 1) {
                         Some(next) if self.config.extensions.failover => index = next,
