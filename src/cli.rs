@@ -202,6 +202,10 @@ pub struct Cli {
     /// Cache route lookups for 2 s.
     #[arg(long, env = "HYPACHE_BACKEND_CACHE")]
     pub backend_cache: bool,
+    /// Cache route lookups until Redis keyspace notifications say a key they were read from changed (needs
+    /// `notify-keyspace-events` with K and glshx on the read Redis; entries live 2 s without it).
+    #[arg(long, env = "HYPACHE_BACKEND_CACHE_EVENTS")]
+    pub backend_cache_events: bool,
 
     /// Do not retry a missed lookup with the host lower-cased.
     #[arg(long, env = "HYPACHE_NO_LOWERCASE_LOOKUP")]
@@ -398,7 +402,8 @@ impl Cli {
                 max_header_bytes: self.max_header_bytes as usize,
                 ..Limits::default()
             },
-            backend_cache: self.backend_cache,
+            backend_cache: self.backend_cache || self.backend_cache_events,
+            backend_cache_events: self.backend_cache_events,
             backend_cache_limits: (
                 crate::route::BACKEND_CACHE_TTL,
                 crate::route::BACKEND_CACHE_SIZE,

@@ -42,6 +42,10 @@ pub struct Config {
     pub limits: Limits,
     /// `--backend-cache`: reuse a lookup for 2 s instead of reading Redis on every request (PlanB §1.4).
     pub backend_cache: bool,
+    /// `--backend-cache-events`: reuse a lookup until Redis's keyspace notifications say one of its keys
+    /// changed, so that no request reads Redis and no change waits longer than the notification (route
+    /// `events`). Needs `notify-keyspace-events` on the read Redis; without it, entries live 2 s.
+    pub backend_cache_events: bool,
     /// The backend cache's lifetime and capacity (0: unbounded) when it is on: PlanB's 2 s and 10,000 hosts,
     /// or Hipache's `server.lruCache` `{ttl, size}`.
     pub backend_cache_limits: (Duration, u64),
@@ -523,6 +527,7 @@ impl Config {
             extensions: Extensions::default(),
             limits: Limits::default(),
             backend_cache: false,
+            backend_cache_events: false,
             backend_cache_limits: (
                 crate::route::BACKEND_CACHE_TTL,
                 crate::route::BACKEND_CACHE_SIZE,

@@ -174,6 +174,7 @@ impl Server {
             .map_err(|e| StartError(format!("starting the worker threads: {e}")))?;
         // Each worker reads routes, and writes nonces and global rate limits, over its own connections, whose
         // I/O runs on that worker's thread.
+        let notifications = read.clone();
         let reads = per_worker(&workers, read, &config.read_redis, &config.key_prefix).await?;
         let writes = match config.write_redis == config.read_redis {
             true => reads.clone(),
@@ -214,6 +215,7 @@ impl Server {
                     backend_cache: config.backend_cache,
                     stale_routes_ttl: config.stale_routes_ttl,
                     backend_cache_limits: config.backend_cache_limits,
+                    events: config.backend_cache_events,
                 },
             ),
             upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1)
@@ -232,6 +234,10 @@ impl Server {
                 .unwrap_or_default(),
             config,
         };
+        if let Some(cache) = proxy.router.event_cache() {
+            let (db, prefix) = (proxy.config.read_redis.db, proxy.config.key_prefix.clone());
+            tokio::spawn(route::events::follow(cache, notifications, db, prefix));
+        }
         Ok(Server {
             listeners,
             metrics_listener,

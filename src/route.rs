@@ -16,6 +16,8 @@ use crate::store::{FrontendData, RedisClient, StoreError};
 use crate::upstream::{Target, TargetError};
 use crate::workers::PerWorker;
 
+pub mod events;
+
 /// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
 /// without bound.
 const MAX_COUNTERS: usize = 100_000;
@@ -69,6 +71,9 @@ pub struct CachePolicy {
     pub stale_routes_ttl: Option<Duration>,
     /// The backend cache's lifetime and capacity (0: unbounded).
     pub backend_cache_limits: (Duration, u64),
+    /// `--backend-cache-events`: cache routes until a keyspace notification says one of their keys changed
+    /// (see [`events`]); takes the place of `backend_cache`.
+    pub events: bool,
 }
 
 #[derive(Clone)]
@@ -89,6 +94,8 @@ pub struct Router {
     cache: Option<moka::future::Cache<Box<str>, Arc<Route>>>,
     /// Last successful lookup by Host, for Redis outages.
     stale: Option<moka::sync::Cache<Box<str>, StaleRoute>>,
+    /// Routes kept fresh by keyspace notifications, for `--backend-cache-events`.
+    events: Option<Arc<events::EventCache>>,
 }
 
 impl Router {
@@ -98,7 +105,14 @@ impl Router {
         routing: RoutingPolicy,
         policy: CachePolicy,
     ) -> Router {
-        let cache = policy.backend_cache.then(|| {
+        let events = policy.events.then(|| {
+            let size = usize::try_from(policy.backend_cache_limits.1).unwrap_or(usize::MAX);
+            Arc::new(events::EventCache::new(match size {
+                0 => usize::MAX,
+                size => size,
+            }))
+        });
+        let cache = (policy.backend_cache && !policy.events).then(|| {
             let (ttl, size) = policy.backend_cache_limits;
             let builder = moka::future::Cache::builder().time_to_live(ttl);
             match size {
@@ -119,7 +133,13 @@ impl Router {
             counters: DashMap::new(),
             cache,
             stale,
+            events,
         }
+    }
+
+    /// The notification-fed cache, for [`events::follow`] (`None` unless `--backend-cache-events`).
+    pub fn event_cache(&self) -> Option<Arc<events::EventCache>> {
+        self.events.clone()
     }
 
     /// The read Redis client of the calling thread's worker.
@@ -130,14 +150,25 @@ impl Router {
     /// The route for a Host: from the backend cache when it is on, otherwise (or on a miss) from Redis, and
     /// from the last-known routes when Redis fails.
     pub async fn lookup(&self, host: &str) -> Result<Arc<Route>, LookupError> {
+        if let Some(events) = self.events.as_ref().filter(|e| e.live()) {
+            if let Some(route) = events.get(host) {
+                return Ok(route);
+            }
+            let generation = events.generation();
+            let (route, fresh) = self.read_marked(host).await?;
+            if fresh {
+                events.insert(host, route.clone(), self.keys_read_for(host), generation);
+            }
+            return Ok(route);
+        }
         let Some(cache) = &self.cache else {
             return self.read(host).await;
         };
         if let Some(route) = cache.get(host).await {
             return Ok(route);
         }
-        cache
-            .try_get_with(host.into(), self.read(host))
+        // Boxed: a miss is rare, and the cache's loader state would otherwise ride along in every request.
+        Box::pin(cache.try_get_with(host.into(), self.read(host)))
             .await
             .map_err(|e| (*e).clone())
     }
@@ -150,6 +181,9 @@ impl Router {
         host: &str,
         key: &str,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        if let Some(events) = &self.events {
+            events.forget(host);
+        }
         let cache = self.cache.clone();
         let (host, key) = (host.to_string(), key.to_string());
         async move {
@@ -161,6 +195,11 @@ impl Router {
     }
 
     async fn read(&self, host: &str) -> Result<Arc<Route>, LookupError> {
+        self.read_marked(host).await.map(|(route, _)| route)
+    }
+
+    /// [`Router::read`], saying whether the route is fresh from Redis (true) or the last known one (false).
+    async fn read_marked(&self, host: &str) -> Result<(Arc<Route>, bool), LookupError> {
         match self.read_redis(host).await {
             Ok(route) => {
                 let route = Arc::new(route);
@@ -176,17 +215,28 @@ impl Router {
                         stale.insert(host.into(), entry);
                     }
                 }
-                Ok(route)
+                Ok((route, true))
             }
             Err(LookupError::Store(e)) => match self.stale.as_ref().and_then(|s| s.get(host)) {
                 Some(last) => {
                     tracing::warn!(host, error = %e, "read Redis failed; serving the last known route");
-                    Ok(last.route)
+                    Ok((last.route, false))
                 }
                 None => Err(LookupError::Store(e)),
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// The key suffixes a lookup of `host` reads (each under `frontend:`, `dead:` and the policy hashes).
+    fn keys_read_for(&self, host: &str) -> Vec<String> {
+        let host = match self.routing.strip_port_first {
+            true => hipache_hostname(host),
+            false => std::borrow::Cow::Borrowed(host),
+        };
+        let mut keys = vec![host.to_string()];
+        keys.extend(fallback_candidates(&host, self.extensions));
+        keys
     }
 
     /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
