@@ -574,14 +574,20 @@ scenario_plain() { # plain HTTP/1.1 keep-alive GET / with a 3-byte body
   measure_matrix plain "$(reference_or_no backend)" "${proxies[@]}"
 }
 
-scenario_backend-cache() { # the same requests with --backend-cache: route changes visible within 2 s
+# The same requests with --backend-cache (route changes visible within 2 s) and with --backend-cache-events
+# (visible as soon as Redis's keyspace notification arrives; no request reads Redis).
+scenario_backend-cache() {
   [ -n "${WANT[hypache]:-}" ] || return 0
+  redis-cli -p "$redis_port" config set notify-keyspace-events Kglshx >/dev/null
   start_hypache hypache-cache --backend-cache
   LABEL[hypache-cache]=hypache-cache   # its own row name, as in results from before the other scenarios
+  start_hypache hypache-events --backend-cache-events
+  LABEL[hypache-events]=hypache-events
   local others=() p
   for p in "${proxies[@]}"; do [ "$p" = hypache ] || others+=("$p"); done
-  measure_matrix backend-cache no hypache-cache "${others[@]}"
-  stop_server hypache-cache
+  measure_matrix backend-cache no hypache-cache hypache-events "${others[@]}"
+  stop_server hypache-cache hypache-events
+  redis-cli -p "$redis_port" config set notify-keyspace-events "" >/dev/null
 }
 
 # One self-signed ECDSA P-256 certificate for "localhost", shared by every TLS terminator. wrk sends the URL's host
