@@ -296,7 +296,14 @@ impl Log {
 
     /// Queue an access-log record.
     pub fn access_entry(&self, entry: AccessEntry) {
-        self.push(Record::Access(Box::new(entry)));
+        if self.enabled() {
+            self.push(Record::Access(Box::new(entry)));
+        }
+    }
+
+    /// Whether records go anywhere (`--access-log none` and a disabled error log: no).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
     }
 
     /// Queue a preformatted line (the error log).

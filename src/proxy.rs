@@ -116,7 +116,9 @@ impl Proxy {
     /// Handle one request and produce its response. Never fails: every failure is a [`Reject`].
     pub async fn handle(&self, req: Request<Incoming>, down: Downstream) -> Response<ProxyBody> {
         // Streamed as it arrives, unless a guard has to read it first (`sign_body`).
-        let mut req = req.map(RequestBody::Streaming);
+        // Boxed, as the access entry is borrowed: both would otherwise be copied into each nested future's state
+        // (and rustc keeps an async fn's arguments twice), which made the request future about 6 KB to memcpy.
+        let mut req = Box::new(req.map(RequestBody::Streaming));
         if down.conflicting_length {
             return Reject::BadRequest("both Content-Length and Transfer-Encoding").response();
         }
@@ -162,9 +164,28 @@ impl Proxy {
             inflight,
         };
         if upgrade::is_websocket(&req) {
-            return Box::pin(self.websocket(req, down, &mut ctx)).await;
+            return Box::pin(self.websocket(*req, down, &mut ctx)).await;
         }
-        let entry = AccessEntry {
+        let mut entry = self.access_entry(&req, &down, &ctx);
+        let (resp, backend_time) = self.forward(req, down, &mut ctx, &mut entry).await;
+        let mut resp = self.finish(resp, backend_time, &ctx, entry);
+        // The registration lasts until the server has written the body out.
+        resp.extensions_mut().insert(ctx.inflight.into_ticket());
+        resp
+    }
+
+    /// The access-log record of a request, as far as the request tells. Without an access log only what the
+    /// metrics read is filled in, so that no request pays for strings nobody writes.
+    fn access_entry(
+        &self,
+        req: &Request<RequestBody>,
+        down: &Downstream,
+        ctx: &Ctx,
+    ) -> AccessEntry {
+        if !self.access_log.enabled() {
+            return AccessEntry::default();
+        }
+        AccessEntry {
             time: SystemTime::now(),
             client_ip: Some(down.peer.ip()),
             method: req.method().as_str().to_string(),
@@ -179,8 +200,8 @@ impl Proxy {
             proto: proto(req.version()),
             status: 0,
             content_length: 0,
-            referer: header_text(&req, header::REFERER),
-            user_agent: header_text(&req, header::USER_AGENT),
+            referer: header_text(req, header::REFERER),
+            user_agent: header_text(req, header::USER_AGENT),
             request_id_header: self.request_id_label.clone(),
             request_id: ctx.request_id.clone(),
             backend_key: String::new(),
@@ -188,27 +209,24 @@ impl Proxy {
             forwarded_for: String::new(),
             total: Duration::ZERO,
             backend: Duration::ZERO,
-        };
-        let (resp, backend_time, entry) = self.forward(req, down, &mut ctx, entry).await;
-        let mut resp = self.finish(resp, backend_time, &ctx, entry);
-        // The registration lasts until the server has written the body out.
-        resp.extensions_mut().insert(ctx.inflight.into_ticket());
-        resp
+        }
     }
 
     async fn forward(
         &self,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         down: Downstream,
         ctx: &mut Ctx,
-        mut entry: AccessEntry,
-    ) -> (Response<ProxyBody>, Duration, AccessEntry) {
+        entry: &mut AccessEntry,
+    ) -> (Response<ProxyBody>, Duration) {
         let route = match self.lookup(ctx).await {
             Ok(route) => route,
-            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
+            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO),
         };
-        entry.backend_key = route.key.clone();
-        entry.identifier = route.identifier.clone();
+        if self.access_log.enabled() || self.telemetry.metrics.per_frontend() {
+            entry.backend_key = route.key.clone();
+            entry.identifier = route.identifier.clone();
+        }
         let log = |m: &str| self.log_error(ctx, "?", m);
         // Boxed: most frontends have no policy, and their requests should not carry the guard's state.
         let admitted = match self.policies.open(&route) {
@@ -222,35 +240,31 @@ impl Proxy {
         };
         let pass = match admitted {
             Ok(pass) => pass,
-            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO, entry),
+            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO),
         };
         let rate = pass.rate;
-        let (mut resp, backend_time, entry) = self.relay(req, down, ctx, entry, route, pass).await;
+        let (mut resp, backend_time) = self.relay(req, down, ctx, entry, route, pass).await;
         // The frontend's rate limit as it stands after this request, on whatever answer it got.
         if let Some(rate) = rate {
             rate.insert(resp.headers_mut());
         }
-        (resp, backend_time, entry)
+        (resp, backend_time)
     }
 
     /// Select a backend, rewrite the request for it and send it, failing over on connection failures.
     async fn relay(
         &self,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         down: Downstream,
         ctx: &mut Ctx,
-        mut entry: AccessEntry,
+        entry: &mut AccessEntry,
         mut route: Arc<Route>,
         pass: Pass,
-    ) -> (Response<ProxyBody>, Duration, AccessEntry) {
+    ) -> (Response<ProxyBody>, Duration) {
         let start = self.router.start_for(&ctx.host, &route);
         let Some(mut index) = pass.first_live(&route, start) else {
             self.log_error(ctx, "?", "all backends are dead");
-            return (
-                self.reject(Reject::AllDead, ctx.debug),
-                Duration::ZERO,
-                entry,
-            );
+            return (self.reject(Reject::AllDead, ctx.debug), Duration::ZERO);
         };
 
         // The rewrite that does not depend on the backend is done once, before the first attempt.
@@ -298,11 +312,7 @@ impl Proxy {
             let target = match route.target(index) {
                 Ok(target) => target,
                 Err(TargetError::Empty) => {
-                    return (
-                        self.reject(Reject::NoRoute, ctx.debug),
-                        Duration::ZERO,
-                        entry,
-                    )
+                    return (self.reject(Reject::NoRoute, ctx.debug), Duration::ZERO)
                 }
                 Err(TargetError::Invalid(why)) => {
                     self.log_error(
@@ -310,11 +320,7 @@ impl Proxy {
                         &ctx.backend_url,
                         &format!("error in backend request: {why}"),
                     );
-                    return (
-                        self.reject(Reject::Unavailable, ctx.debug),
-                        Duration::ZERO,
-                        entry,
-                    );
+                    return (self.reject(Reject::Unavailable, ctx.debug), Duration::ZERO);
                 }
             };
             if self.config.forwarding == ForwardingPolicy::Planb {
@@ -343,7 +349,7 @@ impl Proxy {
                         Box::pin(self.mark_dead(ctx, &route, None)).await;
                     }
                     let resp = resp.map(ProxyBody::Upstream);
-                    return (resp, backend_started.elapsed(), entry);
+                    return (resp, backend_started.elapsed());
                 }
                 Err(_elapsed) => {
                     pass.record(&route, index, Outcome::Timeout, &|m| {
@@ -357,7 +363,6 @@ impl Proxy {
                     return (
                         self.reject(Reject::BackendTimeout, ctx.debug),
                         backend_started.elapsed(),
-                        entry,
                     );
                 }
                 Ok(Err((error, back))) => (error, back),
@@ -386,7 +391,6 @@ impl Proxy {
                     return (
                         self.reject(Reject::Unavailable, ctx.debug),
                         backend_started.elapsed(),
-                        entry,
                     )
                 }
             };
@@ -397,11 +401,7 @@ impl Proxy {
                     let reject = Reject::RetriesExhausted {
                         disabled: limit == 0,
                     };
-                    return (
-                        self.reject(reject, ctx.debug),
-                        backend_started.elapsed(),
-                        entry,
-                    );
+                    return (self.reject(reject, ctx.debug), backend_started.elapsed());
                 }
                 Some(_) => {
                     retries += 1;
@@ -410,11 +410,7 @@ impl Proxy {
                         route = match Box::pin(self.lookup(ctx)).await {
                             Ok(route) => route,
                             Err(reject) => {
-                                return (
-                                    self.reject(reject, ctx.debug),
-                                    backend_started.elapsed(),
-                                    entry,
-                                )
+                                return (self.reject(reject, ctx.debug), backend_started.elapsed())
                             }
                         };
                     }
@@ -432,20 +428,18 @@ impl Proxy {
                 Some(next) => {
                     self.telemetry.metrics.failover();
                     index = next;
-                    req = back;
+                    req = Box::new(back);
                 }
                 None if self.config.failure.retry_limit.is_some() => {
                     return (
                         self.reject(Reject::AllDead, ctx.debug),
                         backend_started.elapsed(),
-                        entry,
                     )
                 }
                 None => {
                     return (
                         self.reject(Reject::Unavailable, ctx.debug),
                         backend_started.elapsed(),
-                        entry,
                     )
                 }
             }

@@ -199,16 +199,16 @@ impl Upstream {
     pub async fn send(
         &self,
         target: &Target,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
     ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let authority = target.authority();
         let pool = self.pool(&format!("{}://{authority}", target.scheme));
         // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
         while let Some(mut sender) = checkout(&pool) {
-            match sender.try_send_request(req).await {
+            match sender.try_send_request(*req).await {
                 Ok(resp) => return Ok(wrap(resp, sender, pool)),
                 Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
+                    Some(back) => *req = back,
                     None => return Err((UpstreamError::Request(request_error(e.error())), None)),
                 },
             }
@@ -216,9 +216,9 @@ impl Upstream {
         // Boxed: dialing (and a TLS handshake) is rare next to reusing a connection.
         let mut sender = match Box::pin(self.dial(target, &authority)).await {
             Ok(sender) => sender,
-            Err(e) => return Err((e, Some(req))),
+            Err(e) => return Err((e, Some(*req))),
         };
-        match sender.send_request(req).await {
+        match sender.send_request(*req).await {
             Ok(resp) => Ok(wrap(resp, sender, pool)),
             Err(e) => Err((UpstreamError::Request(request_error(&e)), None)),
         }
