@@ -5,9 +5,10 @@
 //! The cheap parts are always there: runtime figures with one line per worker thread (busy time, parks, polls,
 //! queue depth: a worker whose figures stop moving is blocked), connections, tunnels and the in-flight requests.
 //!
-//! The tokio task dump is opt-in (`--task-dump`). It needs a build with `--cfg tokio_unstable` and tokio's
-//! `taskdump` feature on Linux (set in `.cargo/config.toml`), and it is unstable in tokio: on the multi-thread
-//! runtime a dump can leave the workers asleep and stall every request (tokio-rs/tokio#7478; seen here in about
+//! The tokio task dump is opt-in (`--task-dump`). It needs a build with `--features task-dump` (tokio's
+//! `taskdump`, which traces every poll of every task: about 3% of the instructions of a proxied request, so it
+//! is not in the default build) and `--cfg tokio_unstable` on Linux (`.cargo/config.toml`). It is unstable in
+//! tokio: on the multi-thread runtime a dump can leave the workers asleep and stall every request (tokio-rs/tokio#7478; seen here in about
 //! one run in ten of the dump test under load, requests hung for more than 15 s). A SIGUSR1 must never do that
 //! to a proxy in production, so by default the dump shows the runtime figures instead. With `--task-dump` the
 //! task dump is bounded by [`TASK_DUMP_TIMEOUT`] (a stalled runtime cannot honour it, which is the risk), and
@@ -31,6 +32,7 @@ pub const TASK_DUMP_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_LISTED: usize = 1000;
 
 /// Tasks traced in full at most; tasks with the same trace are listed once with their count.
+#[cfg(all(tokio_unstable, target_os = "linux", feature = "task-dump"))]
 const MAX_TRACES: usize = 200;
 
 static BUSY: AtomicBool = AtomicBool::new(false);
@@ -144,7 +146,7 @@ fn summary(proxy: &Proxy) -> String {
     text
 }
 
-#[cfg(all(tokio_unstable, target_os = "linux"))]
+#[cfg(all(tokio_unstable, target_os = "linux", feature = "task-dump"))]
 async fn task_dump(runtimes: Vec<tokio::runtime::Handle>) -> String {
     let started = Instant::now();
     // A current-thread runtime can only be dumped from inside itself: ask each for its own dump.
@@ -207,8 +209,8 @@ async fn task_dump(runtimes: Vec<tokio::runtime::Handle>) -> String {
     formatted.unwrap_or_else(|e| format!("task dump: formatting failed: {e}\n"))
 }
 
-#[cfg(not(all(tokio_unstable, target_os = "linux")))]
+#[cfg(not(all(tokio_unstable, target_os = "linux", feature = "task-dump")))]
 async fn task_dump(_runtimes: Vec<tokio::runtime::Handle>) -> String {
-    "task dump: not available in this build (needs Linux and --cfg tokio_unstable, see .cargo/config.toml)\n"
+    "task dump: not available in this build (needs Linux, --cfg tokio_unstable and --features task-dump)\n"
         .to_string()
 }
