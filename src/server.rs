@@ -31,6 +31,10 @@ use crate::proxy::{Downstream, Proxy};
 use crate::tls::{handshake_error, TlsTerminator};
 use crate::workers::Workers;
 
+mod gate;
+
+use gate::Gated;
+
 /// A bound listener and what it speaks.
 pub enum Listener {
     /// Plain HTTP/1.x (`--listen` with the native engine).
@@ -399,10 +403,27 @@ async fn serve_http1<IO, S>(
             .serve_connection(TokioIo::new(io), service.clone())
             .with_upgrades();
         let mut conn = Box::pin(conn);
-        let parked_at = tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = &mut watchdog => return,
-            _ = stopped(&mut stop) => {
+        let event = {
+            // The timers and the shutdown signal are polled only when one of them fired (see `gate`), not on
+            // every socket event of the connection.
+            let aux = pin!(async {
+                tokio::select! {
+                    biased;
+                    _ = &mut watchdog => Aux::Watchdog,
+                    _ = stopped(&mut stop) => Aux::Stop,
+                    () = idle_for(&state, PARK_AFTER) => Aux::Park,
+                }
+            });
+            let mut aux = Gated::new(aux);
+            tokio::select! {
+                biased;
+                _ = conn.as_mut() => return,
+                event = &mut aux => event,
+            }
+        };
+        let parked_at = match event {
+            Aux::Watchdog => return,
+            Aux::Stop => {
                 // Finish the request in flight (the watchdog still applies), then close.
                 conn.as_mut().graceful_shutdown();
                 tokio::select! {
@@ -411,7 +432,7 @@ async fn serve_http1<IO, S>(
                 }
                 return;
             }
-            () = idle_for(&state, PARK_AFTER) => {
+            Aux::Park => {
                 state.parking.store(true, Ordering::Release);
                 let parked_at = state.requests.load(Ordering::Acquire);
                 conn.as_mut().graceful_shutdown();
@@ -446,27 +467,39 @@ async fn serve_http1<IO, S>(
     }
 }
 
+/// What ended a served stretch of an HTTP/1 connection, other than the connection itself.
+enum Aux {
+    Watchdog,
+    Stop,
+    Park,
+}
+
 /// Resolves once shutdown has begun (at once when it already has).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 /// Resolves when the connection has served a request and been idle for `after` since.
+///
+/// One timer for the connection's life, and no timer work per request: the timer is only moved later when it
+/// fires, and while a request is in flight the wait is on `went_idle` instead.
 async fn idle_for(state: &ConnState, after: Duration) {
+    let after_ms = after.as_millis() as u64;
+    let mut timer = pin!(tokio::time::sleep(after));
     loop {
         let phase = state.phase.load(Ordering::Acquire);
-        if phase == IDLE && state.requests.load(Ordering::Acquire) > 0 {
-            let deadline = state.since.load(Ordering::Relaxed) + after.as_millis() as u64;
-            if now_ms() >= deadline {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(instant_at(deadline)) => {}
-                _ = state.went_idle.notified() => {}
-            }
-        } else {
+        if phase != IDLE || state.requests.load(Ordering::Acquire) == 0 {
+            // Busy, or no request yet (the head timeout covers that): nothing to time until it goes idle.
             state.went_idle.notified().await;
+            continue;
         }
+        let deadline = state.since.load(Ordering::Relaxed) + after_ms;
+        if now_ms() >= deadline {
+            return;
+        }
+        // Only ever later than the timer's last deadline, which tokio handles without touching its wheel.
+        timer.as_mut().reset(instant_at(deadline));
+        timer.as_mut().await;
     }
 }
 
