@@ -36,6 +36,16 @@ const PLANB_X_FORWARDED_FOR: HeaderName = HeaderName::from_static("planb-x-forwa
 /// On requests, `TE: trailers` is kept (Go ≥ 1.11 does) and `Trailer` goes; on responses `Trailer` stays so the
 /// client learns which trailers follow, as Go's ReverseProxy re-announces them.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    // Most messages carry none of them: one pass over the names costs less than a hashed lookup per name.
+    let any = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == header::TE
+            || name == header::TRAILER
+            || HOP_BY_HOP.contains(name)
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
