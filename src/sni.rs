@@ -53,7 +53,7 @@ async fn passthrough(mut client: TcpStream, proxy: &Proxy) -> Result<(), SniErro
         let target = route
             .target(index)
             .map_err(|_| SniError::NoRoute(name.clone()))?;
-        match proxy.upstream.connect(&target, &target.authority()).await {
+        match proxy.upstream.connect(&target, target.authority()).await {
             Ok(stream) => break stream,
             Err(e) => {
                 std::sync::Arc::make_mut(&mut route).dead[index] = true;

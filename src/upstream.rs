@@ -42,6 +42,10 @@ pub struct Target {
     pub port: u16,
     /// IP-literal backends keep the client's Host; named backends get their own name (PlanB §6.1).
     pub host_is_ip: bool,
+    /// `host:port` (see [`Target::authority`]), and `scheme://host:port`, the pool's key: made once per URL
+    /// instead of formatted for every request.
+    authority: String,
+    pool_key: String,
 }
 
 /// A backend URL that cannot be used.
@@ -78,12 +82,7 @@ impl Target {
                 None => return Err(TargetError::Invalid(format!("no host in {url:?}"))),
             };
             let port = parsed.port_or_known_default().unwrap_or(80);
-            return Ok(Target {
-                scheme,
-                host,
-                port,
-                host_is_ip,
-            });
+            return Ok(Target::new(scheme, host, port, host_is_ip));
         }
         // No scheme: the whole string is host[:port], spoken to over http.
         let (host, port) = match crate::route::split_host_port(url) {
@@ -98,21 +97,27 @@ impl Target {
             None => (url.to_string(), 80),
         };
         let host_is_ip = host.parse::<IpAddr>().is_ok();
-        Ok(Target {
-            scheme: "http",
+        Ok(Target::new("http", host, port, host_is_ip))
+    }
+
+    fn new(scheme: &'static str, host: String, port: u16, host_is_ip: bool) -> Target {
+        let authority = match host.contains(':') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        };
+        Target {
+            scheme,
+            pool_key: format!("{scheme}://{authority}"),
+            authority,
             host,
             port,
             host_is_ip,
-        })
+        }
     }
 
     /// `host:port` as Go prints it in dial errors (`[::1]:80` for IPv6).
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 }
 
@@ -202,7 +207,7 @@ impl Upstream {
         mut req: Box<Request<RequestBody>>,
     ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let authority = target.authority();
-        let pool = self.pool(&format!("{}://{authority}", target.scheme));
+        let pool = self.pool(&target.pool_key);
         // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
         while let Some(mut sender) = checkout(&pool) {
             match sender.try_send_request(*req).await {
@@ -214,7 +219,7 @@ impl Upstream {
             }
         }
         // Boxed: dialing (and a TLS handshake) is rare next to reusing a connection.
-        let mut sender = match Box::pin(self.dial(target, &authority)).await {
+        let mut sender = match Box::pin(self.dial(target, authority)).await {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(*req))),
         };
@@ -544,7 +549,7 @@ mod tests {
         let t = Target::parse("srv1").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.host_is_ip), ("srv1", 80, false));
         let t = Target::parse("http://[::1]:81").unwrap();
-        assert_eq!((t.authority().as_str(), t.host_is_ip), ("[::1]:81", true));
+        assert_eq!((t.authority(), t.host_is_ip), ("[::1]:81", true));
         assert_eq!(Target::parse(""), Err(TargetError::Empty));
         assert!(matches!(
             Target::parse("ftp://x"),

@@ -36,31 +36,51 @@ const PLANB_X_FORWARDED_FOR: HeaderName = HeaderName::from_static("planb-x-forwa
 /// On requests, `TE: trailers` is kept (Go ≥ 1.11 does) and `Trailer` goes; on responses `Trailer` stays so the
 /// client learns which trailers follow, as Go's ReverseProxy re-announces them.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
-    // Most messages carry none of them: one pass over the names costs less than a hashed lookup per name.
-    let any = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::TE
-            || name == header::TRAILER
-            || HOP_BY_HOP.contains(name)
-    });
-    if !any {
+    // One pass over the names says which are there (most messages carry none, or only `Connection`), so that
+    // only those are looked up and removed: a hashed lookup per listed name was about 2% of a request.
+    let mut present = 0u32;
+    let (mut te, mut trailer) = (false, false);
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+        te |= name == header::TE;
+        trailer |= name == header::TRAILER;
+    }
+    if present == 0 && !te && !trailer {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        if *name == header::TRAILER && !request {
-            continue;
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0] is Connection: the headers it names go too, looked up by the token itself (no
+        // HeaderName made for each). `keep-alive`, the most common token, is on the list already.
+        let values: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        let tokens = values
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            if token.eq_ignore_ascii_case("keep-alive")
+                || (!request && token.eq_ignore_ascii_case("trailer"))
+            {
+                continue;
+            }
+            headers.remove(token);
         }
-        headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if request {
-        headers.remove(header::TRAILER);
+        if trailer {
+            headers.remove(header::TRAILER);
+        }
         let keep_te = headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes() == b"trailers")
@@ -89,11 +109,33 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>) -> St
     if !joined.is_empty() {
         joined.extend_from_slice(b", ");
     }
-    joined.extend_from_slice(peer.to_string().as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+    push_ip(&mut joined, peer);
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     first
+}
+
+/// Append an address as text. IPv4 by hand: `Ipv4Addr`'s `Display` cost more than a thousand instructions,
+/// on every request.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
 }
 
 /// Hipache's forwarding headers, each only when the client sent none: `X-Forwarded-For` and `X-Real-IP` (the
@@ -180,6 +222,25 @@ pub fn valid_host(host: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let cases = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.0.5",
+            "99.100.109.110",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+        ];
+        for text in cases {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
 
     #[test]
     fn hop_by_hop_request() {

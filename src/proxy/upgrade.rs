@@ -92,7 +92,7 @@ impl Proxy {
                     return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
                 }
             };
-            match self.upstream.open(&target, &target.authority()).await {
+            match self.upstream.open(&target, target.authority()).await {
                 Ok(stream) => break (stream, target),
                 Err(e) => {
                     let dead = e.dead();
@@ -110,7 +110,7 @@ impl Proxy {
             }
         };
         if self.config.forwarding == ForwardingPolicy::Planb {
-            if let Ok(host) = HeaderValue::from_str(&target.authority()) {
+            if let Ok(host) = HeaderValue::from_str(target.authority()) {
                 req.headers_mut().insert(header::HOST, host);
             }
         } else if !req.headers().contains_key(header::HOST) {
