@@ -31,7 +31,7 @@ impl HeadScan {
     /// Feed bytes as they are read. Returns `Some(conflict)` when the head ends in these bytes.
     pub fn feed(&mut self, mut buf: &[u8]) -> Option<bool> {
         while self.active && !buf.is_empty() {
-            let newline = buf.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', buf);
             let segment = &buf[..newline.unwrap_or(buf.len())];
             let take = (PREFIX - self.prefix_len).min(segment.len());
             self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&segment[..take]);

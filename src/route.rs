@@ -89,7 +89,7 @@ pub struct Router {
     extensions: Extensions,
     routing: RoutingPolicy,
     /// One counter per original Host string, port included, created on the first successful lookup.
-    counters: DashMap<Box<str>, Arc<AtomicU32>>,
+    counters: DashMap<Box<str>, Arc<AtomicU32>, foldhash::fast::RandomState>,
     /// Successful lookups by Host, for `--backend-cache`.
     cache: Option<moka::future::Cache<Box<str>, Arc<Route>>>,
     /// Last successful lookup by Host, for Redis outages.
@@ -130,7 +130,7 @@ impl Router {
             stores,
             extensions,
             routing,
-            counters: DashMap::new(),
+            counters: DashMap::default(),
             cache,
             stale,
             events,

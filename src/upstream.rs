@@ -174,7 +174,7 @@ pub struct Upstream {
     /// Idle connections keyed by `scheme://host:port`, so an `http` and an `https` backend on the same
     /// authority never share a connection; one map per worker slot, because a connection's task runs on the
     /// worker that dialed it and a request on another worker would have to wake that thread (see `workers`).
-    pools: PerWorker<DashMap<String, Pool>>,
+    pools: PerWorker<DashMap<String, Pool, foldhash::fast::RandomState>>,
     /// TCP connect limit, also the TLS handshake limit for `https://` backends (as PlanB's transport).
     dial_timeout: Duration,
     /// Verifies `https://` backends (web roots plus `--backend-ca-file`).
@@ -187,7 +187,7 @@ impl Upstream {
     /// `slots`: the worker slots there are (workers + 1 for slot 0).
     pub fn new(dial_timeout: Duration, tls: Arc<ClientConfig>, slots: usize) -> Upstream {
         Upstream {
-            pools: PerWorker::new((0..slots.max(1)).map(|_| DashMap::new()).collect()),
+            pools: PerWorker::new((0..slots.max(1)).map(|_| DashMap::default()).collect()),
             dial_timeout,
             tls: TlsConnector::from(tls),
             max_idle: MAX_IDLE_PER_BACKEND,
