@@ -334,10 +334,10 @@ impl Route {
         }
     }
 
-    /// Backend `index` parsed (once per route).
+    /// Backend `index` parsed (once per route, and once per process for each URL: see [`parsed`]).
     pub fn target(&self, index: usize) -> Result<Arc<Target>, TargetError> {
         self.targets[index]
-            .get_or_init(|| Target::parse(&self.backends[index]).map(Arc::new))
+            .get_or_init(|| parsed(&self.backends[index]))
             .clone()
     }
 
@@ -412,6 +412,26 @@ pub fn split_host_port(host: &str) -> Option<&str> {
         name
     };
     (!name.is_empty()).then_some(name)
+}
+
+/// URLs parsed before, at most this many (then the memo starts over).
+const PARSED_URLS: usize = 10_000;
+
+/// A backend URL parsed, remembered for the process: in the default mode every request reads a new route from
+/// Redis, and parsing its URLs again (the `url` crate, IDNA included) was about 12% of such a request.
+fn parsed(url: &str) -> Result<Arc<Target>, TargetError> {
+    type Memo = DashMap<Box<str>, Result<Arc<Target>, TargetError>, foldhash::fast::RandomState>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(known) = memo.get(url) {
+        return known.clone();
+    }
+    let result = Target::parse(url).map(Arc::new);
+    if memo.len() >= PARSED_URLS {
+        memo.clear();
+    }
+    memo.insert(url.into(), result.clone());
+    result
 }
 
 /// The keys tried after `frontend:<Host>` missed, in order, without repeats:

@@ -78,6 +78,13 @@ struct Connected {
     addr: String,
 }
 
+/// `parts` joined in `scratch`, which is reused for the next name.
+fn key_name<'a>(scratch: &'a mut Vec<u8>, parts: &[&[u8]]) -> &'a [u8] {
+    scratch.clear();
+    parts.iter().for_each(|p| scratch.extend_from_slice(p));
+    scratch
+}
+
 impl RedisClient {
     /// Connect and PING. The error names the address so that a start-up failure says which Redis is down.
     pub async fn connect(config: &RedisConfig) -> Result<RedisClient, StoreError> {
@@ -241,17 +248,22 @@ impl RedisClient {
         keys: &[&str],
         dead_for: Option<&str>,
     ) -> Result<Vec<FrontendData>, StoreError> {
-        let prefix = &self.inner.prefix;
+        let prefix = self.inner.prefix.as_bytes();
         let mut pipe = redis::pipe();
+        // Key names built in one scratch buffer (each command copies its arguments): format! cost more than the
+        // rest of building the pipeline.
+        let mut name = Vec::with_capacity(64);
         for key in keys {
+            let dead = dead_for.unwrap_or(key);
             pipe.cmd("LRANGE")
-                .arg(format!("{prefix}frontend:{key}"))
+                .arg(key_name(&mut name, &[prefix, b"frontend:", key.as_bytes()]))
                 .arg(0)
-                .arg(-1)
-                .cmd("SMEMBERS")
-                .arg(format!("{prefix}dead:{}", dead_for.unwrap_or(key)));
-            for prefix in crate::policy::HASH_PREFIXES {
-                pipe.cmd("HGETALL").arg(format!("{prefix}{key}"));
+                .arg(-1);
+            pipe.cmd("SMEMBERS")
+                .arg(key_name(&mut name, &[prefix, b"dead:", dead.as_bytes()]));
+            for family in crate::policy::HASH_PREFIXES {
+                pipe.cmd("HGETALL")
+                    .arg(key_name(&mut name, &[family.as_bytes(), key.as_bytes()]));
             }
         }
         // Per-command errors come back as values: a policy hash of the wrong type must not fail the route.
