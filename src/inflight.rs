@@ -61,11 +61,6 @@ pub struct InflightGuard {
     id: u64,
 }
 
-/// An [`InflightGuard`] that can ride in a response's extensions (which must be `Clone`) until the server has
-/// written the body out. Only the last clone's drop ends the registration.
-#[derive(Clone)]
-pub struct Ticket(#[allow(dead_code)] Arc<InflightGuard>);
-
 impl Inflight {
     /// Register a request.
     pub fn begin(self: &Arc<Self>, method: &http::Method, host: &str, path: &str) -> InflightGuard {
@@ -127,11 +122,6 @@ impl InflightGuard {
         if let Some(mut entry) = self.registry.map.get_mut(&self.id) {
             entry.responding = true;
         }
-    }
-
-    /// Keep the registration alive inside a response until its body is written out.
-    pub fn into_ticket(self) -> Ticket {
-        Ticket(Arc::new(self))
     }
 }
 
@@ -195,11 +185,8 @@ mod tests {
             "GET a.com/x  frontend a.com  backend http://10.0.0.5:80  waiting for the backend"
         ));
         drop(b);
-        let ticket = a.into_ticket();
-        let copy = ticket.clone();
-        drop(ticket);
         assert_eq!(registry.len(), 1);
-        drop(copy);
+        drop(a);
         assert!(registry.is_empty());
     }
 
@@ -221,14 +208,14 @@ mod tests {
                                 registry.begin(&http::Method::GET, "www.example.com", "/some/path");
                             guard.route("www.example.com", "http://10.0.0.5:80");
                             guard.responding();
-                            drop(guard.into_ticket());
+                            drop(guard);
                         }
                     });
                 }
             });
             let per_thread = started.elapsed() / rounds;
             println!(
-                "begin + route + responding + ticket + end, {threads} thread(s) at once: {per_thread:?} of a thread per request"
+                "begin + route + responding + end, {threads} thread(s) at once: {per_thread:?} of a thread per request"
             );
         }
     }

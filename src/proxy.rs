@@ -114,13 +114,20 @@ impl Proxy {
     }
 
     /// Handle one request and produce its response. Never fails: every failure is a [`Reject`].
-    pub async fn handle(&self, req: Request<Incoming>, down: Downstream) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        down: Downstream,
+    ) -> (Response<ProxyBody>, Option<InflightGuard>) {
         // Streamed as it arrives, unless a guard has to read it first (`sign_body`).
         // Boxed, as the access entry is borrowed: both would otherwise be copied into each nested future's state
         // (and rustc keeps an async fn's arguments twice), which made the request future about 6 KB to memcpy.
         let mut req = Box::new(req.map(RequestBody::Streaming));
         if down.conflicting_length {
-            return Reject::BadRequest("both Content-Length and Transfer-Encoding").response();
+            return (
+                Reject::BadRequest("both Content-Length and Transfer-Encoding").response(),
+                None,
+            );
         }
         let debug = match self.config.responses {
             ResponseStyle::Planb => req
@@ -131,18 +138,19 @@ impl Proxy {
         };
         let host = match request_host(&req) {
             Ok(host) => host,
-            Err(reject) => return self.reject(reject, debug),
+            Err(reject) => return (self.reject(reject, debug), None),
         };
         match self.config.responses {
             ResponseStyle::Planb if host == "__ping__" && req.uri().path() == "/" => {
-                return match Box::pin(self.router.store().ping()).await {
+                let answer = match Box::pin(self.router.store().ping()).await {
                     Ok(()) => Reject::PingOk.response(),
                     Err(e) => Reject::PingFailed(e.0).response(),
                 };
+                return (answer, None);
             }
             // Hipache's own liveness probe: answered without Redis, whatever the path.
             ResponseStyle::Hipache(_) if host == "__ping__" => {
-                return self.reject(Reject::PingOk, false);
+                return (self.reject(Reject::PingOk, false), None);
             }
             _ => {}
         }
@@ -164,14 +172,13 @@ impl Proxy {
             inflight,
         };
         if upgrade::is_websocket(&req) {
-            return Box::pin(self.websocket(*req, down, &mut ctx)).await;
+            return (Box::pin(self.websocket(*req, down, &mut ctx)).await, None);
         }
         let mut entry = self.access_entry(&req, &down, &ctx);
         let (resp, backend_time) = self.forward(req, down, &mut ctx, &mut entry).await;
-        let mut resp = self.finish(resp, backend_time, &ctx, entry);
+        let resp = self.finish(resp, backend_time, &ctx, entry);
         // The registration lasts until the server has written the body out.
-        resp.extensions_mut().insert(ctx.inflight.into_ticket());
-        resp
+        (resp, Some(ctx.inflight))
     }
 
     /// The access-log record of a request, as far as the request tells. Without an access log only what the
@@ -294,13 +301,16 @@ impl Proxy {
             headers::join_cookies(req.headers_mut());
         }
         *req.version_mut() = Version::HTTP_11;
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        *req.uri_mut() = path_and_query.parse().unwrap_or_default();
+        // The backend gets origin form; most requests are in it already (HTTP/2 and absolute-form ones are not).
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string();
+            *req.uri_mut() = path_and_query.parse().unwrap_or_default();
+        }
 
         let mut retries = 0u32;
         // Backends that failed for this request: a retry never picks them again, even after a new lookup.

@@ -26,7 +26,6 @@ use tokio::time::Instant;
 use crate::body::Guarded;
 use crate::config::Timeouts;
 use crate::head_scan::HeadScan;
-use crate::inflight::Ticket;
 use crate::proxy::{Downstream, Proxy};
 use crate::tls::{handshake_error, TlsTerminator};
 use crate::workers::Workers;
@@ -314,9 +313,8 @@ async fn serve_connection<IO>(
         // Boxed: hyper keeps a slot the size of this future for every connection, busy or idle, and the
         // request pipeline's future is about 6 KB; boxed, idle keep-alive connections do not pay for it.
         Box::pin(async move {
-            let mut resp = proxy.handle(req, down).await;
             // The request stays in the in-flight registry until its body is written out.
-            let inflight = resp.extensions_mut().remove::<Ticket>();
+            let (resp, inflight) = proxy.handle(req, down).await;
             Ok::<_, std::convert::Infallible>(
                 resp.map(|body| Guarded::new(body, (guard, inflight))),
             )
