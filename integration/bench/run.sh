@@ -3,7 +3,7 @@
 # Usage: bash integration/bench/run.sh [--smoke] [--scenario plain,tls,...] [--duration 10s] [--rounds 3]
 #          [--out results.json] [--conns 64,256] [--proxies hypache,nginx,haproxy] [--warmup 1s]
 #          [--idle-conns 10000] [--stream-size 1G]
-# Scenarios: plain backend-cache tls tls-resume websocket idle stream policy (default: all of them).
+# Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions (default: all).
 # See integration/bench/README.md for what each scenario and column means.
 set -euo pipefail
 
@@ -12,7 +12,7 @@ repo=$(cd "$here/../.." && pwd)
 bench_py=(python3 "$here/bench.py")
 load_py=(python3 "$here/load.py")
 HOST=bench.test
-ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy)
+ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions)
 
 usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -335,14 +335,18 @@ start_load_backend() {
   log "$name ($kind) on 127.0.0.1:$port"
 }
 
+# What starts a server (a scenario can put valgrind in front) and how long it may take to answer.
+launcher=()
+ready_s=10
+
 # start_hypache NAME [extra flags...]: another scenario can start a second instance with other flags.
 start_hypache() {
   local name=$1; shift
   next_port
-  "$bin" --listen "127.0.0.1:$port" --read-redis-port "$redis_port" --write-redis-port "$redis_port" \
-    --access-log none --shutdown-timeout 2s "$@" >"$work/$name.log" 2>&1 &
+  "${launcher[@]}" "$bin" --listen "127.0.0.1:$port" --read-redis-port "$redis_port" \
+    --write-redis-port "$redis_port" --access-log none --shutdown-timeout 2s "$@" >"$work/$name.log" 2>&1 &
   started+=($!); PID[$name]=$!; URL[$name]="http://127.0.0.1:$port/"; LABEL[$name]=hypache
-  wait_ready 15 $! "$name" "${bench_py[@]}" probe "${URL[$name]}" "$HOST"
+  wait_ready $((ready_s + 5)) $! "$name" "${bench_py[@]}" probe "${URL[$name]}" "$HOST"
   log "$name on 127.0.0.1:$port ($("$bin" --version 2>/dev/null || echo '?'))"
 }
 
@@ -384,8 +388,10 @@ start_nginx() {
       loc_extra='proxy_set_header Connection "";' ;;
     *) loc_extra='proxy_set_header Connection "";' ;;
   esac
+  [ "$kind" = single ] && top="master_process off;"   # one process, the worker itself (for callgrind)
   mkdir -p "$work/$name-tmp"
-  { echo "worker_processes auto;"; [ -z "$top" ] || echo "$top"; nginx_common "$name" "$conns"
+  { if [ "$kind" = single ]; then echo "worker_processes 1;"; else echo "worker_processes auto;"; fi
+    [ -z "$top" ] || echo "$top"; nginx_common "$name" "$conns"
     cat <<EOF
 http {
   access_log off;
@@ -410,15 +416,16 @@ $(nginx_temp_paths "$name")
 }
 EOF
   } >"$work/$name.conf"
-  nginx -e "$work/$name.log" -p "$work" -c "$work/$name.conf" >>"$work/$name.log" 2>&1 &
+  "${launcher[@]}" nginx -e "$work/$name.log" -p "$work" -c "$work/$name.conf" >>"$work/$name.log" 2>&1 &
   started+=($!); PID[$name]=$!; LABEL[$name]=nginx
   if [ "$kind" = tls ]; then URL[$name]="https://localhost:$port/"; else URL[$name]="http://127.0.0.1:$port/"; fi
   if [ "$kind" = ws ] || [ "$kind" = stream ]; then
     wait_ready 10 $! "$name" "${bench_py[@]}" open "$port"
   else
-    wait_ready 10 $! "$name" "${bench_py[@]}" probe "${URL[$name]}" "$HOST"
+    wait_ready "$ready_s" $! "$name" "${bench_py[@]}" probe "${URL[$name]}" "$HOST"
   fi
-  log "$name on 127.0.0.1:$port ($(nginx -v 2>&1 | sed 's/.*version: //'), $(nproc) workers)"
+  local workers=$(nproc); [ "$kind" = single ] && workers=1
+  log "$name on 127.0.0.1:$port ($(nginx -v 2>&1 | sed 's/.*version: //'), $workers worker(s))"
 }
 
 # start_haproxy NAME BACKEND_PORT [KIND]: as start_nginx; HAProxy streams bodies and tunnels WebSocket by default.
@@ -588,6 +595,67 @@ scenario_backend-cache() {
   measure_matrix backend-cache no hypache-cache hypache-events "${others[@]}"
   stop_server hypache-cache hypache-events
   redis-cli -p "$redis_port" config set notify-keyspace-events "" >/dev/null
+}
+
+# Instructions per request, counted by callgrind in user space. Unlike req/s on a shared 2-core machine, the same
+# binary, flags and request give the same count run after run, so this is the figure that shows what a change did
+# to the hot path. Each proxy runs one worker (thread or process) under valgrind; wrk warms it up, the counters
+# are zeroed, and the count covers instr_seconds of 4 keep-alive connections.
+instr_seconds=5
+callgrind_count() { # NAME: prints "<requests> <instructions>"
+  local name=$1 pid=${PID[$1]} out dump deadline
+  wrk_args_for "$name"
+  run_client 60 wrk -t1 -c4 -d2s "${wrk_args[@]}" "${URL[$name]}" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  out=$(run_client $((instr_seconds + 60)) wrk -t1 -c4 -d"${instr_seconds}s" "${wrk_args[@]}" "${URL[$name]}")
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  deadline=$((SECONDS + 30))
+  dump="$work/cg.$pid.1"
+  until [ -s "$dump" ] && grep -q '^totals:' "$dump"; do
+    [ $SECONDS -lt $deadline ] || { echo "0 0"; return; }
+    sleep 0.1
+  done
+  echo "$(awk '/requests in/ {print $1}' <<<"$out") $(awk '/^totals:/ {print $2}' "$dump")"
+}
+
+scenario_instructions() {
+  if ! ensure valgrind valgrind || ! command -v callgrind_control >/dev/null 2>&1; then
+    skipped+=("instructions=valgrind is not installed"); return 0
+  fi
+  local names=() rows=() row name counts requests total per nginx_per=''
+  [ "$smoke" = 0 ] || instr_seconds=2
+  launcher=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p")
+  ready_s=60
+  if [ -n "${WANT[hypache]:-}" ]; then
+    start_hypache cg-default --workers 1
+    start_hypache cg-cache --workers 1 --backend-cache
+    redis-cli -p "$redis_port" config set notify-keyspace-events Kglshx >/dev/null
+    start_hypache cg-events --workers 1 --backend-cache-events
+    names+=(cg-default cg-cache cg-events)
+  fi
+  if [ "$smoke" = 0 ] && [ "$have_nginx" = 1 ] && [ -n "${WANT[nginx]:-}" ]; then
+    start_nginx cg-nginx "$backend_port" single
+    names+=(cg-nginx)
+  fi
+  launcher=(); ready_s=10
+  printf '\nscenario: instructions   (callgrind, user space, one worker, 4 connections, %ss)\n' "$instr_seconds"
+  printf '%-16s %10s %14s %10s\n' proxy requests "instr/request" "vs nginx"
+  for name in "${names[@]}"; do
+    counts=$(callgrind_count "$name"); requests=${counts% *}; total=${counts#* }
+    if [ "${requests:-0}" -gt 0 ] && [ "${total:-0}" -gt 0 ]; then per=$((total / requests)); else per=0; fi
+    [ "$per" -gt 0 ] || die "instructions: no count for $name (see $work/$name.log)"
+    [ "$name" = cg-nginx ] && nginx_per=$per
+    rows+=("$name $requests $per")
+  done
+  for row in "${rows[@]}"; do
+    read -r name requests per <<<"$row"
+    local label=${name#cg-}; [ "$label" = nginx ] || label="hypache-$label"
+    local ratio=''; [ -n "$nginx_per" ] && ratio=$(awk -v a="$per" -v b="$nginx_per" 'BEGIN {printf "%.2f", a / b}')
+    printf '%-16s %10s %14s %10s\n' "$label" "$requests" "$per" "$ratio"
+    notes+=("instructions: $label $per per request (callgrind, user space, one worker)${ratio:+, ${ratio}x nginx}")
+  done
+  redis-cli -p "$redis_port" config set notify-keyspace-events "" >/dev/null
+  stop_server "${names[@]}"
 }
 
 # One self-signed ECDSA P-256 certificate for "localhost", shared by every TLS terminator. wrk sends the URL's host
@@ -777,6 +845,7 @@ command -v haproxy >/dev/null 2>&1 && report_args+=(--meta "haproxy=$(haproxy -v
 command -v openssl >/dev/null 2>&1 && report_args+=(--meta "openssl=$(openssl version)")
 for s in "${skipped[@]}"; do report_args+=(--skipped "$s"); done
 for s in "${notes[@]}"; do report_args+=(--note "$s"); done
-[ -n "${WANT[hypache]:-}" ] && report_args+=(--require-hypache)
+# (the instructions scenario prints its own table: alone, it records no wrk run)
+[ -n "${WANT[hypache]:-}" ] && [ "${SCENARIOS[*]}" != instructions ] && report_args+=(--require-hypache)
 report_args+=(--scenario-order "${ALL_SCENARIOS[@]}")
 "${bench_py[@]}" report "${report_args[@]}"
