@@ -12,7 +12,8 @@
 //!   values of these fields (selection, lookup and dead-set rules, retries, response style, forwarding headers,
 //!   signals, key prefix).
 //! - [`privileges`]: dropping root after binding (Hipache's `user`/`group`).
-//! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, graceful shutdown.
+//! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, parking of idle
+//!   connections, graceful shutdown.
 //! - [`workers`]: thread per core; connections run on worker threads with their own event loop, backend pool
 //!   and read-Redis connection, so that a request never wakes another thread.
 //! - [`tls`]: the TLS handshake with a certificate per server name ([`tls::from_redis`], [`tls::from_dir`]),
@@ -20,7 +21,8 @@
 //! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
 //! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways; [`proxy::upgrade`] runs
 //!   WebSocket tunnels.
-//! - [`route`]: frontend key candidates, round-robin or random selection, dead-set skipping.
+//! - [`route`]: frontend key candidates, round-robin or random selection, dead-set skipping; [`route::events`]
+//!   keeps `--backend-cache-events` fresh from Redis keyspace notifications.
 //! - [`store`]: the read and write Redis clients and the lookup pipeline.
 //! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
 //! - [`health`]: the active health check (`--active-healthcheck`).

@@ -334,7 +334,7 @@ impl Route {
         }
     }
 
-    /// Backend `index` parsed (once per route, and once per process for each URL: see [`parsed`]).
+    /// Backend `index` parsed (once per route, and once per process for each URL: see `parsed`).
     pub fn target(&self, index: usize) -> Result<Arc<Target>, TargetError> {
         self.targets[index]
             .get_or_init(|| parsed(&self.backends[index]))
