@@ -32,8 +32,13 @@ use crate::store::RedisClient;
 /// for a subscription that died without the connection noticing.
 pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
-/// The key families a route is read from (the policy hashes after `frontend:` and `dead:`).
-const FAMILIES: [&str; 5] = ["frontend:", "dead:", "guard:", "ratelimit:", "breaker:"];
+/// The key names a route is read from, without their suffix, as the lookup pipeline (`store::lookup_many`)
+/// names them: `frontend:` and `dead:` under the key prefix, the policy hashes without it.
+fn families(prefix: &str) -> Vec<String> {
+    let mut families = vec![format!("{prefix}frontend:"), format!("{prefix}dead:")];
+    families.extend(crate::policy::HASH_PREFIXES.iter().map(|h| h.to_string()));
+    families
+}
 
 /// `notify-keyspace-events` classes the cache needs besides `K`: generic (`DEL`, `RENAME`, `EXPIRE`), lists,
 /// sets, hashes and expirations (dead sets expire). `A` stands for all of them.
@@ -108,14 +113,9 @@ impl EventCache {
             expires: Instant::now() + ttl,
         };
         // Checked under the shard's lock: a notification's sweep takes the same lock after moving the counter.
-        match self.entries.entry(host.into()) {
-            dashmap::Entry::Occupied(mut slot) if self.generation() == generation => {
-                slot.insert(entry);
-            }
-            dashmap::Entry::Vacant(slot) if self.generation() == generation => {
-                slot.insert(entry);
-            }
-            _ => {}
+        let slot = self.entries.entry(host.into());
+        if self.generation() == generation {
+            slot.insert(entry);
         }
     }
 
@@ -139,13 +139,14 @@ impl EventCache {
     }
 }
 
-/// The key suffix a notification channel names, when it is one of the route's families.
-/// `__keyspace@0__:frontend:www.a.com` with prefix `""` gives `www.a.com`.
-fn suffix_of<'a>(channel: &'a str, prefix: &str) -> Option<&'a str> {
+/// The key suffix a notification channel names, when it is in one of the route's `families`.
+/// `__keyspace@0__:frontend:www.a.com` gives `www.a.com`.
+fn suffix_of<'a>(channel: &'a str, families: &[String]) -> Option<&'a str> {
     let key = channel.strip_prefix("__keyspace@")?;
     let key = &key[key.find("__:")? + 3..];
-    let key = key.strip_prefix(prefix)?;
-    FAMILIES.iter().find_map(|family| key.strip_prefix(family))
+    families
+        .iter()
+        .find_map(|family| key.strip_prefix(family.as_str()))
 }
 
 /// Whether a `notify-keyspace-events` value makes Redis send everything the cache needs.
@@ -157,9 +158,10 @@ pub fn sends_what_is_needed(flags: &str) -> bool {
 /// Follow the notifications of `redis` (database `db`, keys under `prefix`) for as long as the process runs,
 /// resubscribing with a backoff when the subscription breaks.
 pub async fn follow(cache: Arc<EventCache>, redis: RedisClient, db: i64, prefix: String) {
-    let patterns: Vec<String> = FAMILIES
+    let families = families(&prefix);
+    let patterns: Vec<String> = families
         .iter()
-        .map(|family| format!("__keyspace@{db}__:{prefix}{family}*"))
+        .map(|family| format!("__keyspace@{db}__:{family}*"))
         .collect();
     let mut pause = Duration::from_millis(100);
     loop {
@@ -176,7 +178,7 @@ pub async fn follow(cache: Arc<EventCache>, redis: RedisClient, db: i64, prefix:
                     tokio::select! {
                         msg = messages.next() => match msg {
                             Some(msg) => {
-                                if let Some(suffix) = suffix_of(msg.get_channel_name(), &prefix) {
+                                if let Some(suffix) = suffix_of(msg.get_channel_name(), &families) {
                                     cache.changed(suffix);
                                 }
                             }
@@ -251,18 +253,28 @@ mod tests {
 
     #[test]
     fn channels_name_the_suffix() {
+        let plain = families("");
         assert_eq!(
-            suffix_of("__keyspace@0__:frontend:www.a.com", ""),
+            suffix_of("__keyspace@0__:frontend:www.a.com", &plain),
             Some("www.a.com")
         );
         assert_eq!(
-            suffix_of("__keyspace@12__:dead:*.a.com", ""),
+            suffix_of("__keyspace@12__:dead:*.a.com", &plain),
             Some("*.a.com")
         );
-        assert_eq!(suffix_of("__keyspace@0__:hip:breaker:a", "hip:"), Some("a"));
-        assert_eq!(suffix_of("__keyspace@0__:frontend:a", "hip:"), None);
-        assert_eq!(suffix_of("__keyspace@0__:ratelimit-state:a:b", ""), None);
-        assert_eq!(suffix_of("__keyevent@0__:rpush", ""), None);
+        assert_eq!(suffix_of("__keyspace@0__:breaker:a", &plain), Some("a"));
+        assert_eq!(
+            suffix_of("__keyspace@0__:ratelimit-state:a:b", &plain),
+            None
+        );
+        assert_eq!(suffix_of("__keyevent@0__:rpush", &plain), None);
+        // With a key prefix, as the lookup pipeline reads: frontend and dead sets under it, policy hashes not.
+        let hip = families("hip:");
+        assert_eq!(suffix_of("__keyspace@0__:hip:frontend:a", &hip), Some("a"));
+        assert_eq!(suffix_of("__keyspace@0__:hip:dead:a", &hip), Some("a"));
+        assert_eq!(suffix_of("__keyspace@0__:guard:a", &hip), Some("a"));
+        assert_eq!(suffix_of("__keyspace@0__:frontend:a", &hip), None);
+        assert_eq!(suffix_of("__keyspace@0__:hip:breaker:a", &hip), None);
     }
 
     #[test]
