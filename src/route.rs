@@ -228,12 +228,17 @@ impl Router {
         }
     }
 
-    /// The key suffixes a lookup of `host` reads (each under `frontend:`, `dead:` and the policy hashes).
-    fn keys_read_for(&self, host: &str) -> Vec<String> {
-        let host = match self.routing.strip_port_first {
+    /// The Host as the lookup uses it: as sent (PlanB), or lower-cased without its port (Hipache).
+    fn lookup_host<'a>(&self, host: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.routing.strip_port_first {
             true => hipache_hostname(host),
             false => std::borrow::Cow::Borrowed(host),
-        };
+        }
+    }
+
+    /// The key suffixes a lookup of `host` reads (each under `frontend:`, `dead:` and the policy hashes).
+    fn keys_read_for(&self, host: &str) -> Vec<String> {
+        let host = self.lookup_host(host);
         let mut keys = vec![host.to_string()];
         keys.extend(fallback_candidates(&host, self.extensions));
         keys
@@ -241,10 +246,7 @@ impl Router {
 
     /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
     async fn read_redis(&self, host: &str) -> Result<Route, LookupError> {
-        let host = match self.routing.strip_port_first {
-            true => hipache_hostname(host),
-            false => std::borrow::Cow::Borrowed(host),
-        };
+        let host = self.lookup_host(host);
         let host = host.as_ref();
         let dead_for = match self.routing.dead_set {
             DeadSetKey::FrontendKey => None,
