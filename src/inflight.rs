@@ -173,7 +173,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_live_as_long_as_their_guard_or_ticket() {
+    fn entries_live_as_long_as_their_guard() {
         let registry = Arc::new(Inflight::default());
         let a = registry.begin(&http::Method::GET, "a.com", "/x");
         a.route("a.com", "http://10.0.0.5:80");

@@ -322,12 +322,12 @@ impl Metrics {
         }
     }
 
-    /// A request got its access-log line: PlanB's two histograms and the status counter.
     /// Whether `--metrics-per-frontend` series are kept (they read the access entry's frontend key).
     pub fn per_frontend(&self) -> bool {
         self.per_frontend.is_some()
     }
 
+    /// A request got its access-log line: PlanB's two histograms and the status counter.
     pub fn request_logged(&self, entry: &AccessEntry) {
         let total = entry.total.as_secs_f64();
         self.request_duration.observe(total);

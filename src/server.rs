@@ -311,7 +311,7 @@ async fn serve_connection<IO>(
             conflicting_length,
         };
         // Boxed: hyper keeps a slot the size of this future for every connection, busy or idle, and the
-        // request pipeline's future is about 6 KB; boxed, idle keep-alive connections do not pay for it.
+        // request pipeline's future is about 3 KB; boxed, idle keep-alive connections do not pay for it.
         Box::pin(async move {
             // The request stays in the in-flight registry until its body is written out.
             let (resp, inflight) = proxy.handle(req, down).await;

@@ -81,12 +81,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, request: bool) {
         if trailer {
             headers.remove(header::TRAILER);
         }
-        let keep_te = headers
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes() == b"trailers")
-            && headers.get_all(header::TE).iter().count() == 1;
-        if !keep_te {
-            headers.remove(header::TE);
+        if te {
+            let keep_te = headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes() == b"trailers")
+                && headers.get_all(header::TE).iter().count() == 1;
+            if !keep_te {
+                headers.remove(header::TE);
+            }
         }
     }
 }
