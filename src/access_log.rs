@@ -222,6 +222,21 @@ enum Record {
     Close,
 }
 
+/// An access-log record waiting for its response's byte count (see [`Log::pending`]).
+pub struct PendingEntry {
+    entry: AccessEntry,
+    log: Log,
+}
+
+impl PendingEntry {
+    /// Queue the record with `bytes` written on the client socket for its response.
+    pub fn write(self: Box<Self>, bytes: u64) {
+        let PendingEntry { mut entry, log } = *self;
+        entry.content_length = i64::try_from(bytes).unwrap_or(i64::MAX);
+        log.access_entry(entry);
+    }
+}
+
 /// Where a writer thread puts its lines.
 enum Sink {
     /// A stream (stdout, stderr, syslog).
@@ -292,6 +307,17 @@ impl Log {
             reopen_pending,
             writer: Arc::new(Mutex::new(Some(writer))),
         }
+    }
+
+    /// A record to be written once its response has left: Hipache's `<bytes>` is what the response put on the
+    /// client socket (status line, headers and body), known only then. `None` without an access log.
+    pub fn pending(&self, entry: AccessEntry) -> Option<Box<PendingEntry>> {
+        self.enabled().then(|| {
+            Box::new(PendingEntry {
+                entry,
+                log: self.clone(),
+            })
+        })
     }
 
     /// Queue an access-log record.

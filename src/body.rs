@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +20,10 @@ use crate::upstream::UpstreamBody;
 pub enum RequestBody {
     /// The client's body, streamed frame by frame as it arrives (every frontend without `sign_body`).
     Streaming(Incoming),
+    /// The same, noting when a frame last arrived (milliseconds of `crate::server::now_ms`), for a backend
+    /// timeout that counts inactivity rather than the whole exchange (Hipache's `tcpTimeout`): a long upload
+    /// that keeps moving is never cut.
+    Watched(Incoming, Arc<AtomicU64>),
     /// A body read whole before anything was sent (a guard with `sign_body` had to hash it). The frames are
     /// kept as they arrived, so the bytes are never copied: hashing reads them, sending hands them on.
     Buffered(Buffered),
@@ -96,16 +102,40 @@ async fn read_frames(
     Ok(buffered)
 }
 
+/// The client's body failed while it was streamed to a backend: malformed framing, or the client went away
+/// mid-body. A distinct type so that the upstream side can tell the client's fault from the backend's.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(ClientBodyError),
+            RequestBody::Watched(body, last) => {
+                let polled = Pin::new(body).poll_frame(cx).map_err(ClientBodyError);
+                if let Poll::Ready(Some(Ok(_))) = &polled {
+                    last.store(crate::server::now_ms(), Ordering::Relaxed);
+                }
+                polled
+            }
             RequestBody::Buffered(b) => {
                 let next = b.frames.pop_front().map(|data| {
                     b.len -= data.len() as u64;
@@ -118,14 +148,14 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Streaming(body) | RequestBody::Watched(body, _) => body.is_end_stream(),
             RequestBody::Buffered(b) => b.frames.is_empty(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Streaming(body) | RequestBody::Watched(body, _) => body.size_hint(),
             RequestBody::Buffered(b) => SizeHint::with_exact(b.len),
         }
     }

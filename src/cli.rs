@@ -377,6 +377,7 @@ impl Cli {
             access_log,
             timeouts: Timeouts {
                 request: nonzero(Duration::from_secs(self.request_timeout)),
+                request_is_inactivity: false,
                 dial: Duration::from_secs(self.dial_timeout),
                 client_read,
                 client_read_header: nonzero(self.client_read_header_timeout)
@@ -420,6 +421,7 @@ impl Cli {
                 "json" => AccessLogFormat::Json,
                 _ => AccessLogFormat::Planb,
             },
+            access_log_rules: Default::default(),
             metrics: MetricsConfig {
                 address: metrics_address,
                 per_frontend: self.metrics_per_frontend,

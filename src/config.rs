@@ -66,6 +66,8 @@ pub struct Config {
     pub breaker: crate::policy::BreakerDefaults,
     /// How access-log lines are written: PlanB's line (the default), Hipache's, or JSON for log shippers.
     pub access_log_format: AccessLogFormat,
+    /// Which requests are logged, and what their byte count is: PlanB's or Hipache's rules.
+    pub access_log_rules: AccessLogRules,
     /// The Prometheus listener (PlanB's `--metrics-address`) and how detailed it is.
     pub metrics: MetricsConfig,
     /// The event log on standard error (start-up lines, PlanB's `ERROR in` lines, hypache's own events).
@@ -255,6 +257,17 @@ pub struct SignalPolicy {
     pub usr1_reopens_log: bool,
 }
 
+/// What goes into the access log besides its line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccessLogRules {
+    /// Log only requests that reached backend selection: Hipache logged nothing else (not `__ping__`, not an
+    /// unknown host, not a frontend without backends), and its users' log pipelines count on it.
+    pub only_selected: bool,
+    /// The byte count is what the response put on the client socket (status line, headers and body), as
+    /// Hipache's `bytesWritten`; otherwise the response's declared length, as PlanB.
+    pub socket_bytes: bool,
+}
+
 /// The format of access-log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccessLogFormat {
@@ -371,6 +384,9 @@ pub enum AccessLogTarget {
 pub struct Timeouts {
     /// Backend round trip up to the response headers; expiry gives 503 and does not mark the backend dead.
     pub request: Option<Duration>,
+    /// `request` counts from the last request-body bytes the client sent instead of from the start: Hipache's
+    /// `tcpTimeout` is a socket inactivity timeout, and a long upload that keeps moving must not be cut.
+    pub request_is_inactivity: bool,
     /// TCP connect to a backend; expiry marks the backend dead.
     pub dial: Duration,
     /// Whole request head must arrive within this after its first byte (Go's ReadTimeout, applied to the head).
@@ -513,6 +529,7 @@ impl Config {
             access_log: AccessLogTarget::None,
             timeouts: Timeouts {
                 request: Some(Duration::from_secs(30)),
+                request_is_inactivity: false,
                 dial: Duration::from_secs(10),
                 client_read: None,
                 client_read_header: Duration::from_secs(60),
@@ -537,6 +554,7 @@ impl Config {
             stale_routes_ttl: Some(Duration::from_secs(300)),
             wait_for_redis: None,
             access_log_format: AccessLogFormat::default(),
+            access_log_rules: AccessLogRules::default(),
             metrics: MetricsConfig::default(),
             event_log: EventLogConfig::default(),
             task_dump: false,

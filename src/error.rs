@@ -54,6 +54,9 @@ pub enum Reject {
     BackendTimeout,
     /// Connecting failed and the retries are used up (`disabled`: the limit is 0). PlanB's 503, Hipache's 502.
     RetriesExhausted { disabled: bool },
+    /// The proxy itself is out of descriptors, buffers or memory: 503 in every style, since no backend is at
+    /// fault (Hipache's 502 pages say the application is not responding, which would be untrue).
+    Overloaded,
 }
 
 impl Reject {
@@ -66,6 +69,7 @@ impl Reject {
             Reject::AllDead
             | Reject::Unavailable
             | Reject::BackendTimeout
+            | Reject::Overloaded
             | Reject::RetriesExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::UpgradeFailed => StatusCode::BAD_GATEWAY,
             Reject::PingOk => StatusCode::OK,
@@ -82,9 +86,10 @@ impl Reject {
         match self {
             Reject::NoRoute => "no such route".into(),
             Reject::AllDead => "all backends are dead".into(),
-            Reject::Unavailable | Reject::BackendTimeout | Reject::RetriesExhausted { .. } => {
-                String::new()
-            }
+            Reject::Unavailable
+            | Reject::BackendTimeout
+            | Reject::Overloaded
+            | Reject::RetriesExhausted { .. } => String::new(),
             Reject::UpgradeFailed => "\n".into(),
             Reject::MissingHost => "400 Bad Request: missing required Host header".into(),
             Reject::BadRequest(why) => format!("400 Bad Request: {why}"),
@@ -162,9 +167,6 @@ impl Reject {
                 let mut resp = Response::new(ProxyBody::full(page));
                 let h = resp.headers_mut();
                 h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-                h.insert(EXPIRES, HeaderValue::from_static("-1"));
                 resp
             }
             None => {
@@ -175,6 +177,14 @@ impl Reject {
                 resp
             }
         };
+        // Hipache's errorMessage sets the no-cache trio before it knows whether a page exists, so the plain-text
+        // fallback carries it too; `__ping__`'s `ok` is not an error message and has none.
+        if status.as_u16() >= 400 {
+            let h = resp.headers_mut();
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+            h.insert(EXPIRES, HeaderValue::from_static("-1"));
+        }
         *resp.status_mut() = status;
         if debug {
             let h = resp.headers_mut();
@@ -204,6 +214,7 @@ impl Reject {
                 (StatusCode::BAD_GATEWAY, "Retry on error is disabled")
             }
             Reject::BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, "Backend timed out"),
+            Reject::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy out of resources"),
             Reject::PingOk => (StatusCode::OK, "ok"),
             _ => return None,
         })

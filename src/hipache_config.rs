@@ -13,9 +13,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::{
-    AccessLogFormat, AccessLogTarget, CertificateSource, Config, DeadSetKey, ErrorPages,
-    FailurePolicy, ForwardingPolicy, ListenerSpec, RedisAddr, RedisConfig, ResponseStyle,
-    RoutingPolicy, RunAs, Selection, SignalPolicy, TlsPreset, TlsSettings,
+    AccessLogFormat, AccessLogRules, AccessLogTarget, CertificateSource, Config, DeadSetKey,
+    ErrorPages, FailurePolicy, ForwardingPolicy, ListenerSpec, RedisAddr, RedisConfig,
+    ResponseStyle, RoutingPolicy, RunAs, Selection, SignalPolicy, TlsPreset, TlsSettings,
 };
 
 /// A configuration file that cannot be used; the binary exits 2 with this text.
@@ -190,12 +190,17 @@ pub fn from_json(text: &str) -> Result<Loaded, ConfigError> {
     config.key_prefix = first.prefix;
     config.access_log = access_log;
     config.access_log_format = AccessLogFormat::Hipache;
+    config.access_log_rules = AccessLogRules {
+        only_selected: true,
+        socket_bytes: true,
+    };
     config.dead_backend_ttl = if dead_ttl.is_zero() {
         Duration::from_secs(30)
     } else {
         dead_ttl
     };
     config.timeouts.request = nonzero(tcp_timeout);
+    config.timeouts.request_is_inactivity = true;
     config.timeouts.client_idle = nonzero(tcp_timeout);
     config.timeouts.dial = nonzero(tcp_timeout)
         .unwrap_or(Duration::from_secs(10))

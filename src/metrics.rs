@@ -82,6 +82,7 @@ pub struct Metrics {
     redis_lookup: Histogram,
     connect_failures: IntCounter,
     failover_retries: IntCounter,
+    local_failures: IntCounter,
     dead_marks: IntCounterVec,
     listener_connections: IntCounterVec,
     listener_open: IntGaugeVec,
@@ -174,6 +175,12 @@ impl Metrics {
             "Requests sent to another backend after the chosen one could not be connected to.",
         )
         .unwrap();
+        let local_failures = IntCounter::new(
+            "hypache_local_failures_total",
+            "Requests answered 503 because the proxy itself ran out of descriptors, buffers, memory or local \
+             ports while dialing a backend (never counted against the backend).",
+        )
+        .unwrap();
         let dead_marks = IntCounterVec::new(
             Opts::new(
                 "hypache_backend_dead_marks_total",
@@ -209,6 +216,7 @@ impl Metrics {
         reg(Box::new(redis_lookup.clone()));
         reg(Box::new(connect_failures.clone()));
         reg(Box::new(failover_retries.clone()));
+        reg(Box::new(local_failures.clone()));
         reg(Box::new(dead_marks.clone()));
         reg(Box::new(listener_connections.clone()));
         reg(Box::new(listener_open.clone()));
@@ -313,6 +321,7 @@ impl Metrics {
             redis_lookup,
             connect_failures,
             failover_retries,
+            local_failures,
             dead_marks,
             listener_connections,
             listener_open,
@@ -369,6 +378,11 @@ impl Metrics {
     }
 
     /// The request moves on to the next live backend.
+    /// A request failed on the proxy's own exhaustion (see `UpstreamError::Local`).
+    pub fn local_failure(&self) {
+        self.local_failures.inc();
+    }
+
     pub fn failover(&self) {
         self.failover_retries.inc();
     }

@@ -496,7 +496,15 @@ impl Policies {
                 }
             }
         }
-        let breaker = match &policy.breaker {
+        let mut pass = self.breaker_pass(route, log);
+        pass.rate = rate;
+        Ok(pass)
+    }
+
+    /// The frontend's breaker alone, for connections that carry no HTTP request to guard or rate-limit (the SNI
+    /// passthrough): an ejected backend gets no connection either.
+    pub fn breaker_pass(&self, route: &Route, log: &(dyn Fn(&str) + Sync)) -> Pass {
+        let breaker = match &route.policy.breaker {
             Some(Err(e)) => {
                 self.log_fail_open(Feature::Breaker, e, log);
                 self.breakers.handle(&route.key, None)
@@ -504,7 +512,10 @@ impl Policies {
             Some(Ok(overrides)) => self.breakers.handle(&route.key, Some(overrides)),
             None => self.breakers.handle(&route.key, None),
         };
-        Ok(Pass { breaker, rate })
+        Pass {
+            breaker,
+            rate: None,
+        }
     }
 
     /// With `sign_body`: refuse what the head alone refuses, then read the body whole (at most `max_body`
@@ -521,7 +532,7 @@ impl Policies {
         config.precheck(req).map_err(BodyFailure::Guard)?;
         let incoming =
             match std::mem::replace(req.body_mut(), RequestBody::Buffered(Buffered::default())) {
-                RequestBody::Streaming(incoming) => incoming,
+                RequestBody::Streaming(incoming) | RequestBody::Watched(incoming, _) => incoming,
                 // Read already (not a path the proxy takes today): hash what is there.
                 RequestBody::Buffered(body) => {
                     if body.len() > config.max_body {

@@ -2,7 +2,10 @@
 //! (with failover on connection failures) → relay → access log.
 
 pub mod headers;
+mod select;
 pub mod upgrade;
+
+use select::Exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessEntry, Log};
+use crate::access_log::{AccessEntry, Log, PendingEntry};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::{Config, ForwardingPolicy, ResponseStyle};
 use crate::error::Reject;
@@ -23,7 +26,7 @@ use crate::policy::{Outcome, Pass, Policies};
 use crate::route::{LookupError, Route, Router};
 use crate::server::Tracker;
 use crate::store::RedisClient;
-use crate::upstream::{TargetError, Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError};
 
 use headers::{
     X_DEBUG_BACKEND_ID, X_DEBUG_BACKEND_URL, X_DEBUG_FRONTEND_KEY, X_DEBUG_ROUTER,
@@ -105,6 +108,8 @@ struct Ctx {
     started: Instant,
     /// This request's entry in the in-flight registry (the SIGUSR1 dump).
     inflight: InflightGuard,
+    /// A backend was selected for it (Hipache's access log has only those requests).
+    selected: bool,
 }
 
 impl Proxy {
@@ -118,7 +123,11 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         down: Downstream,
-    ) -> (Response<ProxyBody>, Option<InflightGuard>) {
+    ) -> (
+        Response<ProxyBody>,
+        Option<InflightGuard>,
+        Option<Box<PendingEntry>>,
+    ) {
         // Streamed as it arrives, unless a guard has to read it first (`sign_body`).
         // Boxed, as the access entry is borrowed: both would otherwise be copied into each nested future's state
         // (and rustc keeps an async fn's arguments twice), which made the request future about 6 KB to memcpy.
@@ -126,6 +135,7 @@ impl Proxy {
         if down.conflicting_length {
             return (
                 Reject::BadRequest("both Content-Length and Transfer-Encoding").response(),
+                None,
                 None,
             );
         }
@@ -138,7 +148,7 @@ impl Proxy {
         };
         let host = match request_host(&req) {
             Ok(host) => host,
-            Err(reject) => return (self.reject(reject, debug), None),
+            Err(reject) => return (self.reject(reject, debug), None, None),
         };
         match self.config.responses {
             ResponseStyle::Planb if host == "__ping__" && req.uri().path() == "/" => {
@@ -146,11 +156,11 @@ impl Proxy {
                     Ok(()) => Reject::PingOk.response(),
                     Err(e) => Reject::PingFailed(e.0).response(),
                 };
-                return (answer, None);
+                return (answer, None, None);
             }
             // Hipache's own liveness probe: answered without Redis, whatever the path.
             ResponseStyle::Hipache(_) if host == "__ping__" => {
-                return (self.reject(Reject::PingOk, false), None);
+                return (self.reject(Reject::PingOk, false), None, None);
             }
             _ => {}
         }
@@ -170,15 +180,30 @@ impl Proxy {
             started: Instant::now(),
             host,
             inflight,
+            selected: false,
         };
         if upgrade::is_websocket(&req) {
-            return (Box::pin(self.websocket(*req, down, &mut ctx)).await, None);
+            return (
+                Box::pin(self.websocket(*req, down, &mut ctx)).await,
+                None,
+                None,
+            );
         }
         let mut entry = self.access_entry(&req, &down, &ctx);
+        let http1 = req.version() < Version::HTTP_2;
+        if self.config.timeouts.request_is_inactivity {
+            let body = std::mem::replace(req.body_mut(), RequestBody::Buffered(Default::default()));
+            *req.body_mut() = match body {
+                RequestBody::Streaming(incoming) => {
+                    RequestBody::Watched(incoming, Arc::new(std::sync::atomic::AtomicU64::new(0)))
+                }
+                other => other,
+            };
+        }
         let (resp, backend_time) = self.forward(req, down, &mut ctx, &mut entry).await;
-        let resp = self.finish(resp, backend_time, &ctx, entry);
+        let (resp, pending) = self.finish(resp, backend_time, &ctx, entry, http1);
         // The registration lasts until the server has written the body out.
-        (resp, Some(ctx.inflight))
+        (resp, Some(ctx.inflight), pending)
     }
 
     /// The access-log record of a request, as far as the request tells. Without an access log only what the
@@ -265,15 +290,9 @@ impl Proxy {
         down: Downstream,
         ctx: &mut Ctx,
         entry: &mut AccessEntry,
-        mut route: Arc<Route>,
+        route: Arc<Route>,
         pass: Pass,
     ) -> (Response<ProxyBody>, Duration) {
-        let start = self.router.start_for(&ctx.host, &route);
-        let Some(mut index) = pass.first_live(&route, start) else {
-            self.log_error(ctx, "?", "all backends are dead");
-            return (self.reject(Reject::AllDead, ctx.debug), Duration::ZERO);
-        };
-
         // The rewrite that does not depend on the backend is done once, before the first attempt.
         let parts = req.headers_mut();
         headers::remove_hop_by_hop(parts, true);
@@ -312,148 +331,67 @@ impl Proxy {
             *req.uri_mut() = path_and_query.parse().unwrap_or_default();
         }
 
-        let mut retries = 0u32;
-        // Backends that failed for this request: a retry never picks them again, even after a new lookup.
-        let mut failed: Vec<String> = Vec::new();
-        loop {
-            ctx.backend_id = index;
-            ctx.backend_url = route.backends[index].clone();
-            ctx.inflight.route(&ctx.key, &ctx.backend_url);
-            let target = match route.target(index) {
-                Ok(target) => target,
-                Err(TargetError::Empty) => {
-                    return (self.reject(Reject::NoRoute, ctx.debug), Duration::ZERO)
-                }
-                Err(TargetError::Invalid(why)) => {
-                    self.log_error(
-                        ctx,
-                        &ctx.backend_url,
-                        &format!("error in backend request: {why}"),
-                    );
-                    return (self.reject(Reject::Unavailable, ctx.debug), Duration::ZERO);
-                }
-            };
-            if self.config.forwarding == ForwardingPolicy::Planb {
-                headers::set_host(req.headers_mut(), &target, &ctx.host);
+        let original_host = match self.config.forwarding {
+            ForwardingPolicy::Planb => Some(HeaderValue::from_str(&ctx.host).ok()),
+            ForwardingPolicy::Hipache => None,
+        };
+        let activity = match req.body() {
+            RequestBody::Watched(_, last) => Some(last.clone()),
+            _ => None,
+        };
+        let limit = self.config.timeouts.request;
+        let attempt = |target: Arc<crate::upstream::Target>, mut req: Box<Request<RequestBody>>| {
+            if let Some(original) = &original_host {
+                headers::set_host(req.headers_mut(), &target, original.as_ref());
             }
-            let backend_started = Instant::now();
-            let sent = match self.config.timeouts.request {
-                Some(limit) => tokio::time::timeout(limit, self.upstream.send(&target, req)).await,
-                None => Ok(self.upstream.send(&target, req).await),
-            };
-            let error = match sent {
-                Ok(Ok(resp)) => {
-                    let status = resp.status().as_u16();
-                    let outcome = Outcome::Status(status);
-                    pass.record(&route, index, outcome, &|m| {
-                        self.log_error(ctx, &ctx.backend_url, m)
-                    });
-                    if self
-                        .config
-                        .failure
-                        .dead_statuses
-                        .iter()
-                        .any(|r| r.contains(&status))
-                    {
-                        // Passed on unchanged; the next requests avoid this backend.
-                        Box::pin(self.mark_dead(ctx, &route, None)).await;
-                    }
-                    let resp = resp.map(ProxyBody::Upstream);
-                    return (resp, backend_started.elapsed());
+            let activity = activity.as_deref();
+            async move {
+                let sent = within(limit, activity, self.upstream.send(&target, req)).await;
+                match sent {
+                    Some(Ok(resp)) => Ok(Some(resp)),
+                    // Timed out: answered below, and never sent again.
+                    None => Ok(None),
+                    Some(Err((error, back))) => Err((error, back.map(Box::new))),
                 }
-                Err(_elapsed) => {
-                    pass.record(&route, index, Outcome::Timeout, &|m| {
-                        self.log_error(ctx, &ctx.backend_url, m)
-                    });
-                    let message = format!(
-                        "request timeout after {:?}: net/http: request canceled",
-                        ctx.started.elapsed()
-                    );
-                    self.log_error(ctx, &ctx.backend_url, &message);
-                    return (
-                        self.reject(Reject::BackendTimeout, ctx.debug),
-                        backend_started.elapsed(),
-                    );
-                }
-                Ok(Err((error, back))) => (error, back),
-            };
-            let (error, back) = error;
-            pass.record(&route, index, Outcome::from_error(&error), &|m| {
+            }
+        };
+        let tried = self
+            .try_backends(ctx, route, &pass, Exchange::Http, req, attempt)
+            .await;
+        let tried = match tried {
+            Ok(tried) => tried,
+            Err(failed) => return (self.reject(failed.reject, ctx.debug), failed.backend_time),
+        };
+        let (route, index) = (tried.route, ctx.backend_id);
+        let Some(resp) = tried.value else {
+            pass.record(&route, index, Outcome::Timeout, &|m| {
                 self.log_error(ctx, &ctx.backend_url, m)
             });
-            let dead = error.dead()
-                && (self.config.failure.mark_on_resolve_failure
-                    || !matches!(error, UpstreamError::Resolve(_)));
-            let message = match (&error, dead) {
-                (UpstreamError::ConnectTimeout(m), _) => format!("{m} *DEAD*"),
-                (_, true) => format!("error in backend request: {error} *DEAD*"),
-                (_, false) => format!("error in backend request: {error}"),
-            };
+            let message = format!(
+                "request timeout after {:?}: net/http: request canceled",
+                ctx.started.elapsed()
+            );
             self.log_error(ctx, &ctx.backend_url, &message);
-            if dead {
-                Box::pin(self.mark_dead(ctx, &route, Some(&error))).await;
-            }
-            std::sync::Arc::make_mut(&mut route).dead[index] = true;
-            // Only a request that never reached the backend can be sent again.
-            let back = match back {
-                Some(back) if error.dead() => back,
-                _ => {
-                    return (
-                        self.reject(Reject::Unavailable, ctx.debug),
-                        backend_started.elapsed(),
-                    )
-                }
-            };
-            let next = match self.config.failure.retry_limit {
-                None if self.config.extensions.failover => pass.first_live(&route, index + 1),
-                None => None,
-                Some(limit) if retries >= limit => {
-                    let reject = Reject::RetriesExhausted {
-                        disabled: limit == 0,
-                    };
-                    return (self.reject(reject, ctx.debug), backend_started.elapsed());
-                }
-                Some(_) => {
-                    retries += 1;
-                    failed.push(ctx.backend_url.clone());
-                    if self.config.failure.relookup_on_retry {
-                        route = match Box::pin(self.lookup(ctx)).await {
-                            Ok(route) => route,
-                            Err(reject) => {
-                                return (self.reject(reject, ctx.debug), backend_started.elapsed())
-                            }
-                        };
-                    }
-                    let fresh = std::sync::Arc::make_mut(&mut route);
-                    for (i, url) in fresh.backends.iter().enumerate() {
-                        if failed.contains(url) {
-                            fresh.dead[i] = true;
-                        }
-                    }
-                    let start = self.router.start_for(&ctx.host, &route);
-                    pass.first_live(&route, start)
-                }
-            };
-            match next {
-                Some(next) => {
-                    self.telemetry.metrics.failover();
-                    index = next;
-                    req = Box::new(back);
-                }
-                None if self.config.failure.retry_limit.is_some() => {
-                    return (
-                        self.reject(Reject::AllDead, ctx.debug),
-                        backend_started.elapsed(),
-                    )
-                }
-                None => {
-                    return (
-                        self.reject(Reject::Unavailable, ctx.debug),
-                        backend_started.elapsed(),
-                    )
-                }
-            }
+            return (
+                self.reject(Reject::BackendTimeout, ctx.debug),
+                tried.started.elapsed(),
+            );
+        };
+        let status = resp.status().as_u16();
+        pass.record(&route, index, Outcome::Status(status), &|m| {
+            self.log_error(ctx, &ctx.backend_url, m)
+        });
+        if self
+            .config
+            .failure
+            .dead_statuses
+            .iter()
+            .any(|r| r.contains(&status))
+        {
+            // Passed on unchanged; the next requests avoid this backend.
+            Box::pin(self.mark_dead(ctx, &route, None)).await;
         }
+        (resp.map(ProxyBody::Upstream), tried.started.elapsed())
     }
 
     /// The route for the request's Host, with the context filled in; the lookup's failure as a [`Reject`].
@@ -463,6 +401,15 @@ impl Proxy {
         self.telemetry
             .metrics
             .redis_lookup(lookup_started.elapsed());
+        self.looked_up(ctx, looked_up)
+    }
+
+    /// A lookup's result with the context filled in, and its failure logged and turned into a [`Reject`].
+    fn looked_up(
+        &self,
+        ctx: &mut Ctx,
+        looked_up: Result<std::sync::Arc<crate::route::Route>, LookupError>,
+    ) -> Result<std::sync::Arc<crate::route::Route>, Reject> {
         match looked_up {
             Ok(route) => {
                 ctx.key = route.key.clone();
@@ -494,7 +441,8 @@ impl Proxy {
         backend_time: Duration,
         ctx: &Ctx,
         mut entry: AccessEntry,
-    ) -> Response<ProxyBody> {
+        http1: bool,
+    ) -> (Response<ProxyBody>, Option<Box<PendingEntry>>) {
         let is_upstream = matches!(resp.body(), ProxyBody::Upstream(_));
         if is_upstream {
             headers::remove_hop_by_hop(resp.headers_mut(), false);
@@ -548,8 +496,17 @@ impl Proxy {
         entry.time = SystemTime::now();
         ctx.inflight.responding();
         self.telemetry.metrics.request_logged(&entry);
+        let rules = self.config.access_log_rules;
+        if rules.only_selected && !ctx.selected {
+            return (resp, None);
+        }
+        // The bytes the response put on the client socket are known once it has left. HTTP/2 streams share
+        // one socket, so they keep the declared length.
+        if rules.socket_bytes && http1 {
+            return (resp, self.access_log.pending(entry));
+        }
         self.access_log.access_entry(entry);
-        resp
+        (resp, None)
     }
 
     /// Take the request id from the configured header, or make one (a v4 UUID) when it is missing or empty.
@@ -637,6 +594,36 @@ impl Proxy {
         let mut line = self.error_prefix(ctx, backend);
         line.push_str(message);
         self.error_log.line(line);
+    }
+}
+
+/// `fut`, unless `limit` passes first: from now, or (with `activity`, the last time the request body moved, in
+/// `crate::server::now_ms` milliseconds) from the last sign of life. `None` when the limit passed.
+async fn within<F: std::future::Future>(
+    limit: Option<Duration>,
+    activity: Option<&std::sync::atomic::AtomicU64>,
+    fut: F,
+) -> Option<F::Output> {
+    let Some(limit) = limit else {
+        return Some(fut.await);
+    };
+    let Some(activity) = activity else {
+        return tokio::time::timeout(limit, fut).await.ok();
+    };
+    let started = crate::server::now_ms();
+    let limit_ms = limit.as_millis() as u64;
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let last = activity
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(started);
+        let left = (last + limit_ms).saturating_sub(crate::server::now_ms());
+        if left == 0 {
+            return None;
+        }
+        if let Ok(out) = tokio::time::timeout(Duration::from_millis(left), fut.as_mut()).await {
+            return Some(out);
+        }
     }
 }
 

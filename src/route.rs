@@ -373,24 +373,55 @@ fn into_route(
         return None;
     }
     let mut list = data.list.into_iter();
-    let identifier = list.next().unwrap_or_default();
-    let backends: Vec<String> = list.collect();
+    // Element 0 is never used for routing: one that is not text is as good as any other.
+    let identifier = list.next().flatten().unwrap_or_default();
+    let mut broken = Vec::new();
+    let backends: Vec<String> = list
+        .enumerate()
+        .map(|(i, url)| {
+            url.unwrap_or_else(|| {
+                broken.push(i);
+                String::new()
+            })
+        })
+        .collect();
     let mut dead = vec![false; backends.len()];
     for member in &data.dead {
-        // PlanB parses members as 32-bit integers and ignores the error: garbage counts as index 0.
-        let index = member.trim().parse::<i32>().unwrap_or(0);
-        if let Ok(index) = usize::try_from(index) {
-            if let Some(slot) = dead.get_mut(index) {
-                *slot = true;
-            }
+        if let Some(slot) = dead_index(member).and_then(|i| dead.get_mut(i)) {
+            *slot = true;
         }
     }
     let mut route = Route::new(key.to_string(), identifier, backends, dead);
+    for i in broken {
+        let _ = route.targets[i].set(Err(TargetError::Invalid(
+            "backend URL is not valid UTF-8".into(),
+        )));
+    }
     route.policy = Policy::parse(key, data.policy);
     if let Some(host) = dead_for {
         route.dead_key = host.to_string();
     }
     Some(route)
+}
+
+/// The backend index a `dead:<key>` member names, as PlanB reads it: Go's `strconv.ParseInt(member, 10, 32)`
+/// with the error ignored. A member that is not a plain base-10 integer (`" 1"`, `"1 "`, `"x"`) counts as index
+/// 0; one out of the 32-bit range is clamped by Go, so it names no backend; a negative one names none either.
+pub fn dead_index(member: &str) -> Option<usize> {
+    use std::num::IntErrorKind;
+    let index = match member.parse::<i32>() {
+        Ok(index) => index,
+        Err(e)
+            if matches!(
+                e.kind(),
+                IntErrorKind::PosOverflow | IntErrorKind::NegOverflow
+            ) =>
+        {
+            return None
+        }
+        Err(_) => 0,
+    };
+    usize::try_from(index).ok()
 }
 
 /// Hipache's hostname for a Host value: with a port, the name without it, lower-cased; without one, the value
@@ -528,7 +559,7 @@ mod tests {
     #[test]
     fn dead_members() {
         let data = FrontendData {
-            list: vec!["id".into(), "b0".into(), "b1".into(), "b2".into()],
+            list: ["id", "b0", "b1", "b2"].map(|s| Some(s.into())).to_vec(),
             dead: vec!["garbage".into(), "2".into(), "7".into(), "-1".into()],
             ..Default::default()
         };
@@ -536,5 +567,31 @@ mod tests {
         assert_eq!(route.dead, vec![true, false, true]);
         assert_eq!(route.first_live(0), Some(1));
         assert_eq!(route.first_live(2), Some(1));
+    }
+
+    #[test]
+    fn dead_index_follows_go_parse_int() {
+        assert_eq!(dead_index("1"), Some(1));
+        assert_eq!(dead_index("+1"), Some(1));
+        assert_eq!(dead_index(" 1"), Some(0));
+        assert_eq!(dead_index("1 "), Some(0));
+        assert_eq!(dead_index("\t1"), Some(0));
+        assert_eq!(dead_index(""), Some(0));
+        assert_eq!(dead_index("-1"), None);
+        assert_eq!(dead_index("99999999999"), None);
+    }
+
+    #[test]
+    fn a_broken_entry_costs_only_itself() {
+        let data = FrontendData {
+            list: vec![None, Some("http://a".into()), None, Some("http://b".into())],
+            ..Default::default()
+        };
+        let route = into_route("k", data, 2, None).unwrap();
+        assert_eq!(route.identifier, "");
+        assert_eq!(route.backends.len(), 3);
+        assert!(route.target(0).is_ok());
+        assert!(matches!(route.target(1), Err(TargetError::Invalid(_))));
+        assert!(route.target(2).is_ok());
     }
 }

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::access_log::PendingEntry;
 use crate::body::Guarded;
 use crate::config::Timeouts;
 use crate::head_scan::HeadScan;
@@ -102,6 +103,10 @@ pub async fn serve(
     let _ = tokio::time::timeout_at(deadline, proxy.tunnels.idle()).await;
 }
 
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Accept on the control runtime and hand each connection to a worker (see [`crate::workers`]).
 async fn accept_loop(
     listener: Listener,
@@ -113,17 +118,34 @@ async fn accept_loop(
     if *stop.borrow() {
         return;
     }
+    // The current pause after failed accepts, `None` while accepting works.
+    let mut backoff: Option<Duration> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.socket().accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff = None;
+                pair
+            }
             Err(e) => {
-                // Out of file descriptors and the like: say so and give the process a moment.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of file descriptors and the like: the connections already open keep being served, and
+                // accepting resumes by itself once descriptors are free. Go's server waits 5 ms, doubling up to
+                // 1 s, so a process at its limit does not spin; the warning is written once per episode.
+                let pause = match backoff {
+                    None => {
+                        tracing::warn!("accept failed: {e}; retrying with back-off");
+                        ACCEPT_BACKOFF_FIRST
+                    }
+                    Some(pause) => (pause * 2).min(ACCEPT_BACKOFF_MAX),
+                };
+                backoff = Some(pause);
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
                 continue;
             }
         };
@@ -209,10 +231,12 @@ async fn serve_tls(
     let done = match tokio::time::timeout(limit, terminator.accept(stream)).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
+            proxy.telemetry.metrics.tls_handshake_failures.inc();
             proxy.error_log.line(handshake_error(peer, &e));
             return;
         }
         Err(_) => {
+            proxy.telemetry.metrics.tls_handshake_failures.inc();
             proxy
                 .error_log
                 .line(handshake_error(peer, "handshake timed out"));
@@ -314,9 +338,10 @@ async fn serve_connection<IO>(
         // request pipeline's future is about 3 KB; boxed, idle keep-alive connections do not pay for it.
         Box::pin(async move {
             // The request stays in the in-flight registry until its body is written out.
-            let (resp, inflight) = proxy.handle(req, down).await;
+            let (resp, inflight, pending) = proxy.handle(req, down).await;
+            let pending = pending.map(|entry| guard.log_when_sent(entry));
             Ok::<_, std::convert::Infallible>(
-                resp.map(|body| Guarded::new(body, (guard, inflight))),
+                resp.map(|body| Guarded::new(body, (guard, inflight, pending))),
             )
         })
     });
@@ -335,6 +360,9 @@ async fn serve_connection<IO>(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(None)
+            // Bounds what is queued for the client too: with hyper's default (about 400 KB), a client that
+            // does not read held megabytes of a backend's response.
+            .max_buf_size(CLIENT_WRITE_BUFFER.max(limits.max_header_bytes))
             .max_header_size(limits.max_header_bytes)
             .max_headers(limits.max_headers)
             .keep_alive(true);
@@ -350,6 +378,10 @@ async fn serve_connection<IO>(
         .await;
     }
 }
+
+/// What an HTTP/1 connection buffers towards its client before it stops reading the backend (see
+/// `upstream::BACKEND_READ_BUFFER`). Also its read buffer's bound, so never below the request-head limit.
+const CLIENT_WRITE_BUFFER: usize = 64 * 1024;
 
 /// A keep-alive connection idle for this long is parked: hyper's connection and its buffers (about 20 KB)
 /// are dropped, and the socket waits on its own until the client sends again, as nginx frees a keep-alive
@@ -591,6 +623,51 @@ struct ConnState {
     went_idle: Notify,
     /// hyper is being asked to let go of an idle connection: its shutdown of the socket must not reach it.
     parking: AtomicBool,
+    /// Bytes written on the client socket so far.
+    written: AtomicU64,
+    /// Access-log records whose responses have been handed to hyper, with the `written` count at their
+    /// request's start: written once hyper has flushed the socket (or the connection ends).
+    unsent_logs: std::sync::Mutex<Vec<(Box<PendingEntry>, u64)>>,
+}
+
+impl ConnState {
+    /// Write the records waiting for their responses to leave, each with the bytes written since its request
+    /// began.
+    fn flush_logs(&self) {
+        let waiting =
+            std::mem::take(&mut *self.unsent_logs.lock().unwrap_or_else(|p| p.into_inner()));
+        let written = self.written.load(Ordering::Acquire);
+        for (entry, from) in waiting {
+            entry.write(written.saturating_sub(from));
+        }
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        // The connection is gone: what it managed to write is what its last response wrote.
+        self.flush_logs();
+    }
+}
+
+/// An access-log record riding along with its response body: when hyper drops the body (sent, or the client
+/// went away), the record waits in the connection for the next flush of the socket.
+struct LogWhenSent {
+    entry: Option<Box<PendingEntry>>,
+    from: u64,
+    state: Arc<ConnState>,
+}
+
+impl Drop for LogWhenSent {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.state
+                .unsent_logs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((entry, self.from));
+        }
+    }
 }
 
 /// Milliseconds since the process started (monotonic); cheap to keep in an atomic.
@@ -621,6 +698,8 @@ impl ConnState {
             requests: AtomicU64::new(0),
             went_idle: Notify::new(),
             parking: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            unsent_logs: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -631,16 +710,26 @@ impl ConnState {
 }
 
 /// Marks a request as in flight from the moment its head was read until its response body is done.
-struct RequestGuard(Arc<ConnState>);
+struct RequestGuard(Arc<ConnState>, u64);
 
 impl RequestGuard {
+    /// Hold `entry` until this request's response has been written out (see [`LogWhenSent`]).
+    fn log_when_sent(&self, entry: Box<PendingEntry>) -> LogWhenSent {
+        LogWhenSent {
+            entry: Some(entry),
+            from: self.1,
+            state: self.0.clone(),
+        }
+    }
+
     /// Also says whether this request's head had both Content-Length and Transfer-Encoding.
     fn begin(state: Arc<ConnState>) -> (RequestGuard, bool) {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
         state.enter(BUSY);
         let number = state.requests.fetch_add(1, Ordering::AcqRel) + 1;
         let conflicting = state.conflict_head.load(Ordering::Acquire) == number;
-        (RequestGuard(state), conflicting)
+        let written = state.written.load(Ordering::Acquire);
+        (RequestGuard(state, written), conflicting)
     }
 }
 
@@ -676,6 +765,9 @@ async fn watchdog(state: Arc<ConnState>, t: Timeouts, h2: bool) {
         let phase = state.phase.load(Ordering::Acquire);
         let since = state.since.load(Ordering::Relaxed);
         let limit = match phase {
+            // Nothing received yet: the head timeout runs from accept, so a client that never sends a byte is
+            // closed like a slow one (it would otherwise hold the socket for as long as it likes).
+            IDLE if state.requests.load(Ordering::Acquire) == 0 => Some(head_limit),
             IDLE => idle_limit,
             HEAD => Some(head_limit),
             _ => t.client_write,
@@ -730,11 +822,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for TimedIo<IO> {
 }
 
 impl<IO> TimedIo<IO> {
+    fn count_written(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.state.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Bytes from the client: the first of a request head starts the head timer, and heads are scanned.
     fn saw(&mut self, new: &[u8]) {
         if let (false, Some(scan)) = (new.is_empty(), self.scan.as_mut()) {
             if self.state.phase.load(Ordering::Relaxed) == IDLE {
-                self.state.enter(HEAD);
+                if self.state.requests.load(Ordering::Acquire) == 0 {
+                    // The first head's clock started at accept: a trickle of bytes does not restart it.
+                    self.state.phase.store(HEAD, Ordering::Release);
+                } else {
+                    self.state.enter(HEAD);
+                }
                 scan.start();
             }
             if let Some(conflict) = scan.feed(new) {
@@ -753,7 +856,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for TimedIo<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count_written(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -761,7 +866,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for TimedIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_written(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -769,7 +876,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for TimedIo<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        if polled.is_ready() {
+            // hyper flushes once everything it buffered is on the socket: a response whose body it dropped
+            // before this flush has left whole.
+            self.state.flush_logs();
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -5,8 +5,10 @@
 //! Unlike PlanB, whose parser indexed past its buffer on truncated input (and could take the process down), every
 //! read of the ClientHello is bounds-checked ([`parse_client_hello`]). Malformed, truncated, non-TLS or silent
 //! input closes that one connection with one error-log line, `ERROR - <reason> - <connection id>`.
-//! As in PlanB there is no HTTP response, no access-log line and no dead mark; beyond PlanB, a backend that
-//! refuses the connection is skipped for the next live one (unless `--no-failover`).
+//! As in PlanB there is no HTTP response, no access-log line and no dead mark; beyond PlanB, the backend is
+//! chosen by the same selection routine as HTTP (dead set, breaker, failover to the next live backend when one
+//! refuses, unless `--no-failover`), and a connection that never completes its ClientHello counts in
+//! `hypache_tls_handshake_failures_total`.
 
 use std::sync::Arc;
 
@@ -15,7 +17,6 @@ use tokio::net::TcpStream;
 
 use crate::error::SniError;
 use crate::proxy::Proxy;
-use crate::route::LookupError;
 
 /// Largest ClientHello accepted, records included. Real ones are well under 2 KiB (a few KiB with post-quantum
 /// key shares); the bound keeps a hostile client from making the proxy buffer without end.
@@ -27,6 +28,16 @@ const MAX_RECORD: usize = 16384 + 2048;
 /// Serve one accepted connection to the end; failures are logged, never propagated.
 pub async fn serve(client: TcpStream, proxy: Arc<Proxy>) {
     if let Err(reason) = passthrough(client, &proxy).await {
+        if matches!(
+            reason,
+            SniError::Malformed(_)
+                | SniError::Truncated
+                | SniError::Timeout
+                | SniError::NoServerName
+        ) {
+            // The TLS handshake never got going: it counts as a failed handshake of this listener.
+            proxy.telemetry.metrics.tls_handshake_failures.inc();
+        }
         let id = uuid::Uuid::new_v4();
         proxy.error_log.line(format!("ERROR - {reason} - {id}"));
     }
@@ -40,30 +51,7 @@ async fn passthrough(mut client: TcpStream, proxy: &Proxy) -> Result<(), SniErro
     let (hello, name) = tokio::time::timeout(limit, read_client_hello(&mut client))
         .await
         .map_err(|_| SniError::Timeout)??;
-    let mut route = match proxy.router.lookup(&name).await {
-        Ok(route) => route,
-        Err(LookupError::NoRoute { .. }) => return Err(SniError::NoRoute(name)),
-        Err(LookupError::Store(e)) => return Err(SniError::Store(e.0)),
-    };
-    let start = proxy.router.next_start(&name, route.backends.len());
-    let mut index = route
-        .first_live(start)
-        .ok_or_else(|| SniError::AllDead(name.clone()))?;
-    let mut backend = loop {
-        let target = route
-            .target(index)
-            .map_err(|_| SniError::NoRoute(name.clone()))?;
-        match proxy.upstream.connect(&target, target.authority()).await {
-            Ok(stream) => break stream,
-            Err(e) => {
-                std::sync::Arc::make_mut(&mut route).dead[index] = true;
-                match route.first_live(index + 1) {
-                    Some(next) if e.dead() && proxy.config.extensions.failover => index = next,
-                    _ => return Err(SniError::Backend(e.to_string())),
-                }
-            }
-        }
-    };
+    let mut backend = proxy.dial_passthrough(&name).await?;
     backend
         .write_all(&hello)
         .await

@@ -19,8 +19,9 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// The raw result of reading one frontend key.
 #[derive(Debug, Default, Clone)]
 pub struct FrontendData {
-    /// `LRANGE frontend:<key> 0 -1`: the identifier then the backend URLs.
-    pub list: Vec<String>,
+    /// `LRANGE frontend:<key> 0 -1`: the identifier then the backend URLs. An element that is not UTF-8 is
+    /// `None`: it costs that entry only (an identifier is never used; a backend is skipped).
+    pub list: Vec<Option<String>>,
     /// `SMEMBERS dead:<key>`: backend indexes, as stored.
     pub dead: Vec<String>,
     /// `HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`: the frontend's policies (see `policy`).
@@ -284,7 +285,7 @@ impl RedisClient {
                 )));
             }
             out.push(FrontendData {
-                list: redis::from_redis_value(list)?,
+                list: list_elements(list)?,
                 dead: strings(dead)?,
                 policy: crate::policy::RawPolicy {
                     guard: crate::policy::RawHash::from_value(guard),
@@ -410,6 +411,28 @@ async fn resolve_master(sentinel: &SentinelConfig) -> Result<RedisAddr, StoreErr
         }
     }
     Err(last)
+}
+
+/// `LRANGE` replies element by element: text as it is, anything else (bytes that are not UTF-8) as `None`, so
+/// that one broken entry does not take its whole frontend down.
+fn list_elements(value: Value) -> Result<Vec<Option<String>>, StoreError> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Nil => Vec::new(),
+        other => {
+            return Ok(redis::from_redis_value::<Vec<String>>(other)?
+                .into_iter()
+                .map(Some)
+                .collect())
+        }
+    };
+    Ok(items
+        .into_iter()
+        .map(|v| match v {
+            Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+            other => redis::from_redis_value::<String>(other).ok(),
+        })
+        .collect())
 }
 
 /// `SMEMBERS` replies as a set (RESP3) or an array (RESP2); members that are not text count as empty strings,

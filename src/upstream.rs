@@ -28,6 +28,12 @@ use crate::workers::PerWorker;
 
 use crate::body::RequestBody;
 
+/// The most a backend connection buffers of a response: its head must fit (nginx's `proxy_buffer_size` is
+/// 4-8 KB), and each body chunk handed to the client side is at most this big. hyper's default (about 400 KB)
+/// let a client that does not read pin megabytes; with this and the client side's bounded write buffer
+/// (`server`), backpressure reaches the backend while the proxy holds a few hundred KB at most.
+pub const BACKEND_READ_BUFFER: usize = 16 * 1024;
+
 /// Idle connections kept per backend (PlanB's transport keeps up to 100).
 const MAX_IDLE_PER_BACKEND: usize = 100;
 
@@ -97,6 +103,13 @@ impl Target {
             None => (url.to_string(), 80),
         };
         let host_is_ip = host.parse::<IpAddr>().is_ok();
+        let name_like = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !host_is_ip && !name_like {
+            // Binary garbage or a typo: never dialed, so it cannot be mistaken for a dead backend.
+            return Err(TargetError::Invalid(format!("invalid host in {url:?}")));
+        }
         Ok(Target::new("http", host, port, host_is_ip))
     }
 
@@ -135,6 +148,13 @@ pub enum UpstreamError {
     /// The TLS handshake with an `https://` backend failed (certificate not trusted, wrong name, not TLS).
     /// Not a dead mark: the backend answered, it is the configuration that is wrong (PlanB §4.1).
     Tls(String),
+    /// The proxy itself ran out of something (file descriptors, buffers, memory, local ports) while dialing.
+    /// The backend was never reached, so it is neither marked dead nor counted by the breaker: one proxy's
+    /// exhaustion must not take healthy backends away from every proxy sharing the Redis.
+    Local(String),
+    /// The client's request body failed while it was being sent (malformed chunked framing, an upload aborted
+    /// mid-body). The client's mistake: a 400, never a dead mark, a breaker failure or a retry.
+    Client(String),
 }
 
 impl UpstreamError {
@@ -147,6 +167,12 @@ impl UpstreamError {
                 | UpstreamError::ConnectTimeout(_)
         )
     }
+
+    /// Whether the backend had a part in this failure at all: false for the proxy's own exhaustion and for the
+    /// client's broken body, which are never blamed on a backend (no dead mark, no breaker count, no failover).
+    pub fn blames_backend(&self) -> bool {
+        !matches!(self, UpstreamError::Local(_) | UpstreamError::Client(_))
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -156,7 +182,9 @@ impl std::fmt::Display for UpstreamError {
             | UpstreamError::Connect(m)
             | UpstreamError::ConnectTimeout(m)
             | UpstreamError::Request(m)
-            | UpstreamError::Tls(m) => f.write_str(m),
+            | UpstreamError::Tls(m)
+            | UpstreamError::Local(m)
+            | UpstreamError::Client(m) => f.write_str(m),
         }
     }
 }
@@ -214,7 +242,7 @@ impl Upstream {
                 Ok(resp) => return Ok(wrap(resp, sender, pool)),
                 Err(mut e) => match e.take_message() {
                     Some(back) => *req = back,
-                    None => return Err((UpstreamError::Request(request_error(e.error())), None)),
+                    None => return Err((request_failed(e.error()), None)),
                 },
             }
         }
@@ -225,7 +253,7 @@ impl Upstream {
         };
         match sender.send_request(*req).await {
             Ok(resp) => Ok(wrap(resp, sender, pool)),
-            Err(e) => Err((UpstreamError::Request(request_error(&e)), None)),
+            Err(e) => Err((request_failed(&e), None)),
         }
     }
 
@@ -309,6 +337,12 @@ impl Upstream {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
+                Ok(Err(e)) if is_local_exhaustion(&e) => {
+                    return Err(UpstreamError::Local(format!(
+                        "dial tcp {addr}: socket: {}",
+                        go_io_error(&e)
+                    )))
+                }
                 Ok(Err(e)) => {
                     last = UpstreamError::Connect(format!(
                         "dial tcp {addr}: connect: {}",
@@ -329,9 +363,10 @@ fn no_such_host(target: &Target) -> UpstreamError {
 async fn handshake(stream: BackendStream) -> Result<SendRequest<RequestBody>, UpstreamError> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
+        .max_buf_size(BACKEND_READ_BUFFER)
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| UpstreamError::Request(request_error(&e)))?;
+        .map_err(|e| request_failed(&e))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -354,6 +389,33 @@ fn go_io_error(e: &io::Error) -> String {
         io::ErrorKind::NetworkUnreachable => "network is unreachable".into(),
         _ => e.to_string(),
     }
+}
+
+/// Errors that say the proxy's own host ran out of a resource, not that the backend failed: EMFILE, ENFILE
+/// (descriptors), ENOBUFS, ENOMEM (kernel memory) and EADDRNOTAVAIL (no local port left).
+pub fn is_local_exhaustion(e: &io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(
+        e.raw_os_error(),
+        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM | EADDRNOTAVAIL)
+    )
+}
+
+/// A request that failed on an open connection: the client's body ([`crate::body::ClientBodyError`] somewhere in
+/// the error's sources) or the backend.
+fn request_failed(e: &hyper::Error) -> UpstreamError {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<crate::body::ClientBodyError>() {
+            return UpstreamError::Client(request_error(e));
+        }
+        source = s.source();
+    }
+    UpstreamError::Request(request_error(e))
 }
 
 fn request_error(e: &hyper::Error) -> String {
@@ -551,6 +613,14 @@ mod tests {
         let t = Target::parse("http://[::1]:81").unwrap();
         assert_eq!((t.authority(), t.host_is_ip), ("[::1]:81", true));
         assert_eq!(Target::parse(""), Err(TargetError::Empty));
+        assert!(matches!(
+            Target::parse("\u{1}\u{2}garbage"),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            Target::parse("a b:80"),
+            Err(TargetError::Invalid(_))
+        ));
         assert!(matches!(
             Target::parse("ftp://x"),
             Err(TargetError::Invalid(_))

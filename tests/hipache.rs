@@ -680,11 +680,16 @@ fn error_pages_come_from_static_dir_then_error_default_then_plain_text() {
         (400, "frontend not found")
     );
     assert_eq!(resp.header("content-type"), Some("text/plain"));
+    // Hipache sets its no-cache trio before it knows whether a page exists.
+    assert_eq!(resp.header("cache-control"), Some("no-cache"));
+    assert_eq!(resp.header("pragma"), Some("no-cache"));
+    assert_eq!(resp.header("expires"), Some("-1"));
     let resp = get(hip.addr(), "empty.local", "/", &[]);
     assert_eq!(
         (resp.status, resp.body_str().as_str()),
         (502, "Cannot find a valid backend")
     );
+    assert_eq!(resp.header("cache-control"), Some("no-cache"));
 
     // No staticDir: hypache's own pages.
     let hip = start(&redis, json!({}));
@@ -707,6 +712,67 @@ fn a_backend_silent_for_longer_than_tcp_timeout_gets_a_504_page() {
     assert_eq!(resp.status, 504);
     assert_page_headers(&resp);
     assert!(started.elapsed() < secs(3), "{:?}", started.elapsed());
+}
+
+#[test]
+fn tcp_timeout_is_inactivity_so_a_long_upload_that_keeps_moving_is_not_cut() {
+    let redis = RedisServer::start();
+    let (sink, received) = sink_backend();
+    redis.set_frontend("upload.local", &[&format!("http://{sink}")]);
+    let hip = start(&redis, json!({"server": {"tcpTimeout": 1}}));
+    let mut conn = ClientConn::connect(hip.addr());
+    conn.send(b"PUT /up HTTP/1.1\r\nHost: upload.local\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // 3 s of upload, never silent for as long as tcpTimeout: each chunk goes once the backend has the previous
+    // one, after a pause of a fifth of the timeout.
+    let started = std::time::Instant::now();
+    let chunk = vec![b'u'; 32 * 1024];
+    let mut sent = 0u64;
+    while started.elapsed() < secs(3) {
+        conn.send(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        conn.send(&chunk).unwrap();
+        conn.send(b"\r\n").unwrap();
+        sent += chunk.len() as u64;
+        assert_eventually(SOON, "the backend has the chunk", || {
+            received.load(Ordering::Relaxed) >= sent
+        });
+        // Pacing the client (the behaviour under test), not waiting for the proxy.
+        std::thread::sleep(millis(200));
+    }
+    conn.send(b"0\r\n\r\n").unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.head_text());
+    assert!(started.elapsed() > secs(3));
+}
+
+#[test]
+fn only_requests_that_reached_backend_selection_are_logged() {
+    let redis = RedisServer::start();
+    redis.query::<()>(&["RPUSH", "frontend:empty.local", "only-id"]);
+    redis.set_frontend("gone.local", &[&refused_url()]);
+    let backend = Backend::named("ok");
+    redis.set_frontend("ok.local", &[&backend.url()]);
+    let hip = start(&redis, json!({"server": {"retryOnError": 1}}));
+    // Not logged: `__ping__`, an unknown host (400), a frontend without backends (502).
+    assert_eq!(get(hip.addr(), "__ping__", "/", &[]).status, 200);
+    assert_eq!(get(hip.addr(), "nowhere.local", "/", &[]).status, 400);
+    assert_eq!(get(hip.addr(), "empty.local", "/", &[]).status, 502);
+    // Logged: a 502 after failed retries, and an answer from a backend.
+    assert_eq!(get(hip.addr(), "gone.local", "/retried", &[]).status, 502);
+    assert_eq!(get(hip.addr(), "ok.local", "/served", &[]).status, 200);
+    let lines = eventually(SOON, "two access-log lines", || {
+        let lines = hip.log_lines();
+        lines
+            .iter()
+            .any(|l| l.contains("GET /served"))
+            .then_some(lines)
+    });
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].contains("\"GET /retried HTTP/1.1\" 502 "),
+        "{lines:#?}"
+    );
 }
 
 #[test]
@@ -950,7 +1016,9 @@ fn the_access_log_line_is_hipaches_and_sigusr1_reopens_it() {
     );
     assert_eq!(resp.status, 200);
     let line = eventually(SOON, "an access-log line", || hip.log_lines().pop());
-    // `::ffff:127.0.0.1 - - [21/Nov/2026:07:45:00 +0000] "GET /p%20q?x=1&y=2 HTTP/1.1" 200 5 ...`
+    // `<bytes>` is what the response put on the client socket: status line, headers and body.
+    let bytes = resp.raw.len();
+    // `::ffff:127.0.0.1 - - [21/Nov/2026:07:45:00 +0000] "GET /p%20q?x=1&y=2 HTTP/1.1" 200 <bytes> ...`
     let (head, rest) = line.split_once(" [").unwrap();
     assert_eq!(head, "::ffff:127.0.0.1 - -");
     let (date, rest) = rest.split_once("] ").unwrap();
@@ -962,7 +1030,7 @@ fn the_access_log_line_is_hipaches_and_sigusr1_reopens_it() {
     let (backend_s, total_s, middle) = (fields[0], fields[1], fields[2]);
     assert_eq!(
         middle,
-        "\"GET /p%20q?x=1&y=2 HTTP/1.1\" 200 5 \"http://ref.example/\" \"curl/7.30.0\" \"id-log.local\""
+        format!("\"GET /p%20q?x=1&y=2 HTTP/1.1\" 200 {bytes} \"http://ref.example/\" \"curl/7.30.0\" \"id-log.local\"")
     );
     assert!(is_js_seconds(total_s), "{line}");
     assert!(is_js_seconds(backend_s), "{line}");

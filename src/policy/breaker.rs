@@ -64,7 +64,7 @@ impl On {
             Outcome::Status(status) => self.status_5xx && (500..600).contains(&status),
             Outcome::Connect => self.connect,
             Outcome::Timeout => self.timeout,
-            Outcome::Other => false,
+            Outcome::Other | Outcome::Connected => false,
         }
     }
 }
@@ -80,6 +80,8 @@ pub enum Outcome {
     Timeout,
     /// Not the backend's fault (e.g. a URL hypache cannot use).
     Other,
+    /// A connection was opened and handed on (the SNI passthrough, which sees no status): a success.
+    Connected,
 }
 
 impl Outcome {
@@ -89,7 +91,9 @@ impl Outcome {
             UpstreamError::Resolve(_) | UpstreamError::Connect(_) | UpstreamError::Request(_) => {
                 Outcome::Connect
             }
-            UpstreamError::Tls(_) => Outcome::Other,
+            UpstreamError::Tls(_) | UpstreamError::Local(_) | UpstreamError::Client(_) => {
+                Outcome::Other
+            }
         }
     }
 }
@@ -402,6 +406,7 @@ fn describe(outcome: Outcome) -> String {
         Outcome::Connect => "connection error".into(),
         Outcome::Timeout => "timeout".into(),
         Outcome::Other => "other".into(),
+        Outcome::Connected => "connected".into(),
     }
 }
 

@@ -177,9 +177,9 @@ pub fn set_forwarded_if_absent(headers: &mut HeaderMap, peer: IpAddr, tls: bool)
 }
 
 /// A named backend gets `Host: <its name>` and the original Host in `X-Host`/`X-Forwarded-Host`; an IP-literal
-/// backend keeps the original Host.
-pub fn set_host(headers: &mut HeaderMap, target: &Target, original: &str) {
-    let original = HeaderValue::from_str(original).ok();
+/// backend keeps the original Host (`None` when it is not a valid header value).
+pub fn set_host(headers: &mut HeaderMap, target: &Target, original: Option<&HeaderValue>) {
+    let original = original.cloned();
     if target.host_is_ip {
         match original {
             Some(host) if !host.is_empty() => {

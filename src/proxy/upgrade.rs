@@ -3,8 +3,9 @@
 //!
 //! As in PlanB there is no access-log line, the backend sees `Host: <backend host:port>` and the upgrade headers
 //! intact, and any failure before the tunnel is up is a 502 with body `\n`. Beyond PlanB, a backend that refuses
-//! the connection is marked dead and the next live one is tried, as for plain HTTP; an `https://` backend is
-//! reached over TLS (PlanB dialed it in clear); and `--websocket-idle-timeout` closes tunnels nobody uses.
+//! the connection is marked dead and the next live one is tried, through the same selection routine as plain
+//! HTTP (`select`, so a backend the breaker ejected gets no tunnel either); an `https://` backend is reached
+//! over TLS (PlanB dialed it in clear); and `--websocket-idle-timeout` closes tunnels nobody uses.
 
 use std::io;
 use std::pin::Pin;
@@ -18,13 +19,14 @@ use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::select::Exchange;
 use super::{headers, Ctx, Downstream, Proxy};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::{ForwardingPolicy, ResponseStyle};
 use crate::error::Reject;
-use crate::route::LookupError;
+use crate::policy::Outcome;
 use crate::server::now_ms;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{Target, UpstreamBody};
 
 /// `Upgrade: websocket` (the first Upgrade value, case-insensitive); `Connection` is not checked, as in PlanB.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
@@ -40,33 +42,21 @@ impl Proxy {
         down: Downstream,
         ctx: &mut Ctx,
     ) -> Response<ProxyBody> {
-        let mut route = match self.router.lookup(&ctx.host).await {
+        // Not timed: the lookup metric counts the requests of the access log, as PlanB's metrics do.
+        let looked_up = self.router.lookup(&ctx.host).await;
+        let route = match self.looked_up(ctx, looked_up) {
             Ok(route) => route,
-            Err(LookupError::NoRoute { key }) => {
-                ctx.key = key;
-                self.log_error(ctx, "?", "no backends registered for host");
-                return self.upgrade_reject(Reject::NoRoute, ctx.debug);
-            }
-            Err(LookupError::Store(e)) => {
-                ctx.key = ctx.host.clone();
-                self.log_error(ctx, "?", &e.0);
-                return self.upgrade_reject(Reject::Unavailable, ctx.debug);
-            }
+            Err(reject) => return self.upgrade_reject(reject, ctx.debug),
         };
-        ctx.key = route.key.clone();
-        // Guards and rate limits apply to tunnels too; the breaker does not (a tunnel has no status to count).
+        // Guards, rate limits and the breaker apply to tunnels too: an ejected backend gets no tunnel.
         let log = |m: &str| self.log_error(ctx, "?", m);
         let admitted = self
             .policies
             .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log)
             .await;
-        if let Err(reject) = admitted {
-            return reject.response();
-        }
-        let start = self.router.start_for(&ctx.host, &route);
-        let Some(mut index) = route.first_live(start) else {
-            self.log_error(ctx, "?", "all backends are dead");
-            return self.upgrade_reject(Reject::AllDead, ctx.debug);
+        let pass = match admitted {
+            Ok(pass) => pass,
+            Err(reject) => return reject.response(),
         };
         match self.config.forwarding {
             ForwardingPolicy::Planb => {
@@ -82,32 +72,19 @@ impl Proxy {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let (stream, target) = loop {
-            ctx.backend_id = index;
-            ctx.backend_url = route.backends[index].clone();
-            let target = match route.target(index) {
-                Ok(target) => target,
-                Err(e) => {
-                    self.log_error(ctx, &ctx.backend_url, &format!("{e:?}"));
-                    return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
-                }
-            };
+        let attempt = |target: Arc<Target>, ()| async move {
             match self.upstream.open(&target, target.authority()).await {
-                Ok(stream) => break (stream, target),
-                Err(e) => {
-                    let dead = e.dead();
-                    self.log_error(ctx, &ctx.backend_url, &e.to_string());
-                    if !dead {
-                        return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
-                    }
-                    Box::pin(self.mark_dead(ctx, &route, Some(&e))).await;
-                    std::sync::Arc::make_mut(&mut route).dead[index] = true;
-                    match route.first_live(index + 1) {
-                        Some(next) if self.config.extensions.failover => index = next,
-                        _ => return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug),
-                    }
-                }
+                Ok(stream) => Ok((stream, target)),
+                // Nothing was sent: the upgrade request can go to another backend.
+                Err(e) => Err((e, Some(()))),
             }
+        };
+        let tried = self
+            .try_backends(ctx, route, &pass, Exchange::Tunnel, (), attempt)
+            .await;
+        let (route, (stream, target)) = match tried {
+            Ok(tried) => (tried.route, tried.value),
+            Err(failed) => return self.upgrade_reject(failed.reject, ctx.debug),
         };
         if self.config.forwarding == ForwardingPolicy::Planb {
             if let Ok(host) = HeaderValue::from_str(target.authority()) {
@@ -142,6 +119,12 @@ impl Proxy {
                 return self.upgrade_reject(Reject::UpgradeFailed, ctx.debug);
             }
         };
+        pass.record(
+            &route,
+            ctx.backend_id,
+            Outcome::Status(resp.status().as_u16()),
+            &|m| self.log_error(ctx, &ctx.backend_url, m),
+        );
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The backend declined the upgrade: its answer goes to the client as it is.
             return resp.map(|body| ProxyBody::Upstream(UpstreamBody::detached(body)));
