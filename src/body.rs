@@ -20,7 +20,7 @@ use crate::upstream::UpstreamBody;
 pub enum RequestBody {
     /// The client's body, streamed frame by frame as it arrives (every frontend without `sign_body`).
     Streaming(Incoming),
-    /// The same, noting when a frame last arrived (milliseconds of `crate::server::now_ms`), for a backend
+    /// The same, noting when a frame last arrived (milliseconds of `crate::rt::clock::now_ms`), for a backend
     /// timeout that counts inactivity rather than the whole exchange (Hipache's `tcpTimeout`): a long upload
     /// that keeps moving is never cut.
     Watched(Incoming, Arc<AtomicU64>),
@@ -132,7 +132,7 @@ impl Body for RequestBody {
             RequestBody::Watched(body, last) => {
                 let polled = Pin::new(body).poll_frame(cx).map_err(ClientBodyError);
                 if let Poll::Ready(Some(Ok(_))) = &polled {
-                    last.store(crate::server::now_ms(), Ordering::Relaxed);
+                    last.store(crate::rt::clock::now_ms(), Ordering::Relaxed);
                 }
                 polled
             }

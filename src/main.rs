@@ -11,14 +11,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() {
-    let cli = hypache::cli::Cli::parse();
+    let cli = hypache::config::flags::Cli::parse();
     let fasthttp = cli.engine == "fasthttp";
     let dry = cli.dry;
     let flavor = std::env::var("SETTINGS_FLAVOR").ok();
-    let hipache_file = hypache::hipache_config::config_path(cli.config.clone(), flavor.as_deref());
+    let hipache_file = hypache::config::hipache::config_path(cli.config.clone(), flavor.as_deref());
     let resolved = match &hipache_file {
         // The Hipache preset: everything comes from the file.
-        Some(path) => hypache::hipache_config::load(path)
+        Some(path) => hypache::config::hipache::load(path)
             .map(|loaded| (loaded.config, loaded.warnings))
             .map_err(|e| e.to_string()),
         None => cli
@@ -37,7 +37,7 @@ fn main() {
         eprintln!("warning: {warning}");
     }
     if dry {
-        println!("{}", hypache::hipache_config::describe(&config));
+        println!("{}", hypache::config::hipache::describe(&config));
         std::process::exit(0);
     }
     if fasthttp {
@@ -47,7 +47,7 @@ fn main() {
     rustls::crypto::ring::default_provider()
         .install_default()
         .expect("install the ring crypto provider");
-    if let Err(e) = hypache::event_log::init(&config.event_log) {
+    if let Err(e) = hypache::observe::event_log::init(&config.event_log) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{FieldResult, Fields, PolicyStats};
-use crate::route::Route;
+use crate::routing::Route;
 use crate::upstream::UpstreamError;
 
 /// Frontends whose breaker state is kept; the least recently used are forgotten beyond this.

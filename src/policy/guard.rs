@@ -20,7 +20,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::{FieldResult, Fields};
-use crate::error::Reject;
+use crate::proxy::reject::Reject;
 use crate::store::{RedisClient, StoreError};
 
 /// Longest `X-Nonce` accepted: nonces become Redis keys.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http::Request;
 
 use super::{FieldResult, Fields};
-use crate::error::Reject;
+use crate::proxy::reject::Reject;
 use crate::store::RedisClient;
 
 /// Clients remembered by the local limiter; the least recently seen are dropped beyond this.

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Ctx, Proxy};
-use crate::error::Reject;
 use crate::policy::{Outcome, Pass};
-use crate::route::Route;
+use crate::proxy::reject::Reject;
+use crate::routing::Route;
 use crate::upstream::{Target, TargetError, UpstreamError};
 
 /// What is being sent to the backend.
@@ -231,9 +231,9 @@ impl Proxy {
     pub(crate) async fn dial_passthrough(
         &self,
         name: &str,
-    ) -> Result<tokio::net::TcpStream, crate::error::SniError> {
-        use crate::error::SniError;
-        use crate::route::LookupError;
+    ) -> Result<tokio::net::TcpStream, crate::proxy::reject::SniError> {
+        use crate::proxy::reject::SniError;
+        use crate::routing::LookupError;
         let route = match self.router.lookup(name).await {
             Ok(route) => route,
             Err(LookupError::NoRoute { .. }) => return Err(SniError::NoRoute(name.to_string())),

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
-use crate::access_log::Log;
+use crate::observe::access_log::Log;
 use crate::store::{RedisClient, StoreError};
 
 /// Probes in flight at once, process-wide (PlanB's limiter).

@@ -20,10 +20,9 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::proxy::Proxy;
+use super::telemetry::Telemetry;
 
 /// The longest the task dump may take before the dump goes out without it.
 pub const TASK_DUMP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -38,7 +37,7 @@ const MAX_TRACES: usize = 200;
 static BUSY: AtomicBool = AtomicBool::new(false);
 
 /// Write one dump to standard output, unless one is being written already. Returns how long it took.
-pub async fn write(proxy: Arc<Proxy>) -> Option<Duration> {
+pub async fn write(telemetry: Telemetry) -> Option<Duration> {
     if BUSY.swap(true, Ordering::AcqRel) {
         tracing::warn!("SIGUSR1: a dump is being written already");
         return None;
@@ -51,9 +50,9 @@ pub async fn write(proxy: Arc<Proxy>) -> Option<Duration> {
         std::process::id(),
         chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
     );
-    text.push_str(&summary(&proxy));
-    if proxy.config.task_dump {
-        text.push_str(&task_dump(proxy.telemetry.runtimes.clone()).await);
+    text.push_str(&summary(&telemetry));
+    if telemetry.task_dump {
+        text.push_str(&task_dump(telemetry.runtimes.clone()).await);
     } else {
         text.push_str(
             "task dump: off (tokio's task dump can stall the runtime, tokio-rs/tokio#7478; --task-dump turns it on)\n",
@@ -80,9 +79,9 @@ pub async fn write(proxy: Arc<Proxy>) -> Option<Duration> {
 }
 
 /// Runtime figures, connections and in-flight requests: cheap, no lock held while formatting.
-fn summary(proxy: &Proxy) -> String {
+fn summary(telemetry: &Telemetry) -> String {
     let mut text = String::new();
-    let runtimes = &proxy.telemetry.runtimes;
+    let runtimes = &telemetry.runtimes;
     let all: Vec<_> = runtimes.iter().map(|r| r.metrics()).collect();
     let _ = write!(
         text,
@@ -126,15 +125,15 @@ fn summary(proxy: &Proxy) -> String {
             text.push('\n');
         }
     }
-    let metrics = &proxy.telemetry.metrics;
+    let metrics = &telemetry.metrics;
     let _ = writeln!(
         text,
         "connections: {} open, {} WebSocket tunnels",
         metrics.connections_open(),
-        proxy.tunnels.count()
+        telemetry.tunnels.count()
     );
     let now = Instant::now();
-    let (entries, total) = proxy.telemetry.inflight.snapshot(MAX_LISTED);
+    let (entries, total) = telemetry.inflight.snapshot(MAX_LISTED);
     let _ = writeln!(text, "in-flight requests: {total}");
     for entry in &entries {
         text.push_str(&entry.describe(now));

@@ -28,10 +28,10 @@ use http::{header, Request};
 use redis::Value;
 
 use crate::body::{BufferError, Buffered, RequestBody};
-use crate::error::Reject;
-use crate::route::Route;
+use crate::proxy::reject::Reject;
+use crate::routing::Route;
+use crate::rt::workers::PerWorker;
 use crate::store::RedisClient;
-use crate::workers::PerWorker;
 
 pub use breaker::{BreakerDefaults, Outcome};
 pub use guard::GuardReason;
@@ -236,7 +236,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    crate::cli::parse_go_duration(text)
+    crate::config::flags::parse_go_duration(text)
 }
 
 /// One of the three policy features, for the metrics' `feature` label.

@@ -29,7 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::TlsPreset;
-use crate::error::CertError;
+use crate::proxy::reject::CertError;
 
 pub use from_dir::DirectoryCerts;
 pub use from_redis::RedisCerts;

@@ -1,7 +1,7 @@
 //! Listeners, per-connection timeouts and graceful shutdown.
 //!
 //! Three kinds of listener share one accept loop: plain HTTP/1, TLS (HTTP/2 or HTTP/1.1 by ALPN, see
-//! [`crate::tls`]) and the SNI passthrough ([`crate::sni`]). Each HTTP connection runs hyper's server next to a
+//! [`crate::server::tls`]) and the SNI passthrough ([`crate::server::sni`]). Each HTTP connection runs hyper's server next to a
 //! small watchdog that enforces PlanB's client timeouts with Go's meanings: idle (between requests), read-header
 //! (from the first byte of a request head), and write (from the end of the head until the response is written).
 
@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,15 +23,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::access_log::PendingEntry;
 use crate::body::Guarded;
 use crate::config::Timeouts;
-use crate::head_scan::HeadScan;
+use crate::observe::access_log::PendingEntry;
 use crate::proxy::{Downstream, Proxy};
-use crate::tls::{handshake_error, TlsTerminator};
-use crate::workers::Workers;
+use crate::rt::clock::{instant_at, now_ms};
+use crate::rt::tracker::Tracker;
+use crate::rt::workers::Workers;
+use crate::server::head_scan::HeadScan;
+use crate::server::tls::{handshake_error, TlsTerminator};
 
 mod gate;
+pub mod head_scan;
+pub mod sni;
+pub mod tls;
 
 use gate::Gated;
 
@@ -107,7 +112,7 @@ pub async fn serve(
 const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Accept on the control runtime and hand each connection to a worker (see [`crate::workers`]).
+/// Accept on the control runtime and hand each connection to a worker (see [`crate::rt::workers`]).
 async fn accept_loop(
     listener: Listener,
     proxy: Arc<Proxy>,
@@ -188,7 +193,7 @@ async fn accept_loop(
                 Speaks::Tls(terminator) => {
                     Box::pin(serve_tls(stream, peer, terminator, proxy, stop)).await
                 }
-                Speaks::Sni => Box::pin(crate::sni::serve(stream, proxy)).await,
+                Speaks::Sni => Box::pin(crate::server::sni::serve(stream, proxy)).await,
             }
             drop((alive, counted));
         });
@@ -258,48 +263,6 @@ enum Protocol {
     Http1 { tls: bool },
     /// HTTP/2, only ever over TLS (no h2c, as PlanB).
     Http2,
-}
-
-/// Counts running tasks of one kind (connections, tunnels) so that shutdown can wait for them.
-#[derive(Default)]
-pub struct Tracker {
-    count: AtomicUsize,
-    done: Notify,
-}
-
-/// Held by a tracked task; dropping it ends the task's count.
-pub struct Tracked(Arc<Tracker>);
-
-impl Tracker {
-    /// Count one more task until the returned guard is dropped.
-    pub fn track(self: &Arc<Self>) -> Tracked {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        Tracked(self.clone())
-    }
-
-    /// Tasks currently counted.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    /// Resolves when no task is counted.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.done.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.done.notify_waiters();
-        }
-    }
 }
 
 async fn serve_connection<IO>(
@@ -427,7 +390,7 @@ async fn serve_http1<IO, S>(
     builder: &hyper::server::conn::http1::Builder,
     service: S,
     state: Arc<ConnState>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::observe::metrics::Metrics>,
     watchdog: impl Future<Output = ()>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -667,23 +630,6 @@ impl Drop for LogWhenSent {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((entry, self.from));
         }
-    }
-}
-
-/// Milliseconds since the process started (monotonic); cheap to keep in an atomic.
-pub(crate) fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    Instant::now().duration_since(base).as_millis() as u64
-}
-
-fn instant_at(ms: u64) -> Instant {
-    let now = now_ms();
-    let now_instant = Instant::now();
-    if ms >= now {
-        now_instant + Duration::from_millis(ms - now)
-    } else {
-        now_instant - Duration::from_millis(now - ms)
     }
 }
 

@@ -3,6 +3,9 @@
 //! The CLI (and later the Hipache config file) only fill this struct; nothing else reads flags.
 //! Behaviour that differs between PlanB and Hipache is a field here, never a branch on a "mode".
 
+pub mod flags;
+pub mod hipache;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -546,11 +549,11 @@ impl Config {
             backend_cache: false,
             backend_cache_events: false,
             backend_cache_limits: (
-                crate::route::BACKEND_CACHE_TTL,
-                crate::route::BACKEND_CACHE_SIZE,
+                crate::routing::BACKEND_CACHE_TTL,
+                crate::routing::BACKEND_CACHE_SIZE,
             ),
             active_healthcheck: false,
-            monitor_id: crate::health::hostname(),
+            monitor_id: crate::routing::health::hostname(),
             stale_routes_ttl: Some(Duration::from_secs(300)),
             wait_for_redis: None,
             access_log_format: AccessLogFormat::default(),

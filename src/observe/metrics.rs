@@ -28,7 +28,7 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
-use crate::access_log::AccessEntry;
+use crate::observe::access_log::AccessEntry;
 use crate::policy::{Feature, GuardReason, PolicyStats};
 use crate::upstream::UpstreamError;
 

@@ -4,7 +4,7 @@
 //! A connection is handed to the worker with the fewest open connections when it is accepted, and everything
 //! its requests touch afterwards stays on that thread: the backend connection (each worker has its own
 //! keep-alive pool, see [`crate::upstream`]), the read-Redis connection (one per worker, see
-//! [`crate::route::Router`]) and the timers. A request therefore never wakes another thread, which with
+//! [`crate::routing::Router`]) and the timers. A request therefore never wakes another thread, which with
 //! tokio's work-stealing runtime cost about a tenth of the proxy's CPU in kernel wake-ups and task hand-offs.
 //! What is shared between workers (round-robin counters, caches, breakers, logs, metrics) is `Sync`.
 //!

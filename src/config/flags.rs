@@ -343,7 +343,7 @@ impl Cli {
             })?),
         };
         if let Some(level) = &self.log_level {
-            crate::event_log::filter(Some(level))
+            crate::observe::event_log::filter(Some(level))
                 .map_err(|e| CliError(format!("invalid value '{level}' for '--log-level': {e}")))?;
         }
         let access_log = match self.access_log.as_str() {
@@ -406,12 +406,12 @@ impl Cli {
             backend_cache: self.backend_cache || self.backend_cache_events,
             backend_cache_events: self.backend_cache_events,
             backend_cache_limits: (
-                crate::route::BACKEND_CACHE_TTL,
-                crate::route::BACKEND_CACHE_SIZE,
+                crate::routing::BACKEND_CACHE_TTL,
+                crate::routing::BACKEND_CACHE_SIZE,
             ),
             active_healthcheck: self.active_healthcheck,
             monitor_id: match self.monitor_id.as_str() {
-                "" => crate::health::hostname(),
+                "" => crate::routing::health::hostname(),
                 id => id.to_string(),
             },
             stale_routes_ttl: nonzero(self.stale_routes_ttl),

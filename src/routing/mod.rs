@@ -12,11 +12,12 @@ use dashmap::DashMap;
 
 use crate::config::{DeadSetKey, Extensions, RoutingPolicy, Selection};
 use crate::policy::Policy;
+use crate::rt::workers::PerWorker;
 use crate::store::{FrontendData, RedisClient, StoreError};
 use crate::upstream::{Target, TargetError};
-use crate::workers::PerWorker;
 
 pub mod events;
+pub mod health;
 
 /// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
 /// without bound.

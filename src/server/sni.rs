@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::error::SniError;
+use crate::proxy::reject::SniError;
 use crate::proxy::Proxy;
 
 /// Largest ClientHello accepted, records included. Real ones are well under 2 KiB (a few KiB with post-quantum
@@ -56,7 +56,7 @@ async fn passthrough(mut client: TcpStream, proxy: &Proxy) -> Result<(), SniErro
         .write_all(&hello)
         .await
         .map_err(|e| SniError::Backend(format!("replaying the ClientHello: {e}")))?;
-    crate::proxy::upgrade::tunnel(client, backend, None).await;
+    crate::rt::tunnel::tunnel(client, backend, None).await;
     Ok(())
 }
 

@@ -284,7 +284,7 @@ impl Log {
 
     /// The error log: always standard error; events of the JSON event log with `--log-format json`.
     pub fn errors() -> Log {
-        let sink = if crate::event_log::is_json() {
+        let sink = if crate::observe::event_log::is_json() {
             Sink::Events
         } else {
             Sink::Stream(Box::new(io::stderr()))
@@ -367,7 +367,7 @@ impl Log {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                crate::event_log::planb_line(
+                crate::observe::event_log::planb_line(
                     tracing::Level::WARN,
                     "Dropping log messages to due to full channel buffer.",
                 );
@@ -433,7 +433,7 @@ impl Output {
                 let _ = out.write_all(line.as_bytes());
                 let _ = out.write_all(b"\n");
             }
-            None => crate::event_log::planb_line(tracing::Level::ERROR, line),
+            None => crate::observe::event_log::planb_line(tracing::Level::ERROR, line),
         }
     }
 

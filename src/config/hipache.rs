@@ -614,13 +614,13 @@ pub fn built_in_pages() -> ErrorPages {
     ErrorPages {
         dir: None,
         by_status: [
-            (400, page(include_str!("../static/error_400.html"))),
-            (502, page(include_str!("../static/error_502.html"))),
-            (504, page(include_str!("../static/error_504.html"))),
+            (400, page(include_str!("../../static/error_400.html"))),
+            (502, page(include_str!("../../static/error_502.html"))),
+            (504, page(include_str!("../../static/error_504.html"))),
         ]
         .into_iter()
         .collect(),
-        default: Some(page(include_str!("../static/error_default.html"))),
+        default: Some(page(include_str!("../../static/error_default.html"))),
     }
 }
 

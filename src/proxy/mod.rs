@@ -2,6 +2,7 @@
 //! (with failover on connection failures) → relay → access log.
 
 pub mod headers;
+pub mod reject;
 mod select;
 pub mod upgrade;
 
@@ -15,16 +16,16 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessEntry, Log, PendingEntry};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::{Config, ForwardingPolicy, ResponseStyle};
-use crate::error::Reject;
-use crate::inflight::InflightGuard;
-use crate::metrics::DeadCause;
-use crate::ops::Telemetry;
+use crate::observe::access_log::{AccessEntry, Log, PendingEntry};
+use crate::observe::inflight::InflightGuard;
+use crate::observe::metrics::DeadCause;
+use crate::observe::telemetry::Telemetry;
 use crate::policy::{Outcome, Pass, Policies};
-use crate::route::{LookupError, Route, Router};
-use crate::server::Tracker;
+use crate::proxy::reject::Reject;
+use crate::routing::{LookupError, Route, Router};
+use crate::rt::tracker::Tracker;
 use crate::store::RedisClient;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -395,7 +396,7 @@ impl Proxy {
     }
 
     /// The route for the request's Host, with the context filled in; the lookup's failure as a [`Reject`].
-    async fn lookup(&self, ctx: &mut Ctx) -> Result<std::sync::Arc<crate::route::Route>, Reject> {
+    async fn lookup(&self, ctx: &mut Ctx) -> Result<std::sync::Arc<crate::routing::Route>, Reject> {
         let lookup_started = Instant::now();
         let looked_up = self.router.lookup(&ctx.host).await;
         self.telemetry
@@ -408,8 +409,8 @@ impl Proxy {
     fn looked_up(
         &self,
         ctx: &mut Ctx,
-        looked_up: Result<std::sync::Arc<crate::route::Route>, LookupError>,
-    ) -> Result<std::sync::Arc<crate::route::Route>, Reject> {
+        looked_up: Result<std::sync::Arc<crate::routing::Route>, LookupError>,
+    ) -> Result<std::sync::Arc<crate::routing::Route>, Reject> {
         match looked_up {
             Ok(route) => {
                 ctx.key = route.key.clone();
@@ -466,7 +467,7 @@ impl Proxy {
                 let ms = |d: Duration| HeaderValue::from(d.as_millis() as u64);
                 h.insert(
                     "x-debug-version-hipache",
-                    HeaderValue::from_static(crate::error::HIPACHE_DEBUG_VERSION),
+                    HeaderValue::from_static(crate::proxy::reject::HIPACHE_DEBUG_VERSION),
                 );
                 if let Ok(url) = HeaderValue::from_str(&node_href(&ctx.backend_url)) {
                     h.insert(X_DEBUG_BACKEND_URL, url);
@@ -475,7 +476,7 @@ impl Proxy {
                 if let Ok(vhost) = HeaderValue::from_str(&ctx.identifier) {
                     h.insert("x-debug-vhost", vhost);
                 }
-                let hostname = crate::route::hipache_hostname(&ctx.host);
+                let hostname = crate::routing::hipache_hostname(&ctx.host);
                 if let Ok(key) = HeaderValue::from_str(&hostname) {
                     h.insert(X_DEBUG_FRONTEND_KEY, key);
                 }
@@ -533,7 +534,7 @@ impl Proxy {
     async fn mark_dead(
         &self,
         ctx: &Ctx,
-        route: &crate::route::Route,
+        route: &crate::routing::Route,
         error: Option<&UpstreamError>,
     ) {
         let policy = &self.config.failure;
@@ -598,7 +599,7 @@ impl Proxy {
 }
 
 /// `fut`, unless `limit` passes first: from now, or (with `activity`, the last time the request body moved, in
-/// `crate::server::now_ms` milliseconds) from the last sign of life. `None` when the limit passed.
+/// `crate::rt::clock::now_ms` milliseconds) from the last sign of life. `None` when the limit passed.
 async fn within<F: std::future::Future>(
     limit: Option<Duration>,
     activity: Option<&std::sync::atomic::AtomicU64>,
@@ -610,14 +611,14 @@ async fn within<F: std::future::Future>(
     let Some(activity) = activity else {
         return tokio::time::timeout(limit, fut).await.ok();
     };
-    let started = crate::server::now_ms();
+    let started = crate::rt::clock::now_ms();
     let limit_ms = limit.as_millis() as u64;
     let mut fut = std::pin::pin!(fut);
     loop {
         let last = activity
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(started);
-        let left = (last + limit_ms).saturating_sub(crate::server::now_ms());
+        let left = (last + limit_ms).saturating_sub(crate::rt::clock::now_ms());
         if left == 0 {
             return None;
         }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::workers::PerWorker;
+use crate::rt::workers::PerWorker;
 
 use crate::body::RequestBody;
 
@@ -91,7 +91,7 @@ impl Target {
             return Ok(Target::new(scheme, host, port, host_is_ip));
         }
         // No scheme: the whole string is host[:port], spoken to over http.
-        let (host, port) = match crate::route::split_host_port(url) {
+        let (host, port) = match crate::routing::split_host_port(url) {
             Some(host) => {
                 let port = url[url.rfind(':').unwrap_or(0) + 1..].parse::<u16>();
                 match port {

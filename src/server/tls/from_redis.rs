@@ -10,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
 use super::{parse_pair, provider, wildcard};
-use crate::error::CertError;
+use crate::proxy::reject::CertError;
 use crate::store::RedisClient;
 
 /// How long a parsed certificate is served without asking Redis again (PlanB's value): a handshake costs no

@@ -1,10 +1,6 @@
-//! Operations: what the proxy exposes to the people running it, wired in with small hooks so the request
-//! pipeline stays about requests.
-//!
-//! - [`Telemetry`]: the Prometheus [`Metrics`] and the [`Inflight`] registry, one per process, in the
-//!   [`Proxy`].
-//! - [`install_signal_handlers`]: SIGUSR1 writes a dump to stdout ([`crate::dump`]); SIGHUP reopens the
-//!   access-log file (logrotate). SIGTERM and SIGINT (graceful drain) are the binary's.
+//! What runs beside the proxy from start to end: the signal handlers (SIGUSR1 writes a dump to stdout, SIGHUP
+//! reopens the access log for logrotate; SIGTERM and SIGINT, the graceful drain, are the binary's) and the
+//! `/metrics` server.
 
 use std::io;
 use std::sync::Arc;
@@ -12,59 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::access_log::Log;
-use crate::config::Config;
-use crate::inflight::Inflight;
-use crate::metrics::{Metrics, Sources};
-use crate::policy::Policies;
 use crate::proxy::Proxy;
-use crate::server::Tracker;
-
-/// Metrics and the in-flight registry.
-pub struct Telemetry {
-    pub metrics: Arc<Metrics>,
-    pub inflight: Arc<Inflight>,
-    /// The control runtime, then one runtime per worker thread: for the dump and the runtime gauges.
-    pub runtimes: Vec<tokio::runtime::Handle>,
-}
-
-impl Telemetry {
-    /// Build the registry; `tunnels`, the logs' drop counters and the policy counters are read when Prometheus
-    /// scrapes.
-    pub fn new(
-        config: &Config,
-        tunnels: &Arc<Tracker>,
-        access_log: &Log,
-        error_log: &Log,
-        policies: &Policies,
-        runtimes: Vec<tokio::runtime::Handle>,
-    ) -> Telemetry {
-        let inflight = Arc::new(Inflight::default());
-        let sources = Sources {
-            tunnels: {
-                let tunnels = tunnels.clone();
-                Box::new(move || tunnels.count() as f64)
-            },
-            inflight: {
-                let inflight = inflight.clone();
-                Box::new(move || inflight.len() as f64)
-            },
-            dropped_access: access_log.dropped(),
-            dropped_error: error_log.dropped(),
-            runtimes: runtimes.clone(),
-            policy: policies.stats().clone(),
-            breaker_ejected: {
-                let count = policies.ejected_counter();
-                Box::new(move || count() as f64)
-            },
-        };
-        Telemetry {
-            metrics: Arc::new(Metrics::new(config.metrics.per_frontend, sources)),
-            inflight,
-            runtimes,
-        }
-    }
-}
 
 /// Start what runs beside the proxy: the signal handlers and, with `--metrics-address`, the `/metrics` server.
 pub fn start(proxy: &Arc<Proxy>, metrics_listener: Option<TcpListener>) {
@@ -73,12 +17,12 @@ pub fn start(proxy: &Arc<Proxy>, metrics_listener: Option<TcpListener>) {
     }
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
-            crate::event_log::planb_line(
+            crate::observe::event_log::planb_line(
                 tracing::Level::INFO,
                 &format!("Serving metrics on {addr}/metrics..."),
             );
         }
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::observe::metrics::serve(
             listener,
             proxy.telemetry.metrics.clone(),
         ));
@@ -104,7 +48,7 @@ pub fn install_signal_handlers(proxy: Arc<Proxy>) -> io::Result<()> {
     let dump_proxy = proxy.clone();
     tokio::spawn(async move {
         while dump.recv().await.is_some() {
-            tokio::spawn(crate::dump::write(dump_proxy.clone()));
+            tokio::spawn(crate::observe::dump::write(dump_proxy.telemetry.clone()));
         }
     });
     tokio::spawn(async move {

@@ -1,0 +1,328 @@
+//! The composition root: connect to Redis, open the logs, load certificates, bind the listeners, start the
+//! workers and background tasks, serve until shutdown, drain. Nothing below this module starts a task of its
+//! own accord; everything long-lived is started here.
+
+pub mod signals;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{CertificateSource, Config, Engine};
+use crate::observe::access_log::Log;
+use crate::observe::telemetry::Telemetry;
+use crate::proxy::Proxy;
+use crate::routing::{CachePolicy, Router};
+use crate::rt::tracker::Tracker;
+use crate::rt::workers::{PerWorker, Workers};
+use crate::server::tls::{CertStore, DirectoryCerts, RedisCerts, TlsTerminator};
+use crate::server::Listener;
+use crate::store::RedisClient;
+use crate::upstream::Upstream;
+
+/// A start-up failure: the process exits 1 with this message, as PlanB does.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A proxy that has connected to Redis, opened its logs, loaded its certificates and bound its listeners, ready
+/// to serve.
+pub struct Server {
+    listeners: Vec<Listener>,
+    /// The Prometheus listener (`--metrics-address`), bound before the proxy's listeners as in PlanB.
+    metrics_listener: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    /// The threads that serve connections; dropped (and stopped) when `serve` returns.
+    workers: Arc<Workers>,
+}
+
+impl Server {
+    /// PlanB's start-up order: PING the read and write Redis, open the access log, build the certificate loader
+    /// (only with a TLS listener; a bad certificate directory is fatal), bind the listeners.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let read = connect(&config.read_redis, config.wait_for_redis).await?;
+        let write = if config.write_redis == config.read_redis {
+            read.clone()
+        } else {
+            connect(&config.write_redis, config.wait_for_redis).await?
+        };
+        let read = read.with_key_prefix(&config.key_prefix);
+        let write = write.with_key_prefix(&config.key_prefix);
+        let access_log = Log::access(&config.access_log, config.access_log_format)
+            .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
+        let metrics_listener = match config.metrics.address {
+            Some(addr) => Some(
+                crate::observe::metrics::bind(addr)
+                    .await
+                    .map_err(StartError)?,
+            ),
+            None => None,
+        };
+        let error_log = Log::errors();
+        let terminator = match config.tls_listen {
+            None => None,
+            Some(_) => Some(tls_terminator(&config.tls, &config, &error_log).await?),
+        };
+        let backend_tls =
+            crate::server::tls::backend_client_config(config.backend_ca_file.as_deref())
+                .map_err(StartError)?;
+        let mut listeners = Vec::new();
+        if let Some(addr) = config.listen {
+            let socket = bind(addr).await?;
+            listeners.push(match config.engine {
+                Engine::Native => Listener::Http(socket),
+                Engine::Sni => Listener::Sni(socket),
+            });
+        }
+        if let (Some(addr), Some(terminator)) = (config.tls_listen, terminator) {
+            listeners.push(Listener::Tls(bind(addr).await?, terminator));
+        }
+        for more in &config.more_listeners {
+            let socket = bind(more.addr).await?;
+            listeners.push(match &more.tls {
+                None => Listener::Http(socket),
+                Some(tls) => Listener::Tls(socket, tls_terminator(tls, &config, &error_log).await?),
+            });
+        }
+        if listeners.is_empty() {
+            return Err(StartError("no listener configured".into()));
+        }
+        if config.active_healthcheck {
+            crate::routing::health::start(
+                write.clone(),
+                config.monitor_id.clone(),
+                error_log.clone(),
+            );
+        }
+        let workers = Workers::start(config.workers)
+            .map_err(|e| StartError(format!("starting the worker threads: {e}")))?;
+        // Each worker reads routes, and writes nonces and global rate limits, over its own connections, whose
+        // I/O runs on that worker's thread.
+        let notifications = read.clone();
+        let reads = per_worker(&workers, read, &config.read_redis, &config.key_prefix).await?;
+        let writes = match config.write_redis == config.read_redis {
+            true => reads.clone(),
+            false => {
+                per_worker(
+                    &workers,
+                    write.clone(),
+                    &config.write_redis,
+                    &config.key_prefix,
+                )
+                .await?
+            }
+        };
+        let mut runtimes = vec![tokio::runtime::Handle::current()];
+        runtimes.extend(workers.handles());
+        let tunnels = Arc::default();
+        // A body read whole for a guard (`sign_body`) gets what Go's ReadTimeout gives a request, else the
+        // header-read timeout, so a slow sender cannot hold its buffer forever.
+        let body_timeout = config
+            .timeouts
+            .client_read
+            .unwrap_or(config.timeouts.client_read_header);
+        let policies = crate::policy::Policies::new(writes, config.breaker, body_timeout);
+        let telemetry = Telemetry::new(
+            &config,
+            &tunnels,
+            &access_log,
+            &error_log,
+            &policies,
+            runtimes,
+        );
+        let proxy = Proxy {
+            router: Router::new(
+                reads,
+                config.extensions,
+                config.routing,
+                CachePolicy {
+                    backend_cache: config.backend_cache,
+                    stale_routes_ttl: config.stale_routes_ttl,
+                    backend_cache_limits: config.backend_cache_limits,
+                    events: config.backend_cache_events,
+                },
+            ),
+            upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1)
+                .with_max_idle(config.max_idle_per_backend),
+            hchecker: Arc::default(),
+            policies,
+            write,
+            access_log,
+            error_log,
+            tunnels,
+            telemetry,
+            request_id_label: config
+                .request_id_header
+                .as_ref()
+                .map(|h| crate::proxy::canonical(h.as_str()))
+                .unwrap_or_default(),
+            config,
+        };
+        if let Some(cache) = proxy.router.event_cache() {
+            let (db, prefix) = (proxy.config.read_redis.db, proxy.config.key_prefix.clone());
+            tokio::spawn(crate::routing::events::follow(
+                cache,
+                notifications,
+                db,
+                prefix,
+            ));
+        }
+        Ok(Server {
+            listeners,
+            metrics_listener,
+            proxy: Arc::new(proxy),
+            workers: Arc::new(workers),
+        })
+    }
+
+    /// The address the plain listener (HTTP or SNI passthrough) is bound to, if there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| !matches!(l, Listener::Tls(..)))
+            .map(Listener::local_addr)
+    }
+
+    /// The address the TLS listener is bound to, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| matches!(l, Listener::Tls(..)))
+            .map(Listener::local_addr)
+    }
+
+    /// The open WebSocket tunnels, counted live (for metrics and tests); stays valid while serving.
+    pub fn tunnels(&self) -> Arc<Tracker> {
+        self.proxy.tunnels.clone()
+    }
+
+    /// Serve until `shutdown` resolves, drain in-flight requests, then flush the logs.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
+        signals::start(&self.proxy, self.metrics_listener.take());
+        let config = &self.proxy.config;
+        let info = |line: &str| crate::observe::event_log::planb_line(tracing::Level::INFO, line);
+        match config.engine {
+            Engine::Native => info("Using native engine"),
+            Engine::Sni => info("Using sni engine"),
+        }
+        if config.tls_listen.is_some() {
+            if let Some(warning) = crate::server::tls::preset_warning(config.tls.preset) {
+                info(&warning);
+            }
+        }
+        // Plain listeners were bound first, so PlanB's two lines keep their order.
+        for listener in &self.listeners {
+            let addr = listener.local_addr();
+            match listener {
+                Listener::Tls(..) => info(&format!("Listening tls on {addr}...")),
+                _ => info(&format!("Listening on {addr}...")),
+            }
+        }
+        let proxy = self.proxy.clone();
+        crate::server::serve(self.listeners, self.proxy, self.workers, shutdown).await;
+        let grace = proxy
+            .config
+            .timeouts
+            .shutdown
+            .max(std::time::Duration::from_secs(1));
+        proxy.access_log.close(grace);
+        proxy.error_log.close(grace);
+    }
+}
+
+/// The TLS terminator for one listener's settings: certificates from Redis (a third client, built from the
+/// read options, PlanB §8.2), a watched directory (a bad one is fatal), or fixed files.
+async fn tls_terminator(
+    tls: &crate::config::TlsSettings,
+    config: &Config,
+    error_log: &Log,
+) -> Result<Arc<TlsTerminator>, StartError> {
+    let certs = match &tls.certificates {
+        CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
+            RedisClient::connect(&config.read_redis)
+                .await
+                .map_err(|e| StartError(e.to_string()))?,
+        )),
+        CertificateSource::Directory(dir) => {
+            let certs = DirectoryCerts::load(dir).map_err(|e| {
+                StartError(format!("loading certificates from {}: {e}", dir.display()))
+            })?;
+            let certs = Arc::new(certs);
+            certs.watch(error_log.clone());
+            CertStore::Directory(certs)
+        }
+        CertificateSource::Files { cert, key, ca } => CertStore::Static(Arc::new(
+            crate::server::tls::load_static(cert, key, ca).map_err(StartError)?,
+        )),
+    };
+    let terminator = TlsTerminator::new(tls.preset, certs).map_err(StartError)?;
+    Ok(Arc::new(terminator))
+}
+
+/// Connect to one Redis; with `--wait-for-redis`, retry (backing off up to 1 s) until the window has passed.
+async fn connect(
+    redis: &crate::config::RedisConfig,
+    wait: Option<std::time::Duration>,
+) -> Result<RedisClient, StartError> {
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match RedisClient::connect(redis).await {
+            Ok(client) => return Ok(client),
+            Err(e) => match deadline {
+                Some(deadline) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!("{e}; retrying (--wait-for-redis)");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                _ => return Err(StartError(e.to_string())),
+            },
+        }
+    }
+}
+
+/// `control` for slot 0, and one more client to `redis` opened on each worker (see [`workers`]).
+async fn per_worker(
+    workers: &Workers,
+    control: RedisClient,
+    redis: &crate::config::RedisConfig,
+    key_prefix: &str,
+) -> Result<PerWorker<RedisClient>, StartError> {
+    workers
+        .each(control, || {
+            let (redis, key_prefix) = (redis.clone(), key_prefix.to_string());
+            async move {
+                let own = RedisClient::connect(&redis).await?;
+                Ok::<_, crate::store::StoreError>(own.with_key_prefix(&key_prefix))
+            }
+        })
+        .await
+        .map_err(|e| StartError(e.to_string()))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("listen tcp {addr}: {e}")))
+}
+
+/// Start the proxy with `config` and serve until `shutdown` resolves. This is what the binary runs. With
+/// `run_as`, root privileges are dropped once everything is bound and opened, before serving.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let run_as = config.run_as.clone();
+    let server = Server::bind(config).await?;
+    if let Some(run_as) = &run_as {
+        crate::rt::privileges::drop_to(run_as).map_err(StartError)?;
+    }
+    server.serve(shutdown).await;
+    Ok(())
+}
