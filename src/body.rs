@@ -1,6 +1,6 @@
 //! Body types: what goes to a backend ([`RequestBody`]: the client's body streamed, or held in memory when a
-//! guard had to read it first), what goes back to a client ([`ProxyBody`]), and a guard that notices when a
-//! response has been written to the end.
+//! guard had to read it first), and a guard that notices when a response has been written to the end. What
+//! goes back to a client is the proxy's `ProxyBody`.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,8 +13,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-
-use crate::upstream::UpstreamBody;
 
 /// What the proxy sends to a backend.
 pub enum RequestBody {
@@ -157,52 +155,6 @@ impl Body for RequestBody {
         match self {
             RequestBody::Streaming(body) | RequestBody::Watched(body, _) => body.size_hint(),
             RequestBody::Buffered(b) => SizeHint::with_exact(b.len),
-        }
-    }
-}
-
-/// What the proxy sends back to a client.
-pub enum ProxyBody {
-    /// A body hypache wrote itself (errors, `__ping__`).
-    Full(Option<Bytes>),
-    /// A backend's body, streamed frame by frame as it arrives.
-    Upstream(UpstreamBody),
-}
-
-impl ProxyBody {
-    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-        let bytes = bytes.into();
-        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Full(data) => data.is_none(),
-            ProxyBody::Upstream(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            ProxyBody::Upstream(body) => body.size_hint(),
         }
     }
 }

@@ -73,7 +73,7 @@ impl Server {
             Some(_) => Some(tls_terminator(&config.tls, &config, &error_log).await?),
         };
         let backend_tls =
-            crate::server::tls::backend_client_config(config.backend_ca_file.as_deref())
+            crate::upstream::tls::backend_client_config(config.backend_ca_file.as_deref())
                 .map_err(StartError)?;
         let mut listeners = Vec::new();
         if let Some(addr) = config.listen {
@@ -97,10 +97,11 @@ impl Server {
             return Err(StartError("no listener configured".into()));
         }
         if config.active_healthcheck {
+            let lines = error_log.clone();
             crate::routing::health::start(
                 write.clone(),
                 config.monitor_id.clone(),
-                error_log.clone(),
+                Box::new(move |line| lines.line(line)),
             );
         }
         let workers = Workers::start(config.workers)

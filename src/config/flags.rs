@@ -252,14 +252,14 @@ pub struct Cli {
     pub breaker_cooldown: Duration,
     /// What counts as a failure: a comma-separated list of connect, timeout, 5xx.
     #[arg(long, env = "HYPACHE_BREAKER_ON", default_value = "connect,timeout,5xx", value_parser = parse_breaker_on)]
-    pub breaker_on: crate::policy::breaker::On,
+    pub breaker_on: super::breaker::On,
     /// At most this percentage of a frontend's backends is ejected at once.
     #[arg(long, env = "HYPACHE_BREAKER_MAX_EJECTION_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub breaker_max_ejection_percent: u8,
 }
 
-fn parse_breaker_on(text: &str) -> Result<crate::policy::breaker::On, String> {
-    crate::policy::breaker::On::parse(text)
+fn parse_breaker_on(text: &str) -> Result<super::breaker::On, String> {
+    super::breaker::On::parse(text)
 }
 
 /// A flag that parsed but cannot be used; exits 2 like a clap error.
@@ -343,7 +343,8 @@ impl Cli {
             })?),
         };
         if let Some(level) = &self.log_level {
-            crate::observe::event_log::filter(Some(level))
+            tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| e.to_string())
                 .map_err(|e| CliError(format!("invalid value '{level}' for '--log-level': {e}")))?;
         }
         let access_log = match self.access_log.as_str() {
@@ -405,13 +406,10 @@ impl Cli {
             },
             backend_cache: self.backend_cache || self.backend_cache_events,
             backend_cache_events: self.backend_cache_events,
-            backend_cache_limits: (
-                crate::routing::BACKEND_CACHE_TTL,
-                crate::routing::BACKEND_CACHE_SIZE,
-            ),
+            backend_cache_limits: (super::BACKEND_CACHE_TTL, super::BACKEND_CACHE_SIZE),
             active_healthcheck: self.active_healthcheck,
             monitor_id: match self.monitor_id.as_str() {
-                "" => crate::routing::health::hostname(),
+                "" => super::hostname(),
                 id => id.to_string(),
             },
             stale_routes_ttl: nonzero(self.stale_routes_ttl),
@@ -444,7 +442,7 @@ impl Cli {
             max_idle_per_backend: 100,
             more_listeners: Vec::new(),
             run_as: None,
-            breaker: crate::policy::BreakerDefaults {
+            breaker: super::breaker::BreakerDefaults {
                 failures: self.breaker_failures,
                 window: self.breaker_window,
                 cooldown: self.breaker_cooldown,

@@ -3,12 +3,27 @@
 //! The CLI (and later the Hipache config file) only fill this struct; nothing else reads flags.
 //! Behaviour that differs between PlanB and Hipache is a field here, never a branch on a "mode".
 
+pub mod breaker;
 pub mod flags;
 pub mod hipache;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How long `--backend-cache` keeps a lookup (PlanB's 2 s).
+pub const BACKEND_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Hosts kept by `--backend-cache`. PlanB kept 100; an edge with more frontends than that would read Redis
+/// for most requests, so hypache keeps more, still bounded.
+pub const BACKEND_CACHE_SIZE: u64 = 10_000;
+
+/// This machine's name: PlanB's default `--monitor-id`, written into health-check lock values.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
 
 /// Everything `run` needs to start the proxy.
 #[derive(Debug, Clone)]
@@ -66,7 +81,7 @@ pub struct Config {
     pub wait_for_redis: Option<Duration>,
     /// `--breaker-*`: the circuit breaker every frontend gets (off unless `failures` is set); a `breaker:<key>`
     /// hash in Redis overrides it per frontend.
-    pub breaker: crate::policy::BreakerDefaults,
+    pub breaker: breaker::BreakerDefaults,
     /// How access-log lines are written: PlanB's line (the default), Hipache's, or JSON for log shippers.
     pub access_log_format: AccessLogFormat,
     /// Which requests are logged, and what their byte count is: PlanB's or Hipache's rules.
@@ -335,16 +350,12 @@ pub struct SentinelConfig {
 
 impl SentinelConfig {
     /// PlanB's start-up checks (exit 1 with these messages).
-    pub fn validate(&self) -> Result<(), crate::store::StoreError> {
+    pub fn validate(&self) -> Result<(), String> {
         if self.addrs.iter().any(|a| a.is_empty()) {
-            return Err(crate::store::StoreError(
-                "redis sentinel addrs cannot be empty".into(),
-            ));
+            return Err("redis sentinel addrs cannot be empty".into());
         }
         if self.name.is_empty() {
-            return Err(crate::store::StoreError(
-                "redis sentinel name cannot be empty".into(),
-            ));
+            return Err("redis sentinel name cannot be empty".into());
         }
         Ok(())
     }
@@ -548,12 +559,9 @@ impl Config {
             limits: Limits::default(),
             backend_cache: false,
             backend_cache_events: false,
-            backend_cache_limits: (
-                crate::routing::BACKEND_CACHE_TTL,
-                crate::routing::BACKEND_CACHE_SIZE,
-            ),
+            backend_cache_limits: (BACKEND_CACHE_TTL, BACKEND_CACHE_SIZE),
             active_healthcheck: false,
-            monitor_id: crate::routing::health::hostname(),
+            monitor_id: hostname(),
             stale_routes_ttl: Some(Duration::from_secs(300)),
             wait_for_redis: None,
             access_log_format: AccessLogFormat::default(),

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{FieldResult, Fields, PolicyStats};
+pub use crate::config::breaker::{BreakerDefaults, On};
 use crate::routing::Route;
 use crate::upstream::UpstreamError;
 
@@ -23,49 +24,13 @@ const MAX_FRONTENDS: u64 = 100_000;
 /// `failures` when a `breaker:<key>` hash exists but neither it nor the flags set one.
 const DEFAULT_FAILURES: u32 = 5;
 
-/// Which results count as failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct On {
-    /// The connection could not be made or broke (refused, reset, no such host, closed mid-request).
-    pub connect: bool,
-    /// The dial timeout or `--request-timeout` expired.
-    pub timeout: bool,
-    /// The backend answered 500-599.
-    pub status_5xx: bool,
-}
-
-impl On {
-    pub const ALL: On = On {
-        connect: true,
-        timeout: true,
-        status_5xx: true,
-    };
-
-    /// A comma-separated list of `connect`, `timeout`, `5xx`.
-    pub fn parse(text: &str) -> Result<On, String> {
-        let mut on = On {
-            connect: false,
-            timeout: false,
-            status_5xx: false,
-        };
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part {
-                "connect" => on.connect = true,
-                "timeout" => on.timeout = true,
-                "5xx" => on.status_5xx = true,
-                other => return Err(format!("{other:?} is not one of connect, timeout, 5xx")),
-            }
-        }
-        Ok(on)
-    }
-
-    fn counts(self, outcome: Outcome) -> bool {
-        match outcome {
-            Outcome::Status(status) => self.status_5xx && (500..600).contains(&status),
-            Outcome::Connect => self.connect,
-            Outcome::Timeout => self.timeout,
-            Outcome::Other | Outcome::Connected => false,
-        }
+/// Whether `outcome` counts as a failure under `on`.
+fn counts(on: On, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Status(status) => on.status_5xx && (500..600).contains(&status),
+        Outcome::Connect => on.connect,
+        Outcome::Timeout => on.timeout,
+        Outcome::Other | Outcome::Connected => false,
     }
 }
 
@@ -94,36 +59,6 @@ impl Outcome {
             UpstreamError::Tls(_) | UpstreamError::Local(_) | UpstreamError::Client(_) => {
                 Outcome::Other
             }
-        }
-    }
-}
-
-/// The `--breaker-*` flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerDefaults {
-    /// Failures within `window` that eject a backend; 0: no breaker unless a frontend has a `breaker:` hash.
-    pub failures: u32,
-    /// How recent the counted failures must be, so that a few errors spread over a day never eject anything.
-    pub window: Duration,
-    /// How long an ejected backend is skipped before one probe: long enough for it to recover (or be
-    /// restarted), short enough that capacity comes back without an operator.
-    pub cooldown: Duration,
-    /// Which results count as failures: a backend whose 5xx are meaningful answers can count only
-    /// connection errors and timeouts.
-    pub on: On,
-    /// Most backends of one frontend ejected at once, in percent: a frontend-wide problem (a bad deploy, a
-    /// database down) must not empty the rotation, as Envoy's outlier detection caps it.
-    pub max_ejection_percent: u8,
-}
-
-impl Default for BreakerDefaults {
-    fn default() -> Self {
-        BreakerDefaults {
-            failures: 0,
-            window: Duration::from_secs(10),
-            cooldown: Duration::from_secs(30),
-            on: On::ALL,
-            max_ejection_percent: 50,
         }
     }
 }
@@ -332,7 +267,7 @@ impl Handle {
     /// Count the result of an attempt at backend `index`.
     pub fn record(&self, route: &Route, index: usize, outcome: Outcome, log: &dyn Fn(&str)) {
         let s = &self.settings;
-        let failed = s.on.counts(outcome);
+        let failed = counts(s.on, outcome);
         let url = &route.backends[index];
         let now = Instant::now();
         let mut backends = self.lock();

@@ -19,8 +19,8 @@ use md5::{Digest, Md5};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::Refusal;
 use super::{FieldResult, Fields};
-use crate::proxy::reject::Reject;
 use crate::store::{RedisClient, StoreError};
 
 /// Longest `X-Nonce` accepted: nonces become Redis keys.
@@ -93,8 +93,8 @@ impl GuardReason {
         }
     }
 
-    pub fn reject(self) -> Reject {
-        Reject::Guard(self)
+    pub fn reject(self) -> Refusal {
+        Refusal::Guard(self)
     }
 }
 

@@ -25,10 +25,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::{header, Request};
-use redis::Value;
 
 use crate::body::{BufferError, Buffered, RequestBody};
-use crate::proxy::reject::Reject;
 use crate::routing::Route;
 use crate::rt::workers::PerWorker;
 use crate::store::RedisClient;
@@ -36,62 +34,7 @@ use crate::store::RedisClient;
 pub use breaker::{BreakerDefaults, Outcome};
 pub use guard::GuardReason;
 
-/// The prefixes of the policy hashes read with every frontend key, in the order of [`RawPolicy`]'s fields.
-pub const HASH_PREFIXES: [&str; 3] = ["guard:", "ratelimit:", "breaker:"];
-
-/// The raw policy hashes of one frontend key, as the lookup pipeline read them.
-#[derive(Debug, Clone, Default)]
-pub struct RawPolicy {
-    pub guard: RawHash,
-    pub ratelimit: RawHash,
-    pub breaker: RawHash,
-}
-
-/// One `HGETALL` reply: the fields, or the server's error (a key of the wrong type).
-#[derive(Debug, Clone, Default)]
-pub enum RawHash {
-    /// The key does not exist (an empty hash cannot exist in Redis).
-    #[default]
-    Absent,
-    Fields(Vec<(String, String)>),
-    Error(String),
-}
-
-impl RawHash {
-    /// An `HGETALL` reply: a flat array (RESP2), a map (RESP3), or a server error.
-    pub fn from_value(value: Value) -> RawHash {
-        let text = |v: Value| match v {
-            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-            Value::SimpleString(s) => s,
-            Value::Int(i) => i.to_string(),
-            _ => String::new(),
-        };
-        let fields: Vec<(String, String)> = match value {
-            Value::ServerError(e) => {
-                return RawHash::Error(format!("{} {}", e.code(), e.details().unwrap_or("")))
-            }
-            Value::Map(pairs) => pairs.into_iter().map(|(k, v)| (text(k), text(v))).collect(),
-            Value::Array(items) => {
-                let mut it = items.into_iter();
-                let mut out = Vec::new();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    out.push((text(k), text(v)));
-                }
-                out
-            }
-            _ => Vec::new(),
-        };
-        if fields.is_empty() {
-            RawHash::Absent
-        } else {
-            RawHash::Fields(fields)
-        }
-    }
-
-    fn is_absent(&self) -> bool {
-        matches!(self, RawHash::Absent)
-    }
-}
+pub use crate::store::{RawHash, RawPolicy, HASH_PREFIXES};
 
 /// A configuration hash that cannot be used, with what an operator needs to fix it. Never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,12 +255,33 @@ impl PolicyStats {
     }
 }
 
+/// Why the policy layer refused a request. The proxy turns it into its answer (`proxy::reject`), so that the
+/// policies never decide how a response looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A guard (`guard:<key>`) refused the request, for this reason.
+    Guard(GuardReason),
+    /// A body read for `sign_body` did not arrive within the client read timeout.
+    BodyTimeout,
+    /// A body read for `sign_body` broke off (the client's connection or stream failed mid-body).
+    IncompleteBody,
+    /// The nonce store (the write Redis) failed, so a signed request cannot be checked for replay.
+    Unavailable,
+    /// Over a `ratelimit:<key>` limit: the limit's headers, and when to come back (seconds).
+    RateLimited {
+        headers: ratelimit::RateHeaders,
+        retry_after: u64,
+    },
+    /// Over a limit with `compat entree`: entree's own answer.
+    RateLimitedEntree,
+}
+
 /// Why a body read for `sign_body` ended the request.
 enum BodyFailure {
     /// A guard rejection, counted as such (over `max_body`, or refused from the head alone).
     Guard(GuardReason),
     /// The client's fault but not the guard's verdict (a timeout, a broken body).
-    Other(Reject),
+    Other(Refusal),
 }
 
 fn bump(counter: &AtomicU64) {
@@ -431,7 +395,7 @@ impl Policies {
         host: &str,
         client: IpAddr,
         log: &(dyn Fn(&str) + Sync),
-    ) -> Result<Pass, Reject> {
+    ) -> Result<Pass, Refusal> {
         if self.open(route) {
             return Ok(Pass::open());
         }
@@ -444,7 +408,7 @@ impl Policies {
                 self.count_config_error(Feature::Guard);
                 self.stats.count_guard(GuardReason::Misconfigured);
                 log(&e.to_string());
-                return Err(Reject::Guard(GuardReason::Misconfigured));
+                return Err(Refusal::Guard(GuardReason::Misconfigured));
             }
             Some(Ok(config)) => {
                 let verified = match self.read_signed_body(config, req).await {
@@ -492,7 +456,7 @@ impl Policies {
                 }
                 Err(e) => {
                     log(&format!("guard nonce store: {e}"));
-                    return Err(Reject::Unavailable);
+                    return Err(Refusal::Unavailable);
                 }
             }
         }
@@ -551,10 +515,8 @@ impl Policies {
         .await
         .map_err(|e| match e {
             BufferError::TooLarge => BodyFailure::Guard(GuardReason::BodyTooLarge),
-            BufferError::Timeout => BodyFailure::Other(Reject::BodyTimeout),
-            BufferError::Read(_) => {
-                BodyFailure::Other(Reject::BadRequest("incomplete request body"))
-            }
+            BufferError::Timeout => BodyFailure::Other(Refusal::BodyTimeout),
+            BufferError::Read(_) => BodyFailure::Other(Refusal::IncompleteBody),
         })?;
         let headers = req.headers_mut();
         let framed = headers.contains_key(header::CONTENT_LENGTH)

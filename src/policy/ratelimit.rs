@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 
+use super::Refusal;
 use super::{FieldResult, Fields};
-use crate::proxy::reject::Reject;
 use crate::store::RedisClient;
 
 /// Clients remembered by the local limiter; the least recently seen are dropped beyond this.
@@ -150,7 +150,7 @@ impl RateLimitConfig {
 pub enum Verdict {
     /// Passed; the headers describe the client's bucket after this request.
     Allowed(RateHeaders),
-    Limited(Reject),
+    Limited(Refusal),
 }
 
 /// The `RateLimit-*` response headers (IETF draft-ietf-httpapi-ratelimit-headers-03, as Envoy writes them with
@@ -291,9 +291,9 @@ impl Limiter {
             return Ok(Verdict::Allowed(headers));
         }
         let reject = if config.entree {
-            Reject::RateLimitedEntree
+            Refusal::RateLimitedEntree
         } else {
-            Reject::RateLimited {
+            Refusal::RateLimited {
                 headers,
                 retry_after: whole_secs(decision.retry_after_us),
             }

@@ -3,10 +3,12 @@
 
 pub mod headers;
 pub mod reject;
+pub mod response;
 mod select;
 pub mod upgrade;
 
 use select::Exchange;
+pub use select::PassthroughError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::RequestBody;
 use crate::config::{Config, ForwardingPolicy, ResponseStyle};
 use crate::observe::access_log::{AccessEntry, Log, PendingEntry};
 use crate::observe::inflight::InflightGuard;
@@ -24,6 +26,7 @@ use crate::observe::metrics::DeadCause;
 use crate::observe::telemetry::Telemetry;
 use crate::policy::{Outcome, Pass, Policies};
 use crate::proxy::reject::Reject;
+use crate::proxy::response::ProxyBody;
 use crate::routing::{LookupError, Route, Router};
 use crate::rt::tracker::Tracker;
 use crate::store::RedisClient;
@@ -273,7 +276,7 @@ impl Proxy {
         };
         let pass = match admitted {
             Ok(pass) => pass,
-            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO),
+            Err(refusal) => return (self.reject(refusal.into(), ctx.debug), Duration::ZERO),
         };
         let rate = pass.rate;
         let (mut resp, backend_time) = self.relay(req, down, ctx, entry, route, pass).await;

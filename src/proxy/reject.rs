@@ -1,7 +1,6 @@
 //! Every response hypache writes itself comes from [`Reject::response`], so status codes, bodies and headers
 //! cannot drift between code paths (PlanB spec §5). Failures that have no HTTP response to give (a TLS handshake
-//! without a usable certificate, an SNI passthrough connection) are [`CertError`] and [`SniError`], whose
-//! `Display` is the error-log text.
+//! without a usable certificate, an SNI passthrough connection) are the server's `CertError` and `SniError`.
 
 use http::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPIRES, PRAGMA, RETRY_AFTER,
@@ -9,10 +8,11 @@ use http::header::{
 };
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
 use crate::config::{ErrorPages, ResponseStyle};
 use crate::policy::guard::{unix_now, GuardReason};
 use crate::policy::ratelimit::RateHeaders;
+use crate::policy::Refusal;
+use crate::proxy::response::ProxyBody;
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -149,6 +149,26 @@ impl Reject {
     }
 }
 
+impl From<Refusal> for Reject {
+    /// The answer to a request the policy layer refused.
+    fn from(refusal: Refusal) -> Reject {
+        match refusal {
+            Refusal::Guard(reason) => Reject::Guard(reason),
+            Refusal::BodyTimeout => Reject::BodyTimeout,
+            Refusal::IncompleteBody => Reject::BadRequest("incomplete request body"),
+            Refusal::Unavailable => Reject::Unavailable,
+            Refusal::RateLimited {
+                headers,
+                retry_after,
+            } => Reject::RateLimited {
+                headers,
+                retry_after,
+            },
+            Refusal::RateLimitedEntree => Reject::RateLimitedEntree,
+        }
+    }
+}
+
 /// The value of `x-debug-version-hipache` on Hipache-style answers.
 pub const HIPACHE_DEBUG_VERSION: &str = concat!("hypache/", env!("CARGO_PKG_VERSION"));
 
@@ -233,68 +253,3 @@ impl ErrorPages {
             .cloned()
     }
 }
-
-/// Why the TLS listener found no usable certificate for a handshake. The handshake fails with an alert, and the
-/// text (PlanB's, including its grammar) goes to the error log; other handshakes are not affected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertError {
-    /// No source has a certificate for the server name (an empty name when the client sent no SNI).
-    NotFound(String),
-    /// Redis failed while reading `key`.
-    Store { key: String, error: String },
-    /// The certificate or key stored under `key` (a Redis key or a file pair) does not parse or does not match.
-    Broken { key: String, why: String },
-}
-
-impl std::fmt::Display for CertError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CertError::NotFound(name) => write!(f, "Certificate for {name:?} not is found"),
-            CertError::Store { key, error } => write!(f, "reading {key}: {error}"),
-            CertError::Broken { key, why } => write!(f, "broken certificate in {key}: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for CertError {}
-
-/// Why the SNI passthrough engine closed a connection without a tunnel. Each becomes one error-log line,
-/// `ERROR - <reason> - <connection id>`; there is no response to write, since nothing was terminated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SniError {
-    /// The bytes are not a TLS ClientHello, or one whose lengths do not add up.
-    Malformed(&'static str),
-    /// The client closed or went quiet before its ClientHello was complete.
-    Truncated,
-    /// The client took longer than the read-header timeout to send its ClientHello.
-    Timeout,
-    /// A well-formed ClientHello without a host_name in server_name.
-    NoServerName,
-    /// No frontend for the name, or an unusable backend URL.
-    NoRoute(String),
-    /// Every backend of the frontend is in the dead set.
-    AllDead(String),
-    /// Redis failed during the lookup.
-    Store(String),
-    /// The backend could not be reached (or the ClientHello could not be replayed to it).
-    Backend(String),
-}
-
-impl std::fmt::Display for SniError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SniError::Malformed(why) => write!(f, "malformed ClientHello: {why}"),
-            SniError::Truncated => {
-                f.write_str("connection closed before the ClientHello was complete")
-            }
-            SniError::Timeout => f.write_str("timed out reading the ClientHello"),
-            SniError::NoServerName => f.write_str("no server name in the ClientHello"),
-            SniError::NoRoute(name) => write!(f, "no backends registered for host {name:?}"),
-            SniError::AllDead(name) => write!(f, "all backends are dead for host {name:?}"),
-            SniError::Store(e) => write!(f, "redis: {e}"),
-            SniError::Backend(e) => f.write_str(e),
-        }
-    }
-}
-
-impl std::error::Error for SniError {}

@@ -225,19 +225,31 @@ impl Proxy {
     }
 }
 
+/// Why the SNI passthrough got no backend connection; the engine logs it.
+#[derive(Debug)]
+pub enum PassthroughError {
+    /// No frontend for the name, or an unusable backend URL.
+    NoRoute,
+    /// Every backend of the frontend is in the dead set (or ejected).
+    AllDead,
+    /// Redis failed during the lookup.
+    Store(String),
+    /// No backend could be connected to.
+    Backend(String),
+}
+
 impl Proxy {
     /// The SNI passthrough's backend connection for server name `name`: routed like a Host (same lookup, dead
     /// set, round robin and breaker) and dialed through [`Proxy::try_backends`], so it fails over as HTTP does.
     pub(crate) async fn dial_passthrough(
         &self,
         name: &str,
-    ) -> Result<tokio::net::TcpStream, crate::proxy::reject::SniError> {
-        use crate::proxy::reject::SniError;
+    ) -> Result<tokio::net::TcpStream, PassthroughError> {
         use crate::routing::LookupError;
         let route = match self.router.lookup(name).await {
             Ok(route) => route,
-            Err(LookupError::NoRoute { .. }) => return Err(SniError::NoRoute(name.to_string())),
-            Err(LookupError::Store(e)) => return Err(SniError::Store(e.0)),
+            Err(LookupError::NoRoute { .. }) => return Err(PassthroughError::NoRoute),
+            Err(LookupError::Store(e)) => return Err(PassthroughError::Store(e.0)),
         };
         let mut ctx = Ctx {
             host: name.to_string(),
@@ -274,9 +286,9 @@ impl Proxy {
                 Ok(tried.value)
             }
             Err(failed) => Err(match failed.reject {
-                Reject::AllDead => SniError::AllDead(name.to_string()),
-                Reject::NoRoute => SniError::NoRoute(name.to_string()),
-                _ => SniError::Backend(failed.error.unwrap_or_default()),
+                Reject::AllDead => PassthroughError::AllDead,
+                Reject::NoRoute => PassthroughError::NoRoute,
+                _ => PassthroughError::Backend(failed.error.unwrap_or_default()),
             }),
         }
     }

@@ -15,10 +15,11 @@ use hyper_util::rt::TokioIo;
 
 use super::select::Exchange;
 use super::{headers, Ctx, Downstream, Proxy};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::RequestBody;
 use crate::config::{ForwardingPolicy, ResponseStyle};
 use crate::policy::Outcome;
 use crate::proxy::reject::Reject;
+use crate::proxy::response::ProxyBody;
 use crate::rt::tunnel::tunnel;
 use crate::upstream::{Target, UpstreamBody};
 
@@ -50,7 +51,7 @@ impl Proxy {
             .await;
         let pass = match admitted {
             Ok(pass) => pass,
-            Err(reject) => return reject.response(),
+            Err(refusal) => return Reject::from(refusal).response(),
         };
         match self.config.forwarding {
             ForwardingPolicy::Planb => {

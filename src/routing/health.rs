@@ -20,7 +20,6 @@ use hyper_util::rt::TokioIo;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
-use crate::observe::access_log::Log;
 use crate::store::{RedisClient, StoreError};
 
 /// Probes in flight at once, process-wide (PlanB's limiter).
@@ -44,11 +43,14 @@ pub struct Monitor {
     /// (host, url) pairs this process is watching (local dedupe).
     watching: Mutex<HashSet<(String, String)>>,
     probes: Semaphore,
-    error_log: Log,
+    error_log: ErrorLine,
 }
 
 /// Start monitoring on the write Redis: subscribe to `dead`, then pick up dead sets that already exist.
-pub fn start(redis: RedisClient, id: String, error_log: Log) -> Arc<Monitor> {
+/// Where the monitor's error lines go (the proxy's error log), one line per call.
+pub type ErrorLine = Box<dyn Fn(String) + Send + Sync>;
+
+pub fn start(redis: RedisClient, id: String, error_log: ErrorLine) -> Arc<Monitor> {
     let monitor = Arc::new(Monitor {
         redis,
         id,
@@ -58,14 +60,6 @@ pub fn start(redis: RedisClient, id: String, error_log: Log) -> Arc<Monitor> {
     });
     tokio::spawn(monitor.clone().subscribe());
     monitor
-}
-
-/// This machine's name, for lock values.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string())
 }
 
 enum Update {
@@ -336,7 +330,7 @@ impl Monitor {
     }
 
     fn log(&self, message: &str) {
-        self.error_log.line(format!("ERROR {message}"));
+        (self.error_log)(format!("ERROR {message}"));
     }
 }
 

@@ -14,6 +14,7 @@ use crate::config::{DeadSetKey, Extensions, RoutingPolicy, Selection};
 use crate::policy::Policy;
 use crate::rt::workers::PerWorker;
 use crate::store::{FrontendData, RedisClient, StoreError};
+pub use crate::upstream::split_host_port;
 use crate::upstream::{Target, TargetError};
 
 pub mod events;
@@ -52,11 +53,8 @@ pub enum LookupError {
     Store(StoreError),
 }
 
-/// How long `--backend-cache` keeps a lookup (PlanB §1.4).
-pub const BACKEND_CACHE_TTL: Duration = Duration::from_secs(2);
-/// Hosts kept by `--backend-cache`. PlanB kept 100; an edge with more frontends than that would read Redis
-/// for most requests, so hypache keeps more, still bounded.
-pub const BACKEND_CACHE_SIZE: u64 = 10_000;
+pub use crate::config::{BACKEND_CACHE_SIZE, BACKEND_CACHE_TTL};
+
 /// Hosts remembered for serving stale routes while Redis is down.
 const STALE_ROUTES_SIZE: u64 = 100_000;
 /// A host's last-known route is refreshed at most this often, so the default mode does not write the stale
@@ -434,20 +432,6 @@ pub fn hipache_hostname(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Go's `net.SplitHostPort`, keeping only a non-empty host: `a.com:80` → `a.com`, `[::1]:80` → `::1`.
-pub fn split_host_port(host: &str) -> Option<&str> {
-    let colon = host.rfind(':')?;
-    let (name, _port) = (&host[..colon], &host[colon + 1..]);
-    let name = if let Some(inner) = name.strip_prefix('[') {
-        inner.strip_suffix(']')?
-    } else if name.contains(':') || name.contains('[') || name.contains(']') {
-        return None;
-    } else {
-        name
-    };
-    (!name.is_empty()).then_some(name)
-}
-
 /// URLs parsed before, at most this many (then the memo starts over).
 const PARSED_URLS: usize = 10_000;
 
@@ -512,16 +496,6 @@ pub fn wildcard_candidates(name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_like_go() {
-        assert_eq!(split_host_port("a.com:1234"), Some("a.com"));
-        assert_eq!(split_host_port("a.com:"), Some("a.com"));
-        assert_eq!(split_host_port("[::1]:80"), Some("::1"));
-        assert_eq!(split_host_port("a.com"), None);
-        assert_eq!(split_host_port("::1"), None);
-        assert_eq!(split_host_port(":80"), None);
-    }
 
     #[test]
     fn wildcards_follow_hipache() {

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::reject::SniError;
-use crate::proxy::Proxy;
+use crate::proxy::{PassthroughError, Proxy};
 
 /// Largest ClientHello accepted, records included. Real ones are well under 2 KiB (a few KiB with post-quantum
 /// key shares); the bound keeps a hostile client from making the proxy buffer without end.
@@ -24,6 +23,47 @@ pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 
 /// Largest TLS record payload (2^14) plus the expansion TLS allows; anything longer is not TLS.
 const MAX_RECORD: usize = 16384 + 2048;
+
+/// Why the SNI passthrough engine closed a connection without a tunnel. Each becomes one error-log line,
+/// `ERROR - <reason> - <connection id>`; there is no response to write, since nothing was terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SniError {
+    /// The bytes are not a TLS ClientHello, or one whose lengths do not add up.
+    Malformed(&'static str),
+    /// The client closed or went quiet before its ClientHello was complete.
+    Truncated,
+    /// The client took longer than the read-header timeout to send its ClientHello.
+    Timeout,
+    /// A well-formed ClientHello without a host_name in server_name.
+    NoServerName,
+    /// No frontend for the name, or an unusable backend URL.
+    NoRoute(String),
+    /// Every backend of the frontend is in the dead set.
+    AllDead(String),
+    /// Redis failed during the lookup.
+    Store(String),
+    /// The backend could not be reached (or the ClientHello could not be replayed to it).
+    Backend(String),
+}
+
+impl std::fmt::Display for SniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SniError::Malformed(why) => write!(f, "malformed ClientHello: {why}"),
+            SniError::Truncated => {
+                f.write_str("connection closed before the ClientHello was complete")
+            }
+            SniError::Timeout => f.write_str("timed out reading the ClientHello"),
+            SniError::NoServerName => f.write_str("no server name in the ClientHello"),
+            SniError::NoRoute(name) => write!(f, "no backends registered for host {name:?}"),
+            SniError::AllDead(name) => write!(f, "all backends are dead for host {name:?}"),
+            SniError::Store(e) => write!(f, "redis: {e}"),
+            SniError::Backend(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for SniError {}
 
 /// Serve one accepted connection to the end; failures are logged, never propagated.
 pub async fn serve(client: TcpStream, proxy: Arc<Proxy>) {
@@ -51,7 +91,12 @@ async fn passthrough(mut client: TcpStream, proxy: &Proxy) -> Result<(), SniErro
     let (hello, name) = tokio::time::timeout(limit, read_client_hello(&mut client))
         .await
         .map_err(|_| SniError::Timeout)??;
-    let mut backend = proxy.dial_passthrough(&name).await?;
+    let mut backend = proxy.dial_passthrough(&name).await.map_err(|e| match e {
+        PassthroughError::NoRoute => SniError::NoRoute(name.clone()),
+        PassthroughError::AllDead => SniError::AllDead(name.clone()),
+        PassthroughError::Store(e) => SniError::Store(e),
+        PassthroughError::Backend(e) => SniError::Backend(e),
+    })?;
     backend
         .write_all(&hello)
         .await

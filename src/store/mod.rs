@@ -13,6 +13,10 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{RedisAddr, RedisConfig, SentinelConfig};
 
+mod raw;
+
+pub use raw::{RawHash, RawPolicy, HASH_PREFIXES};
+
 /// PlanB's dial/read/write timeouts for Redis: a request never waits longer than this on one command.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -25,7 +29,7 @@ pub struct FrontendData {
     /// `SMEMBERS dead:<key>`: backend indexes, as stored.
     pub dead: Vec<String>,
     /// `HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`: the frontend's policies (see `policy`).
-    pub policy: crate::policy::RawPolicy,
+    pub policy: RawPolicy,
 }
 
 /// A Redis error, with the text PlanB shows (in the error log and the `__ping__` body).
@@ -91,7 +95,7 @@ impl RedisClient {
     pub async fn connect(config: &RedisConfig) -> Result<RedisClient, StoreError> {
         let connected = match &config.sentinel {
             Some(sentinel) => {
-                sentinel.validate()?;
+                sentinel.validate().map_err(StoreError)?;
                 let addr = resolve_master(sentinel).await?;
                 connect_addr(config, &addr).await?
             }
@@ -262,7 +266,7 @@ impl RedisClient {
                 .arg(-1);
             pipe.cmd("SMEMBERS")
                 .arg(key_name(&mut name, &[prefix, b"dead:", dead.as_bytes()]));
-            for family in crate::policy::HASH_PREFIXES {
+            for family in HASH_PREFIXES {
                 pipe.cmd("HGETALL")
                     .arg(key_name(&mut name, &[family.as_bytes(), key.as_bytes()]));
             }
@@ -287,10 +291,10 @@ impl RedisClient {
             out.push(FrontendData {
                 list: list_elements(list)?,
                 dead: strings(dead)?,
-                policy: crate::policy::RawPolicy {
-                    guard: crate::policy::RawHash::from_value(guard),
-                    ratelimit: crate::policy::RawHash::from_value(ratelimit),
-                    breaker: crate::policy::RawHash::from_value(breaker),
+                policy: RawPolicy {
+                    guard: RawHash::from_value(guard),
+                    ratelimit: RawHash::from_value(ratelimit),
+                    breaker: RawHash::from_value(breaker),
                 },
             });
         }

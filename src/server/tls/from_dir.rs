@@ -17,9 +17,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::CertError;
 use super::{parse_pair, provider, wildcard};
 use crate::observe::access_log::Log;
-use crate::proxy::reject::CertError;
 
 /// How often the directory is looked at for changes: cheap (one `readdir` and a `stat` per file) and quick
 /// enough for an operator who just copied a renewed certificate.

@@ -9,8 +9,8 @@ use lru::LruCache;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
+use super::CertError;
 use super::{parse_pair, provider, wildcard};
-use crate::proxy::reject::CertError;
 use crate::store::RedisClient;
 
 /// How long a parsed certificate is served without asking Redis again (PlanB's value): a handshake costs no

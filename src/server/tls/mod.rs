@@ -1,12 +1,10 @@
-//! TLS on both sides of the proxy.
+//! TLS towards clients (the `https://` backends' side is `upstream::tls`).
 //!
 //! - Downstream: [`TlsTerminator`] reads a ClientHello, looks its server name up in a [`CertStore`] (Redis,
 //!   PlanB §8.2, in [`from_redis`]; or a directory, §8.3, in [`from_dir`]) *without* blocking a runtime thread,
 //!   then finishes the handshake with the chosen certificate. ALPN offers `h2` then `http/1.1`.
 //! - Presets: PlanB's `--tls-preset` names mapped onto rustls ([`server_config`]); rustls has no TLS < 1.2, no
 //!   CBC or 3DES and no RSA key exchange, so the lists are the AEAD/ECDHE part of PlanB's, in PlanB's order.
-//! - Upstream: [`backend_client_config`] verifies `https://` backends against the web roots plus an optional
-//!   CA bundle (`--backend-ca-file`).
 //!
 //! The crypto provider is the process default that `main` installs (ring); library users that did not install
 //! one get ring as well, so there is only ever one provider.
@@ -21,7 +19,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{CipherSuite, ClientConfig, NamedGroup, RootCertStore, ServerConfig};
+use rustls::{CipherSuite, NamedGroup, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,17 +27,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::TlsPreset;
-use crate::proxy::reject::CertError;
 
 pub use from_dir::DirectoryCerts;
 pub use from_redis::RedisCerts;
 
-/// The crypto provider in use: the one installed for the process, or ring's.
-pub fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
-}
+pub use crate::upstream::tls::provider;
 
 /// TLS 1.2 suites per preset, in PlanB's server preference order, keeping only what rustls implements.
 fn tls12_suites(preset: TlsPreset) -> &'static [CipherSuite] {
@@ -297,33 +289,29 @@ impl ResolvesServerCert for NoCertificate {
     }
 }
 
-/// The client configuration for `https://` backends: Mozilla's roots (compiled in, so an image without a CA
-/// bundle still works) plus the certificates of `ca_file`; ALPN `http/1.1`, which is what hypache speaks.
-pub fn backend_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        let named =
-            |e: &dyn std::fmt::Display| format!("--backend-ca-file {}: {e}", path.display());
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| named(&e))? {
-            let cert = cert.map_err(|e| named(&e))?;
-            roots.add(cert).map_err(|e| named(&e))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(named(&"no CERTIFICATE block found"));
+/// Why the TLS listener found no usable certificate for a handshake. The handshake fails with an alert, and the
+/// text (PlanB's, including its grammar) goes to the error log; other handshakes are not affected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertError {
+    /// No source has a certificate for the server name (an empty name when the client sent no SNI).
+    NotFound(String),
+    /// Redis failed while reading `key`.
+    Store { key: String, error: String },
+    /// The certificate or key stored under `key` (a Redis key or a file pair) does not parse or does not match.
+    Broken { key: String, why: String },
+}
+
+impl std::fmt::Display for CertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertError::NotFound(name) => write!(f, "Certificate for {name:?} not is found"),
+            CertError::Store { key, error } => write!(f, "reading {key}: {error}"),
+            CertError::Broken { key, why } => write!(f, "broken certificate in {key}: {why}"),
         }
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
+
+impl std::error::Error for CertError {}
 
 #[cfg(test)]
 mod tests {
@@ -362,12 +350,12 @@ mod tests {
     fn sec1_and_pkcs1_keys_parse() {
         // Made with openssl (`ecparam -genkey -noout`, `genrsa -traditional`), valid for 100 years.
         let p = provider();
-        let sec1 = include_str!("tls/testdata/sec1.key");
-        let pkcs1 = include_str!("tls/testdata/pkcs1.key");
+        let sec1 = include_str!("testdata/sec1.key");
+        let pkcs1 = include_str!("testdata/pkcs1.key");
         assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
         assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-        let sec1_crt = include_bytes!("tls/testdata/sec1.crt");
-        let pkcs1_crt = include_bytes!("tls/testdata/pkcs1.crt");
+        let sec1_crt = include_bytes!("testdata/sec1.crt");
+        let pkcs1_crt = include_bytes!("testdata/pkcs1.crt");
         parse_pair(sec1_crt, sec1.as_bytes(), &p).unwrap();
         parse_pair(pkcs1_crt, pkcs1.as_bytes(), &p).unwrap();
         // Each key with the other's certificate: a mismatch, not a silently wrong pair.
