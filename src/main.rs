@@ -37,7 +37,7 @@ fn main() {
         eprintln!("warning: {warning}");
     }
     if dry {
-        println!("{}", hypache::config::hipache::describe(&config));
+        println!("{}", config.describe());
         std::process::exit(0);
     }
     if fasthttp {

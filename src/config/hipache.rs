@@ -20,15 +20,15 @@ use crate::config::{
 
 /// A configuration file that cannot be used; the binary exits 2 with this text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub struct HipacheFileError(pub String);
 
-impl std::fmt::Display for ConfigError {
+impl std::fmt::Display for HipacheFileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for HipacheFileError {}
 
 /// A resolved Hipache configuration, and what the operator should know about it (keys that map only
 /// approximately, ignored legacy keys, unknown keys).
@@ -53,16 +53,52 @@ pub fn config_path(given: Option<PathBuf>, flavor: Option<&str>) -> Option<PathB
 
 /// Read and resolve a Hipache configuration file. Relative paths inside it (`staticDir`, certificates) are
 /// taken as they are, relative to the working directory, as Node did.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+pub fn load(path: &Path) -> Result<Loaded, HipacheFileError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-    from_json(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        .map_err(|e| HipacheFileError(format!("{}: {e}", path.display())))?;
+    from_json(&text).map_err(|e| HipacheFileError(format!("{}: {e}", path.display())))
 }
 
+/// The top-level keys a Hipache file may have (master and 0.3.1 layouts); others are warned about.
+const ROOT_KEYS: &[&str] = &[
+    "server",
+    "http",
+    "https",
+    "driver",
+    "user",
+    "group",
+    "redisHost",
+    "redisPort",
+    "redisPassword",
+    "redisDatabase",
+    "redisMasterHost",
+    "redisMasterPort",
+    "redisMasterPassword",
+    "redisMasterDatabase",
+];
+
+/// The keys of `server`.
+const SERVER_KEYS: &[&str] = &[
+    "debug",
+    "workers",
+    "maxSockets",
+    "tcpTimeout",
+    "deadBackendTTL",
+    "retryOnError",
+    "accessLog",
+    "httpKeepAlive",
+    "deadBackendOn500",
+    "staticDir",
+    "lruCache",
+    "port",
+    "address",
+    "https",
+];
+
 /// Resolve a configuration from its JSON text.
-pub fn from_json(text: &str) -> Result<Loaded, ConfigError> {
+pub fn from_json(text: &str) -> Result<Loaded, HipacheFileError> {
     let root: Value = serde_json::from_str(text).map_err(|e| {
-        ConfigError(format!(
+        HipacheFileError(format!(
             "line {} column {}: {}",
             e.line(),
             e.column(),
@@ -71,102 +107,18 @@ pub fn from_json(text: &str) -> Result<Loaded, ConfigError> {
     })?;
     let root = Obj::root(&root)?;
     let mut warnings = Vec::new();
-    root.warn_unknown(
-        &[
-            "server",
-            "http",
-            "https",
-            "driver",
-            "user",
-            "group",
-            "redisHost",
-            "redisPort",
-            "redisPassword",
-            "redisDatabase",
-            "redisMasterHost",
-            "redisMasterPort",
-            "redisMasterPassword",
-            "redisMasterDatabase",
-        ],
-        &mut warnings,
-    );
+    root.warn_unknown(ROOT_KEYS, &mut warnings);
     let server = root.obj("server")?.unwrap_or_else(|| Obj::empty("server"));
-    server.warn_unknown(
-        &[
-            "debug",
-            "workers",
-            "maxSockets",
-            "tcpTimeout",
-            "deadBackendTTL",
-            "retryOnError",
-            "accessLog",
-            "httpKeepAlive",
-            "deadBackendOn500",
-            "staticDir",
-            "lruCache",
-            "port",
-            "address",
-            "https",
-        ],
-        &mut warnings,
-    );
+    server.warn_unknown(SERVER_KEYS, &mut warnings);
     // `server.debug` had no visible effect in Hipache; it is read only to check its type.
     server.bool("debug")?;
 
     let drivers = drivers(&root, &mut warnings)?;
     let (listen, more_listeners) = listeners(&root, &server, &mut warnings)?;
-
-    let tcp_timeout = server
-        .secs("tcpTimeout")?
-        .unwrap_or(Duration::from_secs(30));
-    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-    let dead_ttl = server
-        .secs("deadBackendTTL")?
-        .unwrap_or(Duration::from_secs(30));
-    let retry_on_error = server.uint("retryOnError")?.unwrap_or(3);
-    let access_log = match server.string_or_null("accessLog")? {
-        Some(Some(path)) => match path.as_str() {
-            "" | "none" => AccessLogTarget::None,
-            "stdout" => AccessLogTarget::Stdout,
-            "syslog" => AccessLogTarget::Syslog,
-            path => AccessLogTarget::File(PathBuf::from(path)),
-        },
-        Some(None) => AccessLogTarget::None,
-        None => AccessLogTarget::File(PathBuf::from("/var/log/hipache/access.log")),
-    };
-    let keep_alive = server.bool("httpKeepAlive")?.unwrap_or(false);
-    let max_sockets = server.uint("maxSockets")?.unwrap_or(100);
-    let dead_on_5xx = server.bool("deadBackendOn500")?.unwrap_or(true);
-    let pages = match server.string_or_null("staticDir")?.flatten() {
-        Some(dir) => load_pages(Path::new(&dir), &mut warnings)?,
-        None => built_in_pages(),
-    };
-    let lru = match server.obj("lruCache")? {
-        Some(lru) => {
-            let ttl = lru.secs("ttl")?.unwrap_or(Duration::from_secs(5));
-            Some((ttl, lru.uint("size")?.unwrap_or(0)))
-        }
-        None => None,
-    };
-    let workers = server.uint("workers")?.unwrap_or(10);
-
-    let run_as = RunAs {
-        user: match root.get("user") {
-            None | Some(Value::Null) => "www-data".to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => return Err(type_error("user", "a user name or a uid")),
-        },
-        group: match root.get("group") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(_) => return Err(type_error("group", "a group name or a gid")),
-        },
-    };
-
+    let keys = ServerKeys::read(&server, &mut warnings)?;
+    let run_as = run_as(&root)?;
     let first = drivers.first().cloned().ok_or_else(|| {
-        ConfigError("driver: at least one driver URL is needed (e.g. \"redis:\")".into())
+        HipacheFileError("driver: at least one driver URL is needed (e.g. \"redis:\")".into())
     })?;
     let last = drivers.last().cloned().unwrap_or_else(|| first.clone());
 
@@ -188,66 +140,147 @@ pub fn from_json(text: &str) -> Result<Loaded, ConfigError> {
     }
     config.write_redis = last.redis;
     config.key_prefix = first.prefix;
-    config.access_log = access_log;
+    config.run_as = Some(run_as);
+    keys.apply(&mut config);
+    hipache_policies(&mut config);
+    Ok(Loaded { config, warnings })
+}
+
+/// The `server` keys, read and checked.
+struct ServerKeys {
+    tcp_timeout: Duration,
+    dead_ttl: Duration,
+    retry_on_error: u64,
+    access_log: AccessLogTarget,
+    keep_alive: bool,
+    max_sockets: u64,
+    dead_on_5xx: bool,
+    pages: ErrorPages,
+    lru: Option<(Duration, u64)>,
+    workers: u64,
+}
+
+impl ServerKeys {
+    fn read(server: &Obj<'_>, warnings: &mut Vec<String>) -> Result<ServerKeys, HipacheFileError> {
+        let access_log = match server.string_or_null("accessLog")? {
+            Some(Some(path)) => match path.as_str() {
+                "" | "none" => AccessLogTarget::None,
+                "stdout" => AccessLogTarget::Stdout,
+                "syslog" => AccessLogTarget::Syslog,
+                path => AccessLogTarget::File(PathBuf::from(path)),
+            },
+            Some(None) => AccessLogTarget::None,
+            None => AccessLogTarget::File(PathBuf::from("/var/log/hipache/access.log")),
+        };
+        let pages = match server.string_or_null("staticDir")?.flatten() {
+            Some(dir) => load_pages(Path::new(&dir), warnings)?,
+            None => built_in_pages(),
+        };
+        let lru = match server.obj("lruCache")? {
+            Some(lru) => {
+                let ttl = lru.secs("ttl")?.unwrap_or(Duration::from_secs(5));
+                Some((ttl, lru.uint("size")?.unwrap_or(0)))
+            }
+            None => None,
+        };
+        Ok(ServerKeys {
+            tcp_timeout: server
+                .secs("tcpTimeout")?
+                .unwrap_or(Duration::from_secs(30)),
+            dead_ttl: server
+                .secs("deadBackendTTL")?
+                .unwrap_or(Duration::from_secs(30)),
+            retry_on_error: server.uint("retryOnError")?.unwrap_or(3),
+            access_log,
+            keep_alive: server.bool("httpKeepAlive")?.unwrap_or(false),
+            max_sockets: server.uint("maxSockets")?.unwrap_or(100),
+            dead_on_5xx: server.bool("deadBackendOn500")?.unwrap_or(true),
+            pages,
+            lru,
+            workers: server.uint("workers")?.unwrap_or(10),
+        })
+    }
+
+    /// What the keys set in the resolved configuration.
+    fn apply(self, config: &mut Config) {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        config.access_log = self.access_log;
+        config.dead_backend_ttl = if self.dead_ttl.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            self.dead_ttl
+        };
+        // Hipache's socket inactivity timeout: the backend's silence, the client's idleness, and the connect
+        // timeout (at most 10 s).
+        config.timeouts.request = nonzero(self.tcp_timeout);
+        config.timeouts.request_is_inactivity = true;
+        config.timeouts.client_idle = nonzero(self.tcp_timeout);
+        config.timeouts.dial = nonzero(self.tcp_timeout)
+            .unwrap_or(Duration::from_secs(10))
+            .min(Duration::from_secs(10));
+        config.workers = self.workers as usize;
+        config.max_idle_per_backend = if self.keep_alive {
+            self.max_sockets as usize
+        } else {
+            0
+        };
+        if let Some((ttl, size)) = self.lru {
+            config.backend_cache = true;
+            config.backend_cache_limits = (ttl, size);
+        }
+        config.failure = FailurePolicy {
+            min_backends_to_mark: 2,
+            mark_on_resolve_failure: false,
+            dead_statuses: if self.dead_on_5xx {
+                vec![501..=502, 504..=599]
+            } else {
+                Vec::new()
+            },
+            retry_limit: Some(self.retry_on_error as u32),
+            relookup_on_retry: true,
+            respect_hchecker_ping: true,
+            normalise_published_url: true,
+        };
+        config.responses = ResponseStyle::Hipache(Arc::new(self.pages));
+    }
+}
+
+/// What makes the preset Hipache whatever the file says: its access log, lookup, selection, forwarding
+/// headers and signals.
+fn hipache_policies(config: &mut Config) {
     config.access_log_format = AccessLogFormat::Hipache;
     config.access_log_rules = AccessLogRules {
         only_selected: true,
         socket_bytes: true,
     };
-    config.dead_backend_ttl = if dead_ttl.is_zero() {
-        Duration::from_secs(30)
-    } else {
-        dead_ttl
-    };
-    config.timeouts.request = nonzero(tcp_timeout);
-    config.timeouts.request_is_inactivity = true;
-    config.timeouts.client_idle = nonzero(tcp_timeout);
-    config.timeouts.dial = nonzero(tcp_timeout)
-        .unwrap_or(Duration::from_secs(10))
-        .min(Duration::from_secs(10));
-    config.workers = workers as usize;
-    config.max_idle_per_backend = if keep_alive { max_sockets as usize } else { 0 };
-    if let Some((ttl, size)) = lru {
-        config.backend_cache = true;
-        config.backend_cache_limits = (ttl, size);
-    }
     config.routing = RoutingPolicy {
         selection: Selection::Random,
         strip_port_first: true,
         identifier_only_matches: true,
         dead_set: DeadSetKey::RequestHost,
     };
-    config.failure = FailurePolicy {
-        min_backends_to_mark: 2,
-        mark_on_resolve_failure: false,
-        dead_statuses: if dead_on_5xx {
-            vec![501..=502, 504..=599]
-        } else {
-            Vec::new()
-        },
-        retry_limit: Some(retry_on_error as u32),
-        relookup_on_retry: true,
-        respect_hchecker_ping: true,
-        normalise_published_url: true,
-    };
-    config.responses = ResponseStyle::Hipache(Arc::new(pages));
     config.forwarding = ForwardingPolicy::Hipache;
     config.signals = SignalPolicy {
         usr1_reopens_log: true,
     };
-    config.run_as = Some(run_as);
-    Ok(Loaded { config, warnings })
 }
 
-/// The configuration as `--dry` prints it: everything resolved, Redis passwords masked.
-pub fn describe(config: &Config) -> String {
-    let mut shown = config.clone();
-    for redis in [&mut shown.read_redis, &mut shown.write_redis] {
-        if redis.password.is_some() {
-            redis.password = Some("********".into());
-        }
-    }
-    format!("{shown:#?}")
+/// `user` and `group`: dropped to after binding, `www-data` by default.
+fn run_as(root: &Obj<'_>) -> Result<RunAs, HipacheFileError> {
+    Ok(RunAs {
+        user: match root.get("user") {
+            None | Some(Value::Null) => "www-data".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => return Err(type_error("user", "a user name or a uid")),
+        },
+        group: match root.get("group") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(_) => return Err(type_error("group", "a group name or a gid")),
+        },
+    })
 }
 
 /// One parsed driver URL.
@@ -330,7 +363,7 @@ pub fn parse_driver(text: &str) -> Result<Driver, String> {
 }
 
 /// `driver` (a string or an array), or the 0.3.1 `redisHost`-style keys when there is no `driver`, or `redis:`.
-fn drivers(root: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Vec<Driver>, ConfigError> {
+fn drivers(root: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Vec<Driver>, HipacheFileError> {
     let legacy_keys = ["redisHost", "redisPort", "redisPassword", "redisDatabase"];
     let has_legacy =
         legacy_keys.iter().any(|k| root.get(k).is_some()) || root.get("redisMasterHost").is_some();
@@ -367,7 +400,7 @@ fn drivers(root: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Vec<Driver>, Co
                 } else {
                     "driver".into()
                 };
-                ConfigError(format!("{key}: {e}"))
+                HipacheFileError(format!("{key}: {e}"))
             })
         })
         .collect()
@@ -375,7 +408,7 @@ fn drivers(root: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Vec<Driver>, Co
 
 /// A driver URL from `<stem>Host`, `<stem>Port`, `<stem>Password`, `<stem>Database` (0.3.1's
 /// `legacyConfigSupport`).
-fn legacy_url(root: &Obj<'_>, stem: &str) -> Result<String, ConfigError> {
+fn legacy_url(root: &Obj<'_>, stem: &str) -> Result<String, HipacheFileError> {
     let host = root
         .string(&format!("{stem}Host"))?
         .unwrap_or_else(|| "127.0.0.1".into());
@@ -402,7 +435,7 @@ fn listeners(
     root: &Obj<'_>,
     server: &Obj<'_>,
     warnings: &mut Vec<String>,
-) -> Result<(Option<SocketAddr>, Vec<ListenerSpec>), ConfigError> {
+) -> Result<(Option<SocketAddr>, Vec<ListenerSpec>), HipacheFileError> {
     let legacy = root.get("http").is_none()
         && root.get("https").is_none()
         && ["port", "address", "https"]
@@ -508,7 +541,7 @@ fn tls_settings(
     https: &Obj<'_>,
     bind: Option<&Obj<'_>>,
     warnings: &mut Vec<String>,
-) -> Result<TlsSettings, ConfigError> {
+) -> Result<TlsSettings, HipacheFileError> {
     let pick = |key: &str| -> Option<&Obj<'_>> {
         match bind {
             Some(b) if b.get(key).is_some() => Some(b),
@@ -516,7 +549,7 @@ fn tls_settings(
             _ => None,
         }
     };
-    let path = |key: &str| -> Result<Option<PathBuf>, ConfigError> {
+    let path = |key: &str| -> Result<Option<PathBuf>, HipacheFileError> {
         match pick(key) {
             Some(o) => Ok(o.string(key)?.map(PathBuf::from)),
             None => Ok(None),
@@ -526,13 +559,13 @@ fn tls_settings(
     let key = path("key")?;
     let cert = path("cert")?;
     let (Some(key), Some(cert)) = (key, cert) else {
-        return Err(ConfigError(format!(
+        return Err(HipacheFileError(format!(
             "{where_}: `key` and `cert` are required for an HTTPS bind (Hipache's MISSING_KEY)"
         )));
     };
     for file in [&key, &cert] {
         if let Err(e) = std::fs::metadata(file) {
-            return Err(ConfigError(format!(
+            return Err(HipacheFileError(format!(
                 "{where_}: cannot read {}: {e} (Hipache's CANT_READ_FILE)",
                 file.display()
             )));
@@ -597,15 +630,15 @@ fn tls_settings(
 }
 
 /// `address:port`, resolving a name; the error names the key.
-fn resolve(address: &str, port: u16, key: &str) -> Result<SocketAddr, ConfigError> {
+fn resolve(address: &str, port: u16, key: &str) -> Result<SocketAddr, HipacheFileError> {
     if let Ok(ip) = address.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
     (address, port)
         .to_socket_addrs()
-        .map_err(|e| ConfigError(format!("{key}: {address:?}: {e}")))?
+        .map_err(|e| HipacheFileError(format!("{key}: {address:?}: {e}")))?
         .next()
-        .ok_or_else(|| ConfigError(format!("{key}: {address:?} has no address")))
+        .ok_or_else(|| HipacheFileError(format!("{key}: {address:?} has no address")))
 }
 
 /// hypache's own error pages, used when `server.staticDir` is not set.
@@ -626,7 +659,7 @@ pub fn built_in_pages() -> ErrorPages {
 
 /// `error_<code>.html` and `error_default.html` from `dir`, read once. Missing pages fall back to plain text, as
 /// in Hipache; a directory that cannot be read is only a warning for the same reason.
-fn load_pages(dir: &Path, warnings: &mut Vec<String>) -> Result<ErrorPages, ConfigError> {
+fn load_pages(dir: &Path, warnings: &mut Vec<String>) -> Result<ErrorPages, HipacheFileError> {
     let mut pages = ErrorPages {
         dir: Some(dir.to_path_buf()),
         ..ErrorPages::default()
@@ -653,7 +686,7 @@ fn load_pages(dir: &Path, warnings: &mut Vec<String>) -> Result<ErrorPages, Conf
             std::fs::read(entry.path())
                 .map(bytes::Bytes::from)
                 .map_err(|e| {
-                    ConfigError(format!("server.staticDir: {}: {e}", entry.path().display()))
+                    HipacheFileError(format!("server.staticDir: {}: {e}", entry.path().display()))
                 })
         };
         if code == "default" {
@@ -665,8 +698,8 @@ fn load_pages(dir: &Path, warnings: &mut Vec<String>) -> Result<ErrorPages, Conf
     Ok(pages)
 }
 
-fn type_error(key: &str, expected: &str) -> ConfigError {
-    ConfigError(format!("{key}: expected {expected}"))
+fn type_error(key: &str, expected: &str) -> HipacheFileError {
+    HipacheFileError(format!("{key}: expected {expected}"))
 }
 
 /// serde_json's message without its own ` at line L column C` (the position is said first).
@@ -685,13 +718,13 @@ struct Obj<'a> {
 }
 
 impl<'a> Obj<'a> {
-    fn root(value: &'a Value) -> Result<Obj<'a>, ConfigError> {
+    fn root(value: &'a Value) -> Result<Obj<'a>, HipacheFileError> {
         match value {
             Value::Object(map) => Ok(Obj {
                 map: Some(map),
                 path: String::new(),
             }),
-            _ => Err(ConfigError(
+            _ => Err(HipacheFileError(
                 "expected a JSON object at the top level".into(),
             )),
         }
@@ -724,7 +757,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn obj(&self, key: &str) -> Result<Option<Obj<'a>>, ConfigError> {
+    fn obj(&self, key: &str) -> Result<Option<Obj<'a>>, HipacheFileError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(map)) => Ok(Some(Obj {
@@ -735,7 +768,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+    fn bool(&self, key: &str) -> Result<Option<bool>, HipacheFileError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -743,7 +776,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn uint(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+    fn uint(&self, key: &str) -> Result<Option<u64>, HipacheFileError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
@@ -760,7 +793,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn port(&self, key: &str) -> Result<Option<u16>, ConfigError> {
+    fn port(&self, key: &str) -> Result<Option<u16>, HipacheFileError> {
         match self.uint(key)? {
             None => Ok(None),
             Some(p) => u16::try_from(p)
@@ -769,7 +802,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn secs(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+    fn secs(&self, key: &str) -> Result<Option<Duration>, HipacheFileError> {
         match self.get(key) {
             Some(Value::Number(n)) => match n.as_f64() {
                 Some(f) if f >= 0.0 && f.is_finite() => Ok(Some(Duration::from_secs_f64(f))),
@@ -779,7 +812,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+    fn string(&self, key: &str) -> Result<Option<String>, HipacheFileError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -788,7 +821,7 @@ impl<'a> Obj<'a> {
     }
 
     /// `Some(None)` for an explicit `null`.
-    fn string_or_null(&self, key: &str) -> Result<Option<Option<String>>, ConfigError> {
+    fn string_or_null(&self, key: &str) -> Result<Option<Option<String>>, HipacheFileError> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
@@ -798,7 +831,7 @@ impl<'a> Obj<'a> {
     }
 
     /// A string or an array of strings.
-    fn strings(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+    fn strings(&self, key: &str) -> Result<Vec<String>, HipacheFileError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -818,7 +851,7 @@ impl<'a> Obj<'a> {
     }
 
     /// `bind` in its three forms: a string, an array of strings, an array of `{address, port, ...}`.
-    fn binds(&self, key: &str) -> Result<Vec<Bind<'a>>, ConfigError> {
+    fn binds(&self, key: &str) -> Result<Vec<Bind<'a>>, HipacheFileError> {
         let expected = "an address, an array of addresses or an array of {address, port} objects";
         let items: Vec<&'a Value> = match self.get(key) {
             None | Some(Value::Null) => return Ok(Vec::new()),

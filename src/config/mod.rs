@@ -122,6 +122,19 @@ pub struct Config {
     pub run_as: Option<RunAs>,
 }
 
+impl Config {
+    /// The configuration as `--dry` prints it: everything resolved, Redis passwords masked.
+    pub fn describe(&self) -> String {
+        let mut shown = self.clone();
+        for redis in [&mut shown.read_redis, &mut shown.write_redis] {
+            if redis.password.is_some() {
+                redis.password = Some("********".into());
+            }
+        }
+        format!("{shown:#?}")
+    }
+}
+
 /// One more listener.
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {

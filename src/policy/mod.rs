@@ -38,7 +38,7 @@ pub use crate::store::{RawHash, RawPolicy, HASH_PREFIXES};
 
 /// A configuration hash that cannot be used, with what an operator needs to fix it. Never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub struct MalformedPolicy {
     /// The Redis key, e.g. `guard:www.example.com`.
     pub key: String,
     /// The offending field (empty when the whole key is wrong, e.g. not a hash).
@@ -46,7 +46,7 @@ pub struct ConfigError {
     pub why: String,
 }
 
-impl std::fmt::Display for ConfigError {
+impl std::fmt::Display for MalformedPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.field.is_empty() {
             write!(f, "malformed {}: {}", self.key, self.why)
@@ -63,9 +63,9 @@ impl std::fmt::Display for ConfigError {
 /// A frontend's parsed policies; `None` where the frontend does not use a feature.
 #[derive(Debug, Default)]
 pub struct Policy {
-    pub guard: Option<Result<guard::GuardConfig, ConfigError>>,
-    pub ratelimit: Option<Result<ratelimit::RateLimitConfig, ConfigError>>,
-    pub breaker: Option<Result<breaker::BreakerOverrides, ConfigError>>,
+    pub guard: Option<Result<guard::GuardConfig, MalformedPolicy>>,
+    pub ratelimit: Option<Result<ratelimit::RateLimitConfig, MalformedPolicy>>,
+    pub breaker: Option<Result<breaker::BreakerOverrides, MalformedPolicy>>,
 }
 
 static NO_POLICY: LazyLock<Arc<Policy>> = LazyLock::new(|| Arc::new(Policy::default()));
@@ -109,8 +109,8 @@ fn parse_hash<T>(
     key: &str,
     raw: RawHash,
     parse: impl FnOnce(&Fields) -> Result<T, (String, String)>,
-) -> Option<Result<T, ConfigError>> {
-    let error = |field: String, why: String| ConfigError {
+) -> Option<Result<T, MalformedPolicy>> {
+    let error = |field: String, why: String| MalformedPolicy {
         key: key.to_string(),
         field,
         why,
@@ -536,7 +536,7 @@ impl Policies {
         bump(&self.stats.config_errors[feature as usize]);
     }
 
-    fn log_fail_open(&self, feature: Feature, e: &ConfigError, log: &(dyn Fn(&str) + Sync)) {
+    fn log_fail_open(&self, feature: Feature, e: &MalformedPolicy, log: &(dyn Fn(&str) + Sync)) {
         self.count_config_error(feature);
         let text = format!("{e}; ignored");
         self.log_throttled(&format!("{}\n{}", e.key, e.field), &text, log);

@@ -1,13 +1,15 @@
 //! The request pipeline (DESIGN §1): Host → special hosts → route lookup → backend selection → forward
 //! (with failover on connection failures) → relay → access log.
 
+mod dead;
+mod forward;
 pub mod headers;
 pub mod reject;
 pub mod response;
 mod select;
 pub mod upgrade;
 
-use select::Exchange;
+pub use dead::{node_href, HcheckerPing, HCHECKER_FRESH};
 pub use select::PassthroughError;
 
 use std::net::SocketAddr;
@@ -19,23 +21,19 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::RequestBody;
-use crate::config::{Config, ForwardingPolicy, ResponseStyle};
+use crate::config::{Config, ResponseStyle};
 use crate::observe::access_log::{AccessEntry, Log, PendingEntry};
 use crate::observe::inflight::InflightGuard;
-use crate::observe::metrics::DeadCause;
 use crate::observe::telemetry::Telemetry;
-use crate::policy::{Outcome, Pass, Policies};
+use crate::policy::Policies;
 use crate::proxy::reject::Reject;
 use crate::proxy::response::ProxyBody;
-use crate::routing::{LookupError, Route, Router};
+use crate::routing::{LookupError, Router};
 use crate::rt::tracker::Tracker;
 use crate::store::RedisClient;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
-use headers::{
-    X_DEBUG_BACKEND_ID, X_DEBUG_BACKEND_URL, X_DEBUG_FRONTEND_KEY, X_DEBUG_ROUTER,
-    X_FORWARDED_PROTO,
-};
+use headers::{X_DEBUG_BACKEND_ID, X_DEBUG_BACKEND_URL, X_DEBUG_FRONTEND_KEY, X_DEBUG_ROUTER};
 
 /// Shared state of the request pipeline; one per process.
 pub struct Proxy {
@@ -56,35 +54,6 @@ pub struct Proxy {
     pub(crate) request_id_label: String,
     /// The last look at `hchecker_ping` (see [`crate::config::FailurePolicy::respect_hchecker_ping`]).
     pub(crate) hchecker: Arc<HcheckerPing>,
-}
-
-/// How long a `hchecker_ping` timestamp counts as fresh, and how long one look at it is reused (Hipache's 30 s).
-pub const HCHECKER_FRESH: Duration = Duration::from_secs(30);
-
-/// Whether an external health checker is alive, as last read from `hchecker_ping`.
-#[derive(Default)]
-pub struct HcheckerPing {
-    /// When it was last read, and whether it was fresh then.
-    last: std::sync::Mutex<Option<(Instant, bool)>>,
-}
-
-impl HcheckerPing {
-    /// Whether the checker is alive: the cached answer while it is younger than [`HCHECKER_FRESH`], otherwise
-    /// `GET hchecker_ping` on `read`. A Redis failure counts as "no checker", so marks are still written.
-    async fn alive(&self, read: &RedisClient) -> bool {
-        let cached = *self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, alive)) = cached {
-            if at.elapsed() < HCHECKER_FRESH {
-                return alive;
-            }
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let alive = matches!(read.hchecker_ping().await, Ok(Some(ts)) if (now - ts).abs() <= HCHECKER_FRESH.as_secs() as i64);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), alive));
-        alive
-    }
 }
 
 /// The client side of one request.
@@ -247,157 +216,6 @@ impl Proxy {
             backend: Duration::ZERO,
         }
     }
-
-    async fn forward(
-        &self,
-        mut req: Box<Request<RequestBody>>,
-        down: Downstream,
-        ctx: &mut Ctx,
-        entry: &mut AccessEntry,
-    ) -> (Response<ProxyBody>, Duration) {
-        let route = match self.lookup(ctx).await {
-            Ok(route) => route,
-            Err(reject) => return (self.reject(reject, ctx.debug), Duration::ZERO),
-        };
-        if self.access_log.enabled() || self.telemetry.metrics.per_frontend() {
-            entry.backend_key = route.key.clone();
-            entry.identifier = route.identifier.clone();
-        }
-        let log = |m: &str| self.log_error(ctx, "?", m);
-        // Boxed: most frontends have no policy, and their requests should not carry the guard's state.
-        let admitted = match self.policies.open(&route) {
-            true => Ok(Pass::open()),
-            false => {
-                let admit = self
-                    .policies
-                    .admit(&route, &mut req, &ctx.host, down.peer.ip(), &log);
-                Box::pin(admit).await
-            }
-        };
-        let pass = match admitted {
-            Ok(pass) => pass,
-            Err(refusal) => return (self.reject(refusal.into(), ctx.debug), Duration::ZERO),
-        };
-        let rate = pass.rate;
-        let (mut resp, backend_time) = self.relay(req, down, ctx, entry, route, pass).await;
-        // The frontend's rate limit as it stands after this request, on whatever answer it got.
-        if let Some(rate) = rate {
-            rate.insert(resp.headers_mut());
-        }
-        (resp, backend_time)
-    }
-
-    /// Select a backend, rewrite the request for it and send it, failing over on connection failures.
-    async fn relay(
-        &self,
-        mut req: Box<Request<RequestBody>>,
-        down: Downstream,
-        ctx: &mut Ctx,
-        entry: &mut AccessEntry,
-        route: Arc<Route>,
-        pass: Pass,
-    ) -> (Response<ProxyBody>, Duration) {
-        // The rewrite that does not depend on the backend is done once, before the first attempt.
-        let parts = req.headers_mut();
-        headers::remove_hop_by_hop(parts, true);
-        match self.config.forwarding {
-            ForwardingPolicy::Planb => {
-                entry.forwarded_for = headers::append_forwarded_for(parts, Some(down.peer.ip()));
-                parts.remove(X_DEBUG_ROUTER);
-                if !parts.contains_key(X_FORWARDED_PROTO) {
-                    let proto = if down.tls { "https" } else { "http" };
-                    parts.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-                }
-            }
-            ForwardingPolicy::Hipache => {
-                entry.forwarded_for =
-                    headers::set_forwarded_if_absent(parts, down.peer.ip(), down.tls);
-                // Forwarded unchanged; an HTTP/2 request carries it in the URI, so it is written out.
-                if !parts.contains_key(header::HOST) {
-                    if let Ok(host) = HeaderValue::from_str(&ctx.host) {
-                        parts.insert(header::HOST, host);
-                    }
-                }
-            }
-        }
-        if req.version() == Version::HTTP_2 {
-            headers::join_cookies(req.headers_mut());
-        }
-        *req.version_mut() = Version::HTTP_11;
-        // The backend gets origin form; most requests are in it already (HTTP/2 and absolute-form ones are not).
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let path_and_query = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string();
-            *req.uri_mut() = path_and_query.parse().unwrap_or_default();
-        }
-
-        let original_host = match self.config.forwarding {
-            ForwardingPolicy::Planb => Some(HeaderValue::from_str(&ctx.host).ok()),
-            ForwardingPolicy::Hipache => None,
-        };
-        let activity = match req.body() {
-            RequestBody::Watched(_, last) => Some(last.clone()),
-            _ => None,
-        };
-        let limit = self.config.timeouts.request;
-        let attempt = |target: Arc<crate::upstream::Target>, mut req: Box<Request<RequestBody>>| {
-            if let Some(original) = &original_host {
-                headers::set_host(req.headers_mut(), &target, original.as_ref());
-            }
-            let activity = activity.as_deref();
-            async move {
-                let sent = within(limit, activity, self.upstream.send(&target, req)).await;
-                match sent {
-                    Some(Ok(resp)) => Ok(Some(resp)),
-                    // Timed out: answered below, and never sent again.
-                    None => Ok(None),
-                    Some(Err((error, back))) => Err((error, back.map(Box::new))),
-                }
-            }
-        };
-        let tried = self
-            .try_backends(ctx, route, &pass, Exchange::Http, req, attempt)
-            .await;
-        let tried = match tried {
-            Ok(tried) => tried,
-            Err(failed) => return (self.reject(failed.reject, ctx.debug), failed.backend_time),
-        };
-        let (route, index) = (tried.route, ctx.backend_id);
-        let Some(resp) = tried.value else {
-            pass.record(&route, index, Outcome::Timeout, &|m| {
-                self.log_error(ctx, &ctx.backend_url, m)
-            });
-            let message = format!(
-                "request timeout after {:?}: net/http: request canceled",
-                ctx.started.elapsed()
-            );
-            self.log_error(ctx, &ctx.backend_url, &message);
-            return (
-                self.reject(Reject::BackendTimeout, ctx.debug),
-                tried.started.elapsed(),
-            );
-        };
-        let status = resp.status().as_u16();
-        pass.record(&route, index, Outcome::Status(status), &|m| {
-            self.log_error(ctx, &ctx.backend_url, m)
-        });
-        if self
-            .config
-            .failure
-            .dead_statuses
-            .iter()
-            .any(|r| r.contains(&status))
-        {
-            // Passed on unchanged; the next requests avoid this backend.
-            Box::pin(self.mark_dead(ctx, &route, None)).await;
-        }
-        (resp.map(ProxyBody::Upstream), tried.started.elapsed())
-    }
-
     /// The route for the request's Host, with the context filled in; the lookup's failure as a [`Reject`].
     async fn lookup(&self, ctx: &mut Ctx) -> Result<std::sync::Arc<crate::routing::Route>, Reject> {
         let lookup_started = Instant::now();
@@ -530,62 +348,6 @@ impl Proxy {
         }
     }
 
-    /// Passive dead mark: drop the cached route, then write Redis off the request path. A Redis failure is
-    /// logged, nothing else; the mark is counted in the metrics either way (as PlanB counts it). `error` is the
-    /// connection failure, `None` for a status that marks dead. A frontend with fewer backends than the policy's
-    /// minimum is left alone.
-    async fn mark_dead(
-        &self,
-        ctx: &Ctx,
-        route: &crate::routing::Route,
-        error: Option<&UpstreamError>,
-    ) {
-        let policy = &self.config.failure;
-        let count = route.backends.len();
-        if count < policy.min_backends_to_mark {
-            return;
-        }
-        let cause = error.and_then(DeadCause::of);
-        if cause.is_some() {
-            self.telemetry.metrics.connect_failed();
-        }
-        self.telemetry.metrics.mark_dead(cause);
-        let write = self.write.clone();
-        let read = self.router.store().clone();
-        let hchecker = policy.respect_hchecker_ping.then(|| self.hchecker.clone());
-        let error_log = self.error_log.clone();
-        let ttl = self.config.dead_backend_ttl;
-        let url = match policy.normalise_published_url {
-            true => node_href(&ctx.backend_url),
-            false => ctx.backend_url.clone(),
-        };
-        let (key, index) = (route.dead_key.clone(), ctx.backend_id);
-        let prefix = self.error_prefix(ctx, &ctx.backend_url);
-        // Forget the cached route now, and again once the mark is in Redis: a lookup in between may have
-        // cached the dead set without it.
-        self.router.forget(&ctx.host, &ctx.key).await;
-        let forget_again = self.router.forget(&ctx.host, &ctx.key);
-        let marking = async move {
-            let publish_only = match hchecker {
-                Some(hchecker) => hchecker.alive(&read).await,
-                None => false,
-            };
-            if let Err(e) = write
-                .mark_dead(&key, index, &url, count, ttl, publish_only)
-                .await
-            {
-                error_log.line(format!("{prefix}{e}"));
-            }
-            forget_again.await;
-        };
-        // A retry that reads the route again must see this mark: write it first. Otherwise off the request path.
-        if policy.relookup_on_retry {
-            marking.await;
-        } else {
-            tokio::spawn(marking);
-        }
-    }
-
     fn error_prefix(&self, ctx: &Ctx, backend: &str) -> String {
         format!(
             "ERROR in {} -> {} - {} - {}:{} - ",
@@ -598,36 +360,6 @@ impl Proxy {
         let mut line = self.error_prefix(ctx, backend);
         line.push_str(message);
         self.error_log.line(line);
-    }
-}
-
-/// `fut`, unless `limit` passes first: from now, or (with `activity`, the last time the request body moved, in
-/// `crate::rt::clock::now_ms` milliseconds) from the last sign of life. `None` when the limit passed.
-async fn within<F: std::future::Future>(
-    limit: Option<Duration>,
-    activity: Option<&std::sync::atomic::AtomicU64>,
-    fut: F,
-) -> Option<F::Output> {
-    let Some(limit) = limit else {
-        return Some(fut.await);
-    };
-    let Some(activity) = activity else {
-        return tokio::time::timeout(limit, fut).await.ok();
-    };
-    let started = crate::rt::clock::now_ms();
-    let limit_ms = limit.as_millis() as u64;
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        let last = activity
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(started);
-        let left = (last + limit_ms).saturating_sub(crate::rt::clock::now_ms());
-        if left == 0 {
-            return None;
-        }
-        if let Ok(out) = tokio::time::timeout(Duration::from_millis(left), fut.as_mut()).await {
-            return Some(out);
-        }
     }
 }
 
@@ -679,15 +411,6 @@ pub fn canonical(name: &str) -> String {
         upper = c == '-';
     }
     out
-}
-
-/// A backend URL as Node's `url.parse(u).href` writes it (`http://10.0.0.1:8080` → `http://10.0.0.1:8080/`):
-/// what Hipache published on `dead` and showed in `x-debug-backend-url`. Unparsable URLs stay as they are.
-pub fn node_href(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(parsed) if url.contains("://") => parsed.to_string(),
-        _ => url.to_string(),
-    }
 }
 
 /// Any `X-Debug` request header turns on Hipache's debug response headers.
