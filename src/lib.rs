@@ -4,40 +4,33 @@
 //! every request looks its Host up in Redis and is forwarded to one of the frontend's live backends.
 //!
 //! # Layout
-//! - `main.rs`: parses the CLI, installs the crypto provider (ring) and logging, calls [`run`].
-//! - [`cli`]: PlanB's flags (names, defaults, `HYPACHE_*` environment variables) → [`config::Config`].
-//! - [`hipache_config`]: the Hipache preset: `-c config.json` (master and 0.3.1 layouts, driver URLs) →
-//!   [`config::Config`] with Hipache's policies; its default error pages are in `static/`.
-//! - [`config`]: the resolved configuration; every policy field says why it exists. Presets differ only in the
-//!   values of these fields (selection, lookup and dead-set rules, retries, response style, forwarding headers,
-//!   signals, key prefix).
-//! - [`privileges`]: dropping root after binding (Hipache's `user`/`group`).
-//! - [`server`]: listeners (plain, TLS, SNI passthrough), per-connection client timeouts, parking of idle
-//!   connections, graceful shutdown.
-//! - [`workers`]: thread per core; connections run on worker threads with their own event loop, backend pool
-//!   and read-Redis connection, so that a request never wakes another thread.
-//! - [`tls`]: the TLS handshake with a certificate per server name ([`tls::from_redis`], [`tls::from_dir`]),
-//!   PlanB's presets, and the client side for `https://` backends.
-//! - [`sni`]: `--engine sni`, a TCP passthrough routed by the ClientHello's server name.
-//! - [`proxy`]: the request pipeline; [`proxy::headers`] rewrites headers both ways; [`proxy::upgrade`] runs
-//!   WebSocket tunnels.
-//! - [`route`]: frontend key candidates, round-robin or random selection, dead-set skipping; [`route::events`]
-//!   keeps `--backend-cache-events` fresh from Redis keyspace notifications.
-//! - [`store`]: the read and write Redis clients and the lookup pipeline.
-//! - [`upstream`]: backend URLs, dialing (TCP, TLS for `https://`), the keep-alive pool per backend.
-//! - [`health`]: the active health check (`--active-healthcheck`).
-//! - [`policy`]: the per-frontend policy layer between lookup and selection: [`policy::guard`] (signatures,
-//!   timestamp window, anti-replay), [`policy::ratelimit`], [`policy::breaker`].
-//! - [`error`]: every response hypache writes itself, and the log texts of TLS and passthrough failures.
-//! - [`head_scan`]: spots request heads with both Content-Length and Transfer-Encoding.
-//! - [`body`]: request and response body types (a request body streams, or is read whole for `sign_body`).
-//! - [`access_log`]: access and error logs (PlanB, Hipache or JSON lines), written off the request path,
-//!   reopened on SIGHUP.
-//! - [`event_log`]: the event log on stderr through `tracing` (text or JSON); PlanB's lines kept verbatim.
-//! - [`metrics`]: the Prometheus registry (PlanB's five metrics, `process_*`, `hypache_*`) and `/metrics`.
-//! - [`inflight`]: the registry of in-flight requests shown by the SIGUSR1 dump.
-//! - [`dump`]: the SIGUSR1 dump (runtime figures, connections, in-flight requests; tokio task dump if asked).
-//! - [`ops`]: telemetry owned by the proxy, and the SIGUSR1/SIGUSR2/SIGHUP handlers.
+//! One concern per folder; a module refers only to the layers below it (top to bottom here), which
+//! `tests/layers.rs` checks and `docs/architecture.md` explains.
+//! - `main.rs`: parses the flags (or reads a Hipache file), installs the crypto provider and logging, calls
+//!   [`run`].
+//! - [`app`]: the composition root: connects Redis, opens logs, loads certificates, binds listeners, starts the
+//!   workers and background tasks ([`app::signals`]), serves, drains.
+//! - [`server`]: the downstream side: listeners and the accept loop, each connection's lifecycle (parking
+//!   idle HTTP/1 connections, draining) and client timeouts, the TLS terminator ([`server::tls`]) and the SNI
+//!   passthrough ([`server::sni`]).
+//! - [`proxy`]: the request phases: handle (Host, `__ping__`, lookup), forward (policies), relay (rewrite,
+//!   select and fail over, send), finish (response headers, access log); [`proxy::reject`] writes every
+//!   answer of the proxy's own, [`proxy::headers`] rewrites headers, [`proxy::upgrade`] runs WebSockets.
+//! - [`observe`]: access and error logs, the event log, Prometheus metrics, the in-flight registry, the dump.
+//! - [`policy`]: guards, rate limits and the circuit breaker, between lookup and selection; refusals are
+//!   [`policy::Refusal`], which the proxy turns into answers.
+//! - [`routing`]: frontend lookup (exact, port-stripped, wildcards, catch-all), selection (round robin,
+//!   random, dead-set skipping), the backend caches ([`routing::events`]) and the active health check
+//!   ([`routing::health`]).
+//! - [`store`]: the read and write Redis clients, the lookup pipeline and dead marks.
+//! - [`upstream`]: backend URLs ([`upstream::Target`]), dialing (TCP, TLS for `https://`), the keep-alive pool
+//!   per backend, and the error classification that decides failover and blame ([`upstream::UpstreamError`]).
+//! - [`body`]: the request body on its way to a backend (streamed, watched for activity, or read whole).
+//! - [`rt`]: runtime helpers that know nothing of HTTP: worker threads, the drain tracker, the clock, the
+//!   tunnel copy, dropping privileges.
+//! - [`config`]: the resolved [`config::Config`] (every policy field says why it exists) and what fills it:
+//!   PlanB's flags ([`config::flags`]) or a Hipache file ([`config::hipache`]). Presets differ only in the
+//!   values of these fields. It depends on nothing else in the crate.
 //!
 //! # Redis schema
 //! - `frontend:<host>` (list): element 0 is an identifier (ignored), then backend URLs.

@@ -1,5 +1,5 @@
 //! Prometheus metrics: PlanB's five metrics exactly (spec §10), the process collector, and hypache's own
-//! operator metrics (prefix `hypache_`), served on `--metrics-address` at `/metrics` only ([`endpoint`]).
+//! operator metrics (prefix `hypache_`), served on `--metrics-address` at `/metrics` only (`endpoint`).
 //!
 //! Recording costs a few atomic operations per request: the `status_code` children are cached per status so
 //! the hot path never hashes a label. Values that already live elsewhere (open tunnels, dropped log lines,
