@@ -226,7 +226,7 @@ fn a_command_line_flag_beats_the_environment() {
 }
 
 #[test]
-fn startup_fails_with_exit_1_when_the_read_redis_is_unreachable() {
+fn with_wait_for_redis_startup_fails_with_exit_1_when_the_read_redis_is_unreachable() {
     let redis = RedisServer::start();
     let refused = refused_addr();
     let (rp, wp) = (refused.port().to_string(), redis.port().to_string());
@@ -235,6 +235,9 @@ fn startup_fails_with_exit_1_when_the_read_redis_is_unreachable() {
         "127.0.0.1:0",
         "--access-log",
         "none",
+        // PlanB exited at once; hypache does after waiting, and only when asked to (see redis_outage.rs).
+        "--wait-for-redis",
+        "1s",
         "--read-redis-port",
         &rp,
         "--write-redis-port",
@@ -249,7 +252,7 @@ fn startup_fails_with_exit_1_when_the_read_redis_is_unreachable() {
 }
 
 #[test]
-fn startup_fails_with_exit_1_when_the_write_redis_is_unreachable() {
+fn with_wait_for_redis_startup_fails_with_exit_1_when_the_write_redis_is_unreachable() {
     let redis = RedisServer::start();
     let refused = refused_addr();
     let (rp, wp) = (redis.port().to_string(), refused.port().to_string());
@@ -258,6 +261,9 @@ fn startup_fails_with_exit_1_when_the_write_redis_is_unreachable() {
         "127.0.0.1:0",
         "--access-log",
         "none",
+        // PlanB exited at once; hypache does after waiting, and only when asked to (see redis_outage.rs).
+        "--wait-for-redis",
+        "1s",
         "--read-redis-port",
         &rp,
         "--write-redis-port",
@@ -271,7 +277,7 @@ fn startup_fails_with_exit_1_when_the_write_redis_is_unreachable() {
 }
 
 #[test]
-fn startup_fails_with_exit_1_when_the_unix_socket_is_missing() {
+fn with_wait_for_redis_startup_fails_with_exit_1_when_the_unix_socket_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nothing-here.sock");
     let socket = socket.to_str().unwrap();
@@ -280,6 +286,9 @@ fn startup_fails_with_exit_1_when_the_unix_socket_is_missing() {
         "127.0.0.1:0",
         "--access-log",
         "none",
+        // PlanB exited at once; hypache does after waiting, and only when asked to (see redis_outage.rs).
+        "--wait-for-redis",
+        "1s",
         "--read-redis-network",
         "unix",
         "--read-redis-host",

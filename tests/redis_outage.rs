@@ -143,3 +143,65 @@ fn wait_for_redis_starts_once_redis_appears() {
     redis.set_frontend("late.test", &[&app.url()]);
     assert_eq!(body(&proxy, "late.test"), (200, "app".into()));
 }
+
+#[test]
+fn without_wait_for_redis_it_starts_while_redis_is_down_and_serves_once_it_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port_text = port.to_string();
+    let proxy = Proxy::start_custom(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--read-redis-port",
+            &port_text,
+            "--write-redis-port",
+            &port_text,
+            "--access-log",
+            "none",
+        ],
+        &[],
+    )
+    .expect("listening although Redis is down");
+    // Listening, and saying why requests fail: 503 for a request, 500 for `__ping__`.
+    let resp = get(proxy.addr(), "early.test", "/", &[]);
+    assert_eq!((resp.status, resp.body.len()), (503, 0));
+    let ping = get(proxy.addr(), "__ping__", "/", &[]);
+    assert_eq!(ping.status, 500);
+    assert!(ping.body_str().contains(&port_text), "{}", ping.body_str());
+    // Redis comes: the proxy serves without a restart.
+    let redis = RedisServer::start_on_port(port);
+    let app = Backend::named("app");
+    redis.set_frontend("early.test", &[&app.url()]);
+    assert_eventually(SOON, "routes served once Redis answers", || {
+        body(&proxy, "early.test") == (200, "app".into())
+    });
+    assert_eq!(get(proxy.addr(), "__ping__", "/", &[]).status, 200);
+}
+
+#[test]
+fn a_refused_password_stays_fatal_at_start() {
+    let redis = RedisServer::start_with_password("right");
+    let port = redis.port().to_string();
+    let out = spawn_raw(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--read-redis-port",
+            &port,
+            "--write-redis-port",
+            &port,
+            "--read-redis-password",
+            "wrong",
+            "--write-redis-password",
+            "wrong",
+        ],
+        &[],
+        secs(15),
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(!out.stderr.contains("Listening on"), "{out:?}");
+}

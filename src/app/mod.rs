@@ -249,9 +249,7 @@ async fn tls_terminator(
 ) -> Result<Arc<TlsTerminator>, StartError> {
     let certs = match &tls.certificates {
         CertificateSource::Redis => CertStore::Redis(RedisCerts::new(
-            RedisClient::connect(&config.read_redis)
-                .await
-                .map_err(|e| StartError(e.to_string()))?,
+            connect(&config.read_redis, config.wait_for_redis).await?,
         )),
         CertificateSource::Directory(dir) => {
             let certs = DirectoryCerts::load(dir).map_err(|e| {
@@ -269,7 +267,9 @@ async fn tls_terminator(
     Ok(Arc::new(terminator))
 }
 
-/// Connect to one Redis; with `--wait-for-redis`, retry (backing off up to 1 s) until the window has passed.
+/// Connect to one Redis. A refused `AUTH` is fatal (a configuration error, as PlanB). With `--wait-for-redis`,
+/// retry (backing off up to 1 s) until the window has passed, then fail as PlanB did. Otherwise an unreachable
+/// Redis does not stop the start: the client connects in the background and requests get 503 until then.
 async fn connect(
     redis: &crate::config::RedisConfig,
     wait: Option<std::time::Duration>,
@@ -279,13 +279,21 @@ async fn connect(
     loop {
         match RedisClient::connect(redis).await {
             Ok(client) => return Ok(client),
+            Err(e) if e.is_auth_failure() => return Err(StartError(e.to_string())),
             Err(e) => match deadline {
                 Some(deadline) if tokio::time::Instant::now() + pause < deadline => {
                     tracing::warn!("{e}; retrying (--wait-for-redis)");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(1));
                 }
-                _ => return Err(StartError(e.to_string())),
+                Some(_) => return Err(StartError(e.to_string())),
+                None => {
+                    tracing::warn!(
+                        "{e}; serving anyway: requests get 503 until Redis answers \
+                         (--wait-for-redis waits, then exits, as PlanB did)"
+                    );
+                    return Ok(RedisClient::lazy(redis));
+                }
             },
         }
     }
@@ -302,7 +310,12 @@ async fn per_worker(
         .each(control, || {
             let (redis, key_prefix) = (redis.clone(), key_prefix.to_string());
             async move {
-                let own = RedisClient::connect(&redis).await?;
+                // A Redis that is down gets a client that connects when it comes back.
+                let own = match RedisClient::connect(&redis).await {
+                    Ok(own) => own,
+                    Err(e) if e.is_auth_failure() => return Err(e),
+                    Err(_) => RedisClient::lazy(&redis),
+                };
                 Ok::<_, crate::store::StoreError>(own.with_key_prefix(&key_prefix))
             }
         })

@@ -344,7 +344,7 @@ impl GuardConfig {
     ) -> Result<bool, StoreError> {
         let mut redis_key = format!("guard-nonce:{key}:").into_bytes();
         redis_key.extend_from_slice(nonce);
-        let mut con = write.shared();
+        let mut con = write.shared()?;
         let set: Option<String> = write
             .call(
                 redis::cmd("SET")

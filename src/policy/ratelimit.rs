@@ -327,7 +327,7 @@ async fn check_global(
     frontend: &str,
     client: &str,
 ) -> Result<Decision, String> {
-    let mut con = write.shared();
+    let mut con = write.shared().map_err(|e| e.0)?;
     let key = format!("ratelimit-state:{frontend}:{client}");
     let mut invocation = SCRIPT.key(key);
     invocation

@@ -213,7 +213,10 @@ async fn subscribe(redis: &RedisClient, patterns: &[String]) -> Result<redis::ai
 
 /// Read `notify-keyspace-events`, warn when it lacks what the cache needs, and set the entries' lifetime.
 async fn check_config(cache: &EventCache, redis: &RedisClient) {
-    let mut con = redis.shared();
+    let Ok(mut con) = redis.shared() else {
+        // Not connected: the subscription's own failure says so; check again next time.
+        return;
+    };
     let mut cmd = redis::cmd("CONFIG");
     cmd.arg("GET").arg("notify-keyspace-events");
     let asked = cmd.query_async::<Vec<String>>(&mut con);

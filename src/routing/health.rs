@@ -111,7 +111,7 @@ impl Monitor {
     }
 
     async fn try_scan_existing(self: Arc<Self>) -> Result<(), StoreError> {
-        let mut con = self.redis.shared();
+        let mut con = self.redis.shared()?;
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self

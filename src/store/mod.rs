@@ -42,6 +42,21 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+impl StoreError {
+    /// Redis refused the password or user: a configuration error, not an outage (PlanB exits on it).
+    pub fn is_auth_failure(&self) -> bool {
+        [
+            "WRONGPASS",
+            "NOAUTH",
+            "AuthenticationFailed",
+            "invalid password",
+            "invalid username-password",
+        ]
+        .iter()
+        .any(|word| self.0.contains(word))
+    }
+}
+
 impl From<redis::ParsingError> for StoreError {
     fn from(e: redis::ParsingError) -> Self {
         StoreError(e.to_string())
@@ -60,17 +75,21 @@ impl From<redis::RedisError> for StoreError {
 
 /// One Redis server, reached through a shared multiplexed connection. With Sentinel, the server is the
 /// current master: a connection error or `READONLY` makes the client ask Sentinel again and reconnect.
+///
+/// A client may start without a connection ([`RedisClient::lazy`]): the proxy then serves while Redis is
+/// down, every call failing at once until a background attempt, started by the first call, gets through.
 #[derive(Clone)]
 pub struct RedisClient {
     inner: Arc<Inner>,
+    /// Prepended to `frontend:` and `dead:` keys (Hipache's `#prefix`); empty by default.
+    prefix: Arc<str>,
 }
 
 struct Inner {
     config: RedisConfig,
-    /// Prepended to `frontend:` and `dead:` keys (Hipache's `#prefix`); empty by default.
-    prefix: String,
-    current: RwLock<Arc<Connected>>,
-    /// A Sentinel re-resolution is under way (only one at a time).
+    /// The connection, once there is one.
+    current: RwLock<Option<Arc<Connected>>>,
+    /// A (re)connection or Sentinel re-resolution is under way (only one at a time).
     resolving: AtomicBool,
 }
 
@@ -93,22 +112,8 @@ fn key_name<'a>(scratch: &'a mut Vec<u8>, parts: &[&[u8]]) -> &'a [u8] {
 impl RedisClient {
     /// Connect and PING. The error names the address so that a start-up failure says which Redis is down.
     pub async fn connect(config: &RedisConfig) -> Result<RedisClient, StoreError> {
-        let connected = match &config.sentinel {
-            Some(sentinel) => {
-                sentinel.validate().map_err(StoreError)?;
-                let addr = resolve_master(sentinel).await?;
-                connect_addr(config, &addr).await?
-            }
-            None => connect_addr(config, &config.addr).await?,
-        };
-        let client = RedisClient {
-            inner: Arc::new(Inner {
-                config: config.clone(),
-                prefix: String::new(),
-                current: RwLock::new(Arc::new(connected)),
-                resolving: AtomicBool::new(false),
-            }),
-        };
+        let connected = connect_resolved(config).await?;
+        let client = RedisClient::with(config, Some(connected));
         client
             .ping()
             .await
@@ -116,38 +121,59 @@ impl RedisClient {
         Ok(client)
     }
 
-    /// The same client with `prefix` put before every `frontend:` and `dead:` key it reads or writes (not
-    /// before the `dead` channel, as in Hipache).
-    pub fn with_key_prefix(self, prefix: &str) -> RedisClient {
-        if prefix == self.inner.prefix {
-            return self;
-        }
-        let current = self.current();
+    /// A client that has not connected yet: its first call starts connecting in the background (retrying,
+    /// backing off up to 2 s, until it works), and calls fail at once until then.
+    pub fn lazy(config: &RedisConfig) -> RedisClient {
+        RedisClient::with(config, None)
+    }
+
+    fn with(config: &RedisConfig, connected: Option<Connected>) -> RedisClient {
         RedisClient {
             inner: Arc::new(Inner {
-                config: self.inner.config.clone(),
-                prefix: prefix.to_string(),
-                current: RwLock::new(current),
+                config: config.clone(),
+                current: RwLock::new(connected.map(Arc::new)),
                 resolving: AtomicBool::new(false),
             }),
+            prefix: Arc::from(""),
+        }
+    }
+
+    /// The same client (and connection) with `prefix` put before every `frontend:` and `dead:` key it reads or
+    /// writes (not before the `dead` channel, as in Hipache).
+    pub fn with_key_prefix(self, prefix: &str) -> RedisClient {
+        RedisClient {
+            inner: self.inner,
+            prefix: Arc::from(prefix),
         }
     }
 
     /// `GET hchecker_ping`: the Unix time an external health checker last said it was alive, if any.
     pub async fn hchecker_ping(&self) -> Result<Option<i64>, StoreError> {
-        let mut con = self.shared();
+        let mut con = self.shared()?;
         let value: Option<String> = self
             .call(redis::cmd("GET").arg("hchecker_ping").query_async(&mut con))
             .await?;
         Ok(value.and_then(|v| v.trim().parse().ok()))
     }
 
-    fn current(&self) -> Arc<Connected> {
-        self.inner
+    /// The connection; without one, a reconnection is started and the call fails at once.
+    fn current(&self) -> Result<Arc<Connected>, StoreError> {
+        let current = self
+            .inner
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        match current {
+            Some(connected) => Ok(connected),
+            None => {
+                self.reresolve();
+                Err(StoreError(format!(
+                    "redis at {}: not connected",
+                    self.inner.config.addr
+                )))
+            }
+        }
     }
 
     /// Run one Redis call with PlanB's 1 s limit; a failure that means "this server is gone or no longer the
@@ -176,35 +202,46 @@ impl RedisClient {
         }
     }
 
-    /// With Sentinel: ask for the master again and swap the connection, retrying until it works.
+    /// Connect again (with Sentinel: ask for the master again) and swap the connection, retrying until it
+    /// works. Without Sentinel only a client that never connected needs this: the connection manager
+    /// reconnects an established connection by itself.
     fn reresolve(&self) {
-        let Some(sentinel) = self.inner.config.sentinel.clone() else {
+        let connected = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if connected && self.inner.config.sentinel.is_none() {
             return;
-        };
+        }
         if self.inner.resolving.swap(true, Ordering::AcqRel) {
             return;
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(100);
+            let mut warned = false;
             loop {
-                let attempt = match resolve_master(&sentinel).await {
-                    Ok(addr) => connect_addr(&inner.config, &addr).await,
-                    Err(e) => Err(e),
-                };
-                match attempt {
+                match connect_resolved(&inner.config).await {
                     Ok(connected) => {
-                        tracing::warn!(
-                            "redis master for {} is now {}",
-                            sentinel.name,
-                            connected.addr
-                        );
+                        match &inner.config.sentinel {
+                            Some(sentinel) => tracing::warn!(
+                                "redis master for {} is now {}",
+                                sentinel.name,
+                                connected.addr
+                            ),
+                            None => tracing::warn!("redis at {} answers again", connected.addr),
+                        }
                         *inner.current.write().unwrap_or_else(|p| p.into_inner()) =
-                            Arc::new(connected);
+                            Some(Arc::new(connected));
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!("asking sentinel for {}: {e}", sentinel.name);
+                        if !warned {
+                            tracing::warn!("{e}; retrying in the background");
+                            warned = true;
+                        }
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_secs(2));
                     }
@@ -216,30 +253,39 @@ impl RedisClient {
 
     /// A connection of its own, for WATCH/MULTI transactions that must not interleave with other commands.
     pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        let current = self.current();
+        let current = self.current()?;
         self.call(current.client.get_multiplexed_async_connection())
             .await
     }
 
     /// A pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        let current = self.current();
+        let current = self.current()?;
         self.call(current.client.get_async_pubsub()).await
     }
 
     /// The shared multiplexed connection, for single commands.
-    pub fn shared(&self) -> ConnectionManager {
-        self.current().con.clone()
+    pub fn shared(&self) -> Result<ConnectionManager, StoreError> {
+        Ok(self.current()?.con.clone())
     }
 
     /// The address this client talks to, for log lines.
     pub fn addr(&self) -> String {
-        self.current().addr.clone()
+        match self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(connected) => connected.addr.clone(),
+            None => self.inner.config.addr.to_string(),
+        }
     }
 
     /// `PING`, for start-up and `__ping__`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut con = self.shared();
+        let mut con = self.shared()?;
         self.call(redis::cmd("PING").query_async::<String>(&mut con))
             .await?;
         Ok(())
@@ -253,7 +299,7 @@ impl RedisClient {
         keys: &[&str],
         dead_for: Option<&str>,
     ) -> Result<Vec<FrontendData>, StoreError> {
-        let prefix = self.inner.prefix.as_bytes();
+        let prefix = self.prefix.as_bytes();
         let mut pipe = redis::pipe();
         // Key names built in one scratch buffer (each command copies its arguments): format! cost more than the
         // rest of building the pipeline.
@@ -273,7 +319,7 @@ impl RedisClient {
         }
         // Per-command errors come back as values: a policy hash of the wrong type must not fail the route.
         pipe.ignore_errors();
-        let mut con = self.shared();
+        let mut con = self.shared()?;
         let values: Vec<Value> = self.call(pipe.query_async(&mut con)).await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut it = values.into_iter();
@@ -303,7 +349,7 @@ impl RedisClient {
 
     /// `HMGET tls:<name> certificate key`: the PEM texts, empty when a field (or the key) is missing.
     pub async fn certificate(&self, name: &str) -> Result<(String, String), StoreError> {
-        let mut con = self.shared();
+        let mut con = self.shared()?;
         let fields: Vec<Option<String>> = self
             .call(
                 redis::cmd("HMGET")
@@ -331,8 +377,8 @@ impl RedisClient {
         ttl: Duration,
         publish_only: bool,
     ) -> Result<(), StoreError> {
-        let dead_key = format!("{}dead:{key}", self.inner.prefix);
-        let mut con = self.shared();
+        let dead_key = format!("{}dead:{key}", self.prefix);
+        let mut con = self.shared()?;
         if !publish_only {
             let mut pipe = redis::pipe();
             pipe.cmd("SADD")
@@ -354,6 +400,18 @@ impl RedisClient {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Connect to the configured address, or to the master Sentinel names.
+async fn connect_resolved(config: &RedisConfig) -> Result<Connected, StoreError> {
+    match &config.sentinel {
+        Some(sentinel) => {
+            sentinel.validate().map_err(StoreError)?;
+            let addr = resolve_master(sentinel).await?;
+            connect_addr(config, &addr).await
+        }
+        None => connect_addr(config, &config.addr).await,
     }
 }
 
