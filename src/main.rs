@@ -36,6 +36,13 @@ fn main() {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
+    // A routes file that does not parse is a bad argument, like a bad flag: exit 2 naming its line.
+    if let Some(path) = &config.routes_file {
+        if let Err(e) = hypache::config::routes::load(path) {
+            eprintln!("error: --routes {e}");
+            std::process::exit(2);
+        }
+    }
     if dry {
         println!("{}", config.describe());
         std::process::exit(0);

@@ -49,9 +49,27 @@ impl Server {
     /// PlanB's start-up order: PING the read and write Redis, open the access log, build the certificate loader
     /// (only with a TLS listener; a bad certificate directory is fatal), bind the listeners.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        let read = connect(&config.read_redis, config.wait_for_redis).await?;
+        // With a routes file nothing needs Redis to serve: the clients exist for what still asks for one (a
+        // guard's anti-replay, a global rate limit, certificates from Redis) and connect only if asked.
+        let table = match &config.routes_file {
+            Some(path) => {
+                let frontends =
+                    crate::config::routes::load(path).map_err(|e| StartError(e.to_string()))?;
+                let table = Arc::new(crate::routing::table::RouteTable::default());
+                let count = table.replace(frontends);
+                tracing::info!("routes file {} loaded: {count} frontends", path.display());
+                Some(table)
+            }
+            None => None,
+        };
+        let read = match table {
+            Some(_) => RedisClient::lazy(&config.read_redis),
+            None => connect(&config.read_redis, config.wait_for_redis).await?,
+        };
         let write = if config.write_redis == config.read_redis {
             read.clone()
+        } else if table.is_some() {
+            RedisClient::lazy(&config.write_redis)
         } else {
             connect(&config.write_redis, config.wait_for_redis).await?
         };
@@ -96,7 +114,7 @@ impl Server {
         if listeners.is_empty() {
             return Err(StartError("no listener configured".into()));
         }
-        if config.active_healthcheck {
+        if config.active_healthcheck && table.is_none() {
             let lines = error_log.clone();
             crate::routing::health::start(
                 write.clone(),
@@ -109,8 +127,11 @@ impl Server {
         // Each worker reads routes, and writes nonces and global rate limits, over its own connections, whose
         // I/O runs on that worker's thread.
         let notifications = read.clone();
-        let reads = per_worker(&workers, read, &config.read_redis, &config.key_prefix).await?;
-        let writes = match config.write_redis == config.read_redis {
+        let reads = match table {
+            Some(_) => PerWorker::new(vec![read; workers.count() + 1]),
+            None => per_worker(&workers, read, &config.read_redis, &config.key_prefix).await?,
+        };
+        let writes = match config.write_redis == config.read_redis || table.is_some() {
             true => reads.clone(),
             false => {
                 per_worker(
@@ -149,7 +170,7 @@ impl Server {
                     backend_cache: config.backend_cache,
                     stale_routes_ttl: config.stale_routes_ttl,
                     backend_cache_limits: config.backend_cache_limits,
-                    events: config.backend_cache_events,
+                    events: config.backend_cache_events && table.is_none(),
                 },
             ),
             upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1)
@@ -167,6 +188,16 @@ impl Server {
                 .map(|h| crate::proxy::canonical(h.as_str()))
                 .unwrap_or_default(),
             config,
+        };
+        let proxy = match (&table, &proxy.config.routes_file) {
+            (Some(table), Some(path)) => {
+                tokio::spawn(crate::routing::table::watch(path.clone(), table.clone()));
+                Proxy {
+                    router: proxy.router.with_table(table.clone()),
+                    ..proxy
+                }
+            }
+            _ => proxy,
         };
         if let Some(cache) = proxy.router.event_cache() {
             let (db, prefix) = (proxy.config.read_redis.db, proxy.config.key_prefix.clone());
@@ -274,6 +305,10 @@ async fn connect(
     redis: &crate::config::RedisConfig,
     wait: Option<std::time::Duration>,
 ) -> Result<RedisClient, StartError> {
+    // A bad Sentinel list is a configuration error, fatal as PlanB's.
+    if let Some(sentinel) = &redis.sentinel {
+        sentinel.validate().map_err(StartError)?;
+    }
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     let mut pause = std::time::Duration::from_millis(50);
     loop {

@@ -206,6 +206,9 @@ pub struct Cli {
     /// `notify-keyspace-events` with K and glshx on the read Redis; entries live 2 s without it).
     #[arg(long, env = "HYPACHE_BACKEND_CACHE_EVENTS")]
     pub backend_cache_events: bool,
+    /// Read routes from this TOML file instead of Redis (watched: a change applies within 2 s).
+    #[arg(long, env = "HYPACHE_ROUTES", value_name = "FILE")]
+    pub routes: Option<std::path::PathBuf>,
 
     /// Do not retry a missed lookup with the host lower-cased.
     #[arg(long, env = "HYPACHE_NO_LOWERCASE_LOOKUP")]
@@ -406,6 +409,7 @@ impl Cli {
             },
             backend_cache: self.backend_cache || self.backend_cache_events,
             backend_cache_events: self.backend_cache_events,
+            routes_file: self.routes.clone(),
             backend_cache_limits: (super::BACKEND_CACHE_TTL, super::BACKEND_CACHE_SIZE),
             active_healthcheck: self.active_healthcheck,
             monitor_id: match self.monitor_id.as_str() {

@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod flags;
 pub mod hipache;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ pub struct Config {
     /// changed, so that no request reads Redis and no change waits longer than the notification (route
     /// `events`). Needs `notify-keyspace-events` on the read Redis; without it, entries live 2 s.
     pub backend_cache_events: bool,
+    /// `--routes FILE`: frontends come from this TOML file (watched) instead of Redis, so that the proxy runs
+    /// with nothing beside it; dead marks are then kept in process.
+    pub routes_file: Option<PathBuf>,
     /// The backend cache's lifetime and capacity (0: unbounded) when it is on: PlanB's 2 s and 10,000 hosts,
     /// or Hipache's `server.lruCache` `{ttl, size}`.
     pub backend_cache_limits: (Duration, u64),
@@ -572,6 +576,7 @@ impl Config {
             limits: Limits::default(),
             backend_cache: false,
             backend_cache_events: false,
+            routes_file: None,
             backend_cache_limits: (BACKEND_CACHE_TTL, BACKEND_CACHE_SIZE),
             active_healthcheck: false,
             monitor_id: hostname(),

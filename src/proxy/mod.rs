@@ -125,7 +125,7 @@ impl Proxy {
         };
         match self.config.responses {
             ResponseStyle::Planb if host == "__ping__" && req.uri().path() == "/" => {
-                let answer = match Box::pin(self.router.store().ping()).await {
+                let answer = match Box::pin(self.router.ping()).await {
                     Ok(()) => Reject::PingOk.response(),
                     Err(e) => Reject::PingFailed(e.0).response(),
                 };

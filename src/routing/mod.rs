@@ -19,6 +19,7 @@ use crate::upstream::{Target, TargetError};
 
 pub mod events;
 pub mod health;
+pub mod table;
 
 /// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
 /// without bound.
@@ -95,6 +96,8 @@ pub struct Router {
     stale: Option<moka::sync::Cache<Box<str>, StaleRoute>>,
     /// Routes kept fresh by keyspace notifications, for `--backend-cache-events`.
     events: Option<Arc<events::EventCache>>,
+    /// The routes of a source that pushes them (`--routes FILE`): looked up here, never in Redis.
+    table: Option<Arc<table::RouteTable>>,
 }
 
 impl Router {
@@ -133,6 +136,26 @@ impl Router {
             cache,
             stale,
             events,
+            table: None,
+        }
+    }
+
+    /// Route from `table` instead of Redis (the routes file).
+    pub fn with_table(mut self, table: Arc<table::RouteTable>) -> Router {
+        self.table = Some(table);
+        self
+    }
+
+    /// The in-process table, when routes come from one (dead marks then go there, not to Redis).
+    pub fn table(&self) -> Option<&Arc<table::RouteTable>> {
+        self.table.as_ref()
+    }
+
+    /// Whether routes can be read: a `PING` of the read Redis, or always for a table (`__ping__`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.table {
+            Some(_) => Ok(()),
+            None => self.store().ping().await,
         }
     }
 
@@ -149,6 +172,9 @@ impl Router {
     /// The route for a Host: from the backend cache when it is on, otherwise (or on a miss) from Redis, and
     /// from the last-known routes when Redis fails.
     pub async fn lookup(&self, host: &str) -> Result<Arc<Route>, LookupError> {
+        if let Some(table) = &self.table {
+            return self.read_table(table, host);
+        }
         if let Some(events) = self.events.as_ref().filter(|e| e.live()) {
             if let Some(route) = events.get(host) {
                 return Ok(route);
@@ -280,6 +306,28 @@ impl Router {
             .zip(found)
             .find_map(|(key, data)| into_route(&key, data))
             .ok_or(LookupError::NoRoute { key: planb_key })
+    }
+
+    /// The lookup rules of [`Router::read_redis`] over the in-process table: the Host, then the fallback
+    /// candidates; the first frontend with a backend (or, for Hipache, any frontend) wins.
+    fn read_table(&self, table: &table::RouteTable, host: &str) -> Result<Arc<Route>, LookupError> {
+        let host = self.lookup_host(host);
+        let host = host.as_ref();
+        let min_backends = usize::from(!self.routing.identifier_only_matches);
+        let found = std::iter::once(host.to_string())
+            .chain(fallback_candidates(host, self.extensions))
+            .find_map(|key| {
+                let dead_key = match self.routing.dead_set {
+                    DeadSetKey::FrontendKey => key.as_str(),
+                    DeadSetKey::RequestHost => host,
+                };
+                table
+                    .get(&key, dead_key)
+                    .filter(|route| route.backends.len() >= min_backends)
+            });
+        found.ok_or_else(|| LookupError::NoRoute {
+            key: split_host_port(host).unwrap_or(host).to_string(),
+        })
     }
 
     /// Where the search for a live backend starts: the round-robin counter, or (random selection) a live

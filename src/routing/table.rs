@@ -1,0 +1,151 @@
+//! The in-memory routing table of a source that pushes its routes (the routes file): a snapshot swapped whole
+//! on every change and read without a lock, and dead marks kept in process, since there is no Redis to hold
+//! them.
+//!
+//! A passive mark lasts `--dead-backend-time`, as a `dead:<key>` set's TTL would. A change to a frontend's
+//! backend list drops its marks (the indexes may name other backends now).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use super::Route;
+use crate::config::routes::FileFrontend;
+use crate::policy::Policy;
+use crate::store::{RawHash, RawPolicy};
+
+type Routes = HashMap<Box<str>, Arc<Route>, foldhash::fast::RandomState>;
+
+/// Frontends by key, and the dead marks of this process.
+#[derive(Default)]
+pub struct RouteTable {
+    routes: ArcSwap<Routes>,
+    /// Dead-set key → when each backend index stops being dead (`None`: alive).
+    dead: DashMap<Box<str>, Vec<Option<Instant>>, foldhash::fast::RandomState>,
+}
+
+impl RouteTable {
+    /// Replace every frontend; returns how many there are now.
+    pub fn replace(&self, frontends: Vec<FileFrontend>) -> usize {
+        let old = self.routes.load();
+        let mut routes = Routes::default();
+        for frontend in frontends {
+            let alive = vec![false; frontend.backends.len()];
+            let mut route = Route::new(
+                frontend.key.clone(),
+                frontend.identifier,
+                frontend.backends,
+                alive,
+            );
+            let [guard, ratelimit, breaker] =
+                frontend.policies.map(|fields| match fields.is_empty() {
+                    true => RawHash::Absent,
+                    false => RawHash::Fields(fields),
+                });
+            let raw = RawPolicy {
+                guard,
+                ratelimit,
+                breaker,
+            };
+            if !(raw.guard.is_absent() && raw.ratelimit.is_absent() && raw.breaker.is_absent()) {
+                route.policy = Policy::parse(&frontend.key, raw);
+            }
+            routes.insert(frontend.key.into(), Arc::new(route));
+        }
+        // Marks of a frontend whose backends changed name other backends now, or none.
+        self.dead
+            .retain(|key, _| match (old.get(key), routes.get(key)) {
+                (Some(before), Some(now)) => before.backends == now.backends,
+                _ => false,
+            });
+        let count = routes.len();
+        self.routes.store(Arc::new(routes));
+        count
+    }
+
+    /// The frontend stored under `key`, with `dead_key`'s marks applied.
+    pub fn get(&self, key: &str, dead_key: &str) -> Option<Arc<Route>> {
+        let route = self.routes.load().get(key)?.clone();
+        let Some(marks) = self.dead.get(dead_key) else {
+            return match key == dead_key {
+                true => Some(route),
+                false => Some(Arc::new(Route {
+                    dead_key: dead_key.to_string(),
+                    ..(*route).clone()
+                })),
+            };
+        };
+        let now = Instant::now();
+        let mut marked = (*route).clone();
+        marked.dead_key = dead_key.to_string();
+        for (i, until) in marks.iter().enumerate() {
+            if let (Some(until), Some(slot)) = (until, marked.dead.get_mut(i)) {
+                *slot = *until > now;
+            }
+        }
+        Some(Arc::new(marked))
+    }
+
+    /// Passive dead mark: backend `index` of the dead set `dead_key` is skipped for `ttl`.
+    pub fn mark_dead(&self, dead_key: &str, index: usize, ttl: Duration) {
+        let mut marks = self.dead.entry(dead_key.into()).or_default();
+        if marks.len() <= index {
+            marks.resize(index + 1, None);
+        }
+        marks[index] = Some(Instant::now() + ttl);
+    }
+}
+
+/// How often the routes file is looked at: a change applies within this (the promise is 2 s).
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// What identifies a version of the file: an atomic rename changes the inode, an in-place rewrite the
+/// modification time or the length.
+fn stamp(meta: &std::fs::Metadata) -> (u64, Option<SystemTime>, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.ino(), meta.modified().ok(), meta.len())
+}
+
+/// Watch `path` and load it into `table` whenever it changes, for as long as the task runs. A version that
+/// does not parse is logged with its line and column, and the last good routes stay.
+pub async fn watch(path: PathBuf, table: Arc<RouteTable>) {
+    let mut seen = tokio::fs::metadata(&path).await.ok().map(|m| stamp(&m));
+    let mut interval = tokio::time::interval(WATCH_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = match tokio::fs::metadata(&path).await {
+            Ok(meta) => Some(stamp(&meta)),
+            Err(_) => None,
+        };
+        if now.is_none() || now == seen {
+            // Missing (between an editor's unlink and rename, say): keep the routes and look again.
+            continue;
+        }
+        seen = now;
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(
+                    "routes file {}: {e}; keeping the last good routes",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        match crate::config::routes::parse(&text) {
+            Ok(frontends) => {
+                let count = table.replace(frontends);
+                tracing::info!("routes file {} loaded: {count} frontends", path.display());
+            }
+            Err(e) => tracing::error!(
+                "routes file {}: {e}; keeping the last good routes",
+                path.display()
+            ),
+        }
+    }
+}
