@@ -327,7 +327,7 @@ async fn connect(
                         "{e}; serving anyway: requests get 503 until Redis answers \
                          (--wait-for-redis waits, then exits, as PlanB did)"
                     );
-                    return Ok(RedisClient::lazy(redis));
+                    return Ok(RedisClient::connecting(redis));
                 }
             },
         }
@@ -349,7 +349,7 @@ async fn per_worker(
                 let own = match RedisClient::connect(&redis).await {
                     Ok(own) => own,
                     Err(e) if e.is_auth_failure() => return Err(e),
-                    Err(_) => RedisClient::lazy(&redis),
+                    Err(_) => RedisClient::connecting(&redis),
                 };
                 Ok::<_, crate::store::StoreError>(own.with_key_prefix(&key_prefix))
             }

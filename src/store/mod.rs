@@ -127,6 +127,14 @@ impl RedisClient {
         RedisClient::with(config, None)
     }
 
+    /// A client that keeps trying to connect in the background from now on (on this runtime), for a Redis
+    /// that is down at start-up: it serves as soon as Redis answers, whether a request asked first or not.
+    pub fn connecting(config: &RedisConfig) -> RedisClient {
+        let client = RedisClient::lazy(config);
+        client.reresolve();
+        client
+    }
+
     fn with(config: &RedisConfig, connected: Option<Connected>) -> RedisClient {
         RedisClient {
             inner: Arc::new(Inner {
