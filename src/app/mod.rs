@@ -43,6 +43,8 @@ pub struct Server {
     proxy: Arc<Proxy>,
     /// The threads that serve connections; dropped (and stopped) when `serve` returns.
     workers: Arc<Workers>,
+    /// `--access-log-url`'s task, which sends a last batch once the access log has closed.
+    shipping: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -75,7 +77,14 @@ impl Server {
         };
         let read = read.with_key_prefix(&config.key_prefix);
         let write = write.with_key_prefix(&config.key_prefix);
-        let access_log = Log::access(&config.access_log, config.access_log_format)
+        let (shipper, shipping) = match &config.access_log_url {
+            Some(url) => {
+                let (shipper, task) = crate::observe::ship::Shipper::start(url);
+                (Some(shipper), Some(task))
+            }
+            None => (None, None),
+        };
+        let access_log = Log::access(&config.access_log, config.access_log_format, shipper)
             .map_err(|e| StartError(format!("could not open the access log: {e}")))?;
         let metrics_listener = match config.metrics.address {
             Some(addr) => Some(
@@ -209,6 +218,7 @@ impl Server {
             ));
         }
         Ok(Server {
+            shipping,
             listeners,
             metrics_listener,
             proxy: Arc::new(proxy),
@@ -268,6 +278,11 @@ impl Server {
             .max(std::time::Duration::from_secs(1));
         proxy.access_log.close(grace);
         proxy.error_log.close(grace);
+        // The access log's writer held the last sender: the shipper sends what is left and ends.
+        drop(proxy);
+        if let Some(task) = self.shipping.take() {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
     }
 }
 

@@ -127,6 +127,10 @@ pub struct Cli {
     #[arg(long, env = "HYPACHE_ACCESS_LOG", default_value = "./access.log")]
     pub access_log: String,
 
+    /// Also POST every access-log entry, as a JSON line, to this http(s) URL in batches every 2 s.
+    #[arg(long, env = "HYPACHE_ACCESS_LOG_URL", value_name = "URL")]
+    pub access_log_url: Option<String>,
+
     /// Access-log line format: planb, hipache or json.
     #[arg(long, env = "HYPACHE_ACCESS_LOG_FORMAT", default_value = "planb", value_parser = ["planb", "hipache", "json"])]
     pub access_log_format: String,
@@ -356,6 +360,14 @@ impl Cli {
             "syslog" => AccessLogTarget::Syslog,
             path => AccessLogTarget::File(PathBuf::from(path)),
         };
+        let access_log_url = match &self.access_log_url {
+            None => None,
+            Some(text) => Some(super::log_url(text).map_err(|e| {
+                CliError(format!(
+                    "invalid value '{text}' for '--access-log-url': {e}"
+                ))
+            })?),
+        };
         let request_id_header = match self.request_id_header.as_str() {
             "" => None,
             name => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -424,6 +436,7 @@ impl Cli {
                 _ => AccessLogFormat::Planb,
             },
             access_log_rules: Default::default(),
+            access_log_url,
             metrics: MetricsConfig {
                 address: metrics_address,
                 per_frontend: self.metrics_per_frontend,

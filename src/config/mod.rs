@@ -26,6 +26,21 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
+/// An `http://` or `https://` URL with a host, for `--access-log-url`.
+pub fn log_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme must be http or https, not {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    Ok(url)
+}
+
 /// Everything `run` needs to start the proxy.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +105,9 @@ pub struct Config {
     pub access_log_format: AccessLogFormat,
     /// Which requests are logged, and what their byte count is: PlanB's or Hipache's rules.
     pub access_log_rules: AccessLogRules,
+    /// `--access-log-url`: every entry is also POSTed as a JSON line, in batches, to this URL (httprouter's
+    /// `-logurl`), for log pipelines that take HTTP and not files.
+    pub access_log_url: Option<url::Url>,
     /// The Prometheus listener (PlanB's `--metrics-address`) and how detailed it is.
     pub metrics: MetricsConfig,
     /// The event log on standard error (start-up lines, PlanB's `ERROR in` lines, hypache's own events).
@@ -584,6 +602,7 @@ impl Config {
             wait_for_redis: None,
             access_log_format: AccessLogFormat::default(),
             access_log_rules: AccessLogRules::default(),
+            access_log_url: None,
             metrics: MetricsConfig::default(),
             event_log: EventLogConfig::default(),
             task_dump: false,

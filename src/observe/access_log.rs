@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, Local, Utc};
 
 use crate::config::{AccessLogFormat, AccessLogTarget};
+use crate::observe::ship::Shipper;
 
 /// Records queued before new ones are dropped (PlanB's buffer size).
 const QUEUE: usize = 10_000;
@@ -245,6 +246,8 @@ enum Sink {
     File(PathBuf, File),
     /// Each line becomes an error event of the event log (the error log with `--log-format json`).
     Events,
+    /// Nowhere (`--access-log none` with `--access-log-url`: the lines are only shipped).
+    Nowhere,
 }
 
 /// A log fed through a bounded queue to a writer thread. Cloning shares the queue.
@@ -257,6 +260,8 @@ pub struct Log {
     /// A reopen that could not be queued (the queue was full): the writer does it after its current batch.
     reopen_pending: Arc<AtomicBool>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Lines `--access-log-url` could not ship, when it is set.
+    shipping_dropped: Option<Arc<AtomicU64>>,
 }
 
 impl Log {
@@ -268,18 +273,25 @@ impl Log {
             dropped: Arc::new(AtomicU64::new(0)),
             reopen_pending: Arc::new(AtomicBool::new(false)),
             writer: Arc::new(Mutex::new(None)),
+            shipping_dropped: None,
         }
     }
 
-    /// Open the access-log target. Fails when the file cannot be opened or syslog cannot be reached.
-    pub fn access(target: &AccessLogTarget, format: AccessLogFormat) -> io::Result<Log> {
-        let sink = match target {
-            AccessLogTarget::None => return Ok(Log::disabled()),
-            AccessLogTarget::Stdout => Sink::Stream(Box::new(io::stdout())),
-            AccessLogTarget::File(path) => Sink::File(path.clone(), open_file(path)?),
-            AccessLogTarget::Syslog => Sink::Stream(Box::new(Syslog::connect()?)),
+    /// Open the access-log target, and ship every entry as a JSON line too when `shipper` is given
+    /// (`--access-log-url`). Fails when the file cannot be opened or syslog cannot be reached.
+    pub fn access(
+        target: &AccessLogTarget,
+        format: AccessLogFormat,
+        shipper: Option<Shipper>,
+    ) -> io::Result<Log> {
+        let sink = match (target, &shipper) {
+            (AccessLogTarget::None, None) => return Ok(Log::disabled()),
+            (AccessLogTarget::None, Some(_)) => Sink::Nowhere,
+            (AccessLogTarget::Stdout, _) => Sink::Stream(Box::new(io::stdout())),
+            (AccessLogTarget::File(path), _) => Sink::File(path.clone(), open_file(path)?),
+            (AccessLogTarget::Syslog, _) => Sink::Stream(Box::new(Syslog::connect()?)),
         };
-        Ok(Log::spawn("access-log", sink, format))
+        Ok(Log::spawn("access-log", sink, format, shipper))
     }
 
     /// The error log: always standard error; events of the JSON event log with `--log-format json`.
@@ -289,16 +301,17 @@ impl Log {
         } else {
             Sink::Stream(Box::new(io::stderr()))
         };
-        Log::spawn("error-log", sink, AccessLogFormat::Planb)
+        Log::spawn("error-log", sink, AccessLogFormat::Planb, None)
     }
 
-    fn spawn(name: &str, sink: Sink, format: AccessLogFormat) -> Log {
+    fn spawn(name: &str, sink: Sink, format: AccessLogFormat, shipper: Option<Shipper>) -> Log {
+        let shipping_dropped = shipper.as_ref().map(Shipper::dropped);
         let (tx, rx) = sync_channel(QUEUE);
         let reopen_pending = Arc::new(AtomicBool::new(false));
         let pending = reopen_pending.clone();
         let writer = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || write_loop(rx, sink, format, pending))
+            .spawn(move || write_loop(rx, sink, format, pending, shipper))
             .expect("spawn log writer thread");
         Log {
             tx: Some(tx),
@@ -306,6 +319,7 @@ impl Log {
             dropped: Arc::new(AtomicU64::new(0)),
             reopen_pending,
             writer: Arc::new(Mutex::new(Some(writer))),
+            shipping_dropped,
         }
     }
 
@@ -335,6 +349,11 @@ impl Log {
     /// Queue a preformatted line (the error log).
     pub fn line(&self, text: String) {
         self.push(Record::Text(text));
+    }
+
+    /// Lines `--access-log-url` could not ship so far, when it is set.
+    pub fn shipping_dropped(&self) -> Option<Arc<AtomicU64>> {
+        self.shipping_dropped.clone()
     }
 
     /// The number of records dropped so far because the queue was full.
@@ -412,22 +431,29 @@ fn open_file(path: &Path) -> io::Result<File> {
 struct Output {
     buffer: Option<io::BufWriter<Box<dyn Write + Send>>>,
     path: Option<PathBuf>,
+    /// Lines go nowhere (only to the shipper, if any).
+    discard: bool,
 }
 
 impl Output {
     fn new(sink: Sink) -> Output {
+        let discard = matches!(sink, Sink::Nowhere);
         let (writer, path): (Option<Box<dyn Write + Send>>, _) = match sink {
             Sink::Stream(w) => (Some(w), None),
             Sink::File(path, file) => (Some(Box::new(file)), Some(path)),
-            Sink::Events => (None, None),
+            Sink::Events | Sink::Nowhere => (None, None),
         };
         Output {
             buffer: writer.map(|w| io::BufWriter::with_capacity(64 * 1024, w)),
             path,
+            discard,
         }
     }
 
     fn write_line(&mut self, line: &str) {
+        if self.discard {
+            return;
+        }
         match &mut self.buffer {
             Some(out) => {
                 let _ = out.write_all(line.as_bytes());
@@ -466,13 +492,19 @@ fn write_loop(
     sink: Sink,
     format: AccessLogFormat,
     reopen_pending: Arc<AtomicBool>,
+    shipper: Option<Shipper>,
 ) {
     let mut out = Output::new(sink);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(record) = next {
             match record {
-                Record::Access(entry) => out.write_line(&entry.format_as(format)),
+                Record::Access(entry) => {
+                    out.write_line(&entry.format_as(format));
+                    if let Some(shipper) = &shipper {
+                        shipper.ship(entry.format_as(AccessLogFormat::Json));
+                    }
+                }
                 Record::Text(text) => out.write_line(&text),
                 Record::Reopen => out.reopen(),
                 Record::Close => {

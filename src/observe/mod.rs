@@ -6,4 +6,5 @@ pub mod dump;
 pub mod event_log;
 pub mod inflight;
 pub mod metrics;
+pub mod ship;
 pub mod telemetry;

@@ -46,6 +46,7 @@ impl Telemetry {
             },
             dropped_access: access_log.dropped(),
             dropped_error: error_log.dropped(),
+            dropped_shipping: access_log.shipping_dropped(),
             runtimes: runtimes.clone(),
             policy: policies.stats().clone(),
             breaker_ejected: {

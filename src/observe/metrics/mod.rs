@@ -104,6 +104,8 @@ pub struct Sources {
     /// Lines dropped by the access log and the error log because their queue was full.
     pub dropped_access: Arc<AtomicU64>,
     pub dropped_error: Arc<AtomicU64>,
+    /// Lines `--access-log-url` could not ship (queue full, or the URL refused a batch), when it is set.
+    pub dropped_shipping: Option<Arc<AtomicU64>>,
     /// The runtimes: the control runtime first, then one per worker thread (see `workers`).
     pub runtimes: Vec<tokio::runtime::Handle>,
     /// What the guards, rate limits and breakers decided.
@@ -329,12 +331,17 @@ fn register_pulled(r: &Registry, sources: Sources) {
     );
     reg(Box::new(PullingCounter::new(
         "hypache_log_lines_dropped_total",
-        "Log lines dropped because the log's queue of 10,000 was full, by log (access, error).",
+        "Log lines dropped, by log: access and error (their queue of 10,000 was full), shipping \
+         (--access-log-url: its queue was full or the URL did not take a batch).",
         "log",
-        vec![
-            ("access", sources.dropped_access),
-            ("error", sources.dropped_error),
-        ],
+        [
+            ("access", Some(sources.dropped_access)),
+            ("error", Some(sources.dropped_error)),
+            ("shipping", sources.dropped_shipping),
+        ]
+        .into_iter()
+        .filter_map(|(log, count)| Some((log, count?)))
+        .collect(),
     )));
     reg(Box::new(PolicyCollector::new(
         sources.policy,
@@ -461,6 +468,7 @@ mod tests {
             inflight: Box::new(|| 0.0),
             dropped_access: Arc::new(AtomicU64::new(5)),
             dropped_error: Arc::new(AtomicU64::new(0)),
+            dropped_shipping: None,
             runtimes: Vec::new(),
             policy: Arc::default(),
             breaker_ejected: Box::new(|| 1.0),
