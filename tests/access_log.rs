@@ -1,4 +1,4 @@
-//! The access log (PlanB §9.1, §16 item 14).
+//! The access log (docs/compat/planb.md#access-log, docs/compat/planb.md#conformance-checklist item 14).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! `--active-healthcheck` (PlanB spec §4.3) against a real Redis and real backends.
+//! `--active-healthcheck` (docs/compat/planb.md#active-health-check) against a real Redis and real backends.
 
 mod support;
 

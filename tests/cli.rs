@@ -1,4 +1,4 @@
-//! Command line, environment variables and start-up (PlanB §11 plus the hypache contract).
+//! Command line, environment variables and start-up (docs/compat/planb.md#flags plus the hypache contract, docs/flags.md#flags).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Passive dead marking (PlanB §4.1-4.2, §16 items 6-8) and the failover extension.
+//! Passive dead marking (docs/compat/planb.md#dead-marks, docs/compat/planb.md#conformance-checklist items 6-8) and the failover extension.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! SIGUSR1 (PlanB §12): a dump on stdout while the proxy keeps serving.
+//! SIGUSR1 (docs/compat/planb.md#signals; hypache's dump: docs/observability.md#the-sigusr1-dump): a dump on stdout while the proxy keeps serving.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! What the backend receives and what the client gets back (PlanB §6, §16 item 9).
+//! What the backend receives and what the client gets back (docs/compat/planb.md#headers, docs/compat/planb.md#conformance-checklist item 9).
 
 mod support;
 

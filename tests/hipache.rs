@@ -1,4 +1,4 @@
-//! The Hipache preset: `hypache -c config.json` (hipache.md §1-§3, issue 6). Each test writes a Hipache config
+//! The Hipache preset: `hypache -c config.json` (docs/compat/hipache.md, issue 6). Each test writes a Hipache config
 //! file, starts the real binary with it against a real redis-server, and checks what a Hipache operator relies
 //! on: keys, driver URLs, routing, dead marks, retries, error pages, headers, the access log, signals.
 
@@ -405,7 +405,7 @@ fn names_simple_long_and_wildcard_with_priority_and_the_depth_limit() {
     redis.set_frontend("x.b.example", &[&exact.url()]);
     redis.set_frontend("*.b.example", &[&wild_b.url()]);
     redis.set_frontend("*.example", &[&wild_top.url()]);
-    // Only `*.quuux.foo...` would match this name, and it is one level too deep (hipache.md §1.2).
+    // Only `*.quuux.foo...` would match this name, and it is one level too deep (docs/compat/hipache.md#wildcard-candidates).
     redis.set_frontend("*.quuux.foo.bar.baz.qux.quux", &[&deep5.url()]);
     let hip = start(&redis, json!({}));
     let body = |host: &str| {
@@ -545,7 +545,7 @@ fn retries_read_the_route_again_up_to_retry_on_error() {
     // Both were tried and marked (two backends, so marks are allowed).
     assert_eq!(redis.dead_members("re.local"), ["0", "1"]);
 
-    // A single refusing backend is never marked dead (hipache.md §1.1).
+    // A single refusing backend is never marked dead (docs/compat/hipache.md#reads-and-writes).
     let only = refused_url();
     redis.set_frontend("single.local", &[&only]);
     let resp = get(hip.addr(), "single.local", "/", &[("X-Debug", "1")]);

@@ -1,4 +1,4 @@
-//! Prometheus metrics on `--metrics-address` (PlanB §10) and hypache's operator metrics.
+//! Prometheus metrics on `--metrics-address` (docs/compat/planb.md#metrics) and hypache's operator metrics.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! The proxy's own responses (PlanB §5, §6.4, §16 items 4, 5, 10-12).
+//! The proxy's own responses (docs/compat/planb.md#special-endpoint-and-error-responses, docs/compat/planb.md#debug-headers, docs/compat/planb.md#conformance-checklist items 4, 5, 10-12).
 
 mod support;
 

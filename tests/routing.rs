@@ -1,5 +1,5 @@
-//! Host matching and backend selection (PlanB §2-§3, §16 items 1-5) plus the hypache lookup
-//! extensions: lower-cased host, wildcard candidates (hipache §1.2 item 4), catch-all.
+//! Host matching and backend selection (docs/compat/planb.md#host-matching, docs/compat/planb.md#backend-selection, docs/compat/planb.md#conformance-checklist items 1-5) plus the hypache lookup
+//! extensions: lower-cased host, wildcard candidates (docs/compat/hipache.md#wildcard-candidates), catch-all.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Security defaults (DESIGN §8): bad input gets a clear answer and nothing else is affected.
+//! Security defaults (docs/routing.md#security-defaults): bad input gets a clear answer and nothing else is affected.
 
 mod support;
 

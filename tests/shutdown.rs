@@ -1,4 +1,4 @@
-//! Graceful shutdown on SIGTERM / SIGINT (hypache improvement over PlanB §12).
+//! Graceful shutdown on SIGTERM / SIGINT (hypache improvement over docs/compat/planb.md#signals).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! `--engine sni` (PlanB §15.2): a TCP passthrough routed by the ClientHello's server name, end to end with a
+//! `--engine sni` (docs/compat/planb.md#sni-engine): a TCP passthrough routed by the ClientHello's server name, end to end with a
 //! real TLS client and TLS backends, plus a few hundred malformed ClientHellos that must close only their own
 //! connection.
 

@@ -1,4 +1,4 @@
-//! The TLS listener (PlanB §8): certificates per server name from Redis, presets, HTTP/1.1 and HTTP/2 by ALPN,
+//! The TLS listener (docs/compat/planb.md#tls): certificates per server name from Redis, presets, HTTP/1.1 and HTTP/2 by ALPN,
 //! WebSocket over TLS, and `https://` backends. Certificates are generated per test; clients are real rustls,
 //! hyper and tungstenite clients.
 
@@ -71,7 +71,7 @@ fn redis_wildcard_wins_over_exact() {
     set_cert(&redis, "*.tls.test", &wild);
     set_cert(&redis, "exact.tls.test", &exact);
     let proxy = start_tls(&redis, &[]);
-    // PlanB §8.2: the wildcard is looked up first.
+    // docs/compat/planb.md#certificates-from-redis: the wildcard is looked up first.
     assert_eq!(
         served(&proxy, &ca, Some("exact.tls.test")).unwrap(),
         wild.der

@@ -1,4 +1,4 @@
-//! Certificates from a directory (PlanB §8.3) and, beyond PlanB, their reloading without a restart.
+//! Certificates from a directory (docs/compat/planb.md#certificates-from-a-directory) and, beyond PlanB, their reloading without a restart.
 
 mod support;
 
@@ -49,7 +49,7 @@ fn exact_name_before_wildcard() {
     let backend = Backend::named("from-dir");
     redis.set_frontend("exact.tls.test", &[&backend.url()]);
     let proxy = start_with_dir(&redis, dir.path());
-    // The opposite of the Redis order (PlanB §8.3).
+    // The opposite of the Redis order (docs/compat/planb.md#certificates-from-a-directory).
     assert_eq!(served(&proxy, &ca, "exact.tls.test").unwrap(), exact.der);
     assert_eq!(served(&proxy, &ca, "other.tls.test").unwrap(), wild.der);
     assert!(served(&proxy, &ca, "a.other.tls.test").is_err());

@@ -1,4 +1,4 @@
-//! WebSocket tunnels (PlanB spec §7) with a real tungstenite client and a real tungstenite echo backend.
+//! WebSocket tunnels (docs/compat/planb.md#websocket) with a real tungstenite client and a real tungstenite echo backend.
 
 mod support;
 

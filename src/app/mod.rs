@@ -287,7 +287,7 @@ impl Server {
 }
 
 /// The TLS terminator for one listener's settings: certificates from Redis (a third client, built from the
-/// read options, PlanB §8.2), a watched directory (a bad one is fatal), or fixed files.
+/// read options, docs/compat/planb.md#certificates-from-redis), a watched directory (a bad one is fatal), or fixed files.
 async fn tls_terminator(
     tls: &crate::config::TlsSettings,
     config: &Config,

@@ -233,7 +233,8 @@ pub struct Cli {
     /// off, as PlanB).
     #[arg(long, env = "HYPACHE_STALE_ROUTES_TTL", default_value = "5m", value_parser = parse_go_duration)]
     pub stale_routes_ttl: Duration,
-    /// At start-up, keep retrying an unreachable Redis for this long (Go duration; 0s: exit 1 at once, as PlanB).
+    /// At start-up, keep retrying an unreachable Redis for this long, then exit 1 as PlanB did (Go duration);
+    /// 0s: start anyway, answering 503 until Redis answers.
     #[arg(long, env = "HYPACHE_WAIT_FOR_REDIS", default_value = "0s", value_parser = parse_go_duration)]
     pub wait_for_redis: Duration,
     /// Close a WebSocket tunnel after this long without a byte in either direction (Go duration, 0s: never).

@@ -1,5 +1,5 @@
 //! The Hipache preset: `hypache -c config.json` reads Hipache's JSON configuration (the master/0.4 layout and
-//! the 0.3.1 layout with its legacy keys, hipache.md §2) and resolves it into the same [`Config`] the PlanB
+//! the 0.3.1 layout with its legacy keys, docs/compat/hipache.md#configuration-file) and resolves it into the same [`Config`] the PlanB
 //! flags fill. Hipache's behaviour is entirely in the policy fields set here; nothing else knows about presets.
 //!
 //! Every key is read with its path, so a wrong type exits 2 naming the key (`server.tcpTimeout: expected a

@@ -72,9 +72,9 @@ pub struct Config {
     pub request_id_header: Option<http::HeaderName>,
     /// The lookup extensions and failover that are on by default in both presets.
     pub extensions: Extensions,
-    /// Limits that protect the proxy from hostile clients (DESIGN §8).
+    /// Limits that protect the proxy from hostile clients (docs/routing.md#security-defaults).
     pub limits: Limits,
-    /// `--backend-cache`: reuse a lookup for 2 s instead of reading Redis on every request (PlanB §1.4).
+    /// `--backend-cache`: reuse a lookup for 2 s instead of reading Redis on every request (docs/compat/planb.md#backend-cache).
     pub backend_cache: bool,
     /// `--backend-cache-events`: reuse a lookup until Redis's keyspace notifications say one of its keys
     /// changed, so that no request reads Redis and no change waits longer than the notification (route
@@ -89,14 +89,14 @@ pub struct Config {
     /// While the read Redis fails, requests for hosts seen within this window are served from their last
     /// route instead of failing; `None` restores PlanB's 503.
     pub stale_routes_ttl: Option<Duration>,
-    /// `--active-healthcheck`: probe backends marked dead and revive them (PlanB §4.3), so that a recovered
+    /// `--active-healthcheck`: probe backends marked dead and revive them (docs/compat/planb.md#active-health-check), so that a recovered
     /// backend takes traffic within about a second instead of after the dead set's TTL.
     pub active_healthcheck: bool,
     /// The name written into health-check lock keys; the OS hostname by default, as PlanB. Processes with the
     /// same id may monitor the same backend at once.
     pub monitor_id: String,
-    /// At start-up, keep retrying an unreachable Redis for this long (orchestrators that start the proxy
-    /// before Redis); `None` fails at once as PlanB does.
+    /// At start-up, keep retrying an unreachable Redis for this long, then exit 1 as PlanB did (for those who
+    /// want a failed start to be loud); `None` starts anyway and answers 503 until Redis answers.
     pub wait_for_redis: Option<Duration>,
     /// `--breaker-*`: the circuit breaker every frontend gets (off unless `failures` is set); a `breaker:<key>`
     /// hash in Redis overrides it per frontend.
@@ -324,10 +324,10 @@ pub struct AccessLogRules {
 /// The format of access-log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccessLogFormat {
-    /// PlanB's line (spec §9.1), so existing parsers keep working.
+    /// PlanB's line (docs/compat/planb.md#access-log), so existing parsers keep working.
     #[default]
     Planb,
-    /// Hipache's line (hipache.md §3.4) for operators coming from Hipache, minus its quirks (see the README).
+    /// Hipache's line (docs/compat/hipache.md#access-log) for operators coming from Hipache, minus its quirks (see docs/migrating-from-hipache.md#quirks-not-copied).
     Hipache,
     /// One JSON object per line with PlanB's fields, named, for log shippers.
     Json,
@@ -441,7 +441,7 @@ pub struct Timeouts {
     /// Whole request head must arrive within this after its first byte (Go's ReadTimeout, applied to the head).
     pub client_read: Option<Duration>,
     /// Request head must arrive within this after its first byte; defaults to 60 s so a slow client cannot hold a
-    /// connection forever (DESIGN §8).
+    /// connection forever (docs/routing.md#security-defaults).
     pub client_read_header: Duration,
     /// The response must be written within this after the request head was read (Go's WriteTimeout).
     pub client_write: Option<Duration>,
@@ -472,7 +472,7 @@ impl Default for TlsSettings {
     }
 }
 
-/// PlanB's TLS presets (spec §8.4), mapped onto what rustls offers (TLS 1.2 and 1.3, AEAD suites only).
+/// PlanB's TLS presets (docs/compat/planb.md#tls-presets; what rustls keeps of them: docs/tls.md#presets), mapped onto what rustls offers (TLS 1.2 and 1.3, AEAD suites only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsPreset {
     /// ECDHE with AES-GCM and ChaCha20 over TLS 1.2, AES-256 first; TLS 1.3.
@@ -497,9 +497,9 @@ impl TlsPreset {
 /// Where the TLS listener finds certificates (`--load-certificates-from`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateSource {
-    /// `tls:<name>` hashes in the read Redis, wildcard first, cached 30 s (PlanB §8.2).
+    /// `tls:<name>` hashes in the read Redis, wildcard first, cached 30 s (docs/compat/planb.md#certificates-from-redis).
     Redis,
-    /// `<name>.crt` + `<name>.key` pairs in a directory, exact name first (PlanB §8.3), re-read when it changes.
+    /// `<name>.crt` + `<name>.key` pairs in a directory, exact name first (docs/compat/planb.md#certificates-from-a-directory), re-read when it changes.
     Directory(PathBuf),
     /// One certificate for every server name, from PEM files read at start-up (Hipache's `https.cert`,
     /// `https.key` and `https.ca`, the CA certificates appended to the chain as Node sends them).

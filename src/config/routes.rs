@@ -10,7 +10,7 @@
 //!
 //! [frontends."*.example.org".ratelimit]   # the fields of `ratelimit:<key>`, as in Redis
 //! rate = 100
-//! per = "1s"
+//! period = "1s"
 //! ```
 //!
 //! A frontend's key follows the Redis key's rules (`frontend:<key>`): a Host, `*.<parent>` wildcards, the `*`

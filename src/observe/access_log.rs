@@ -1,5 +1,5 @@
 //! Access log and error log: PlanB's line formats, written by a background thread so that a slow disk never
-//! blocks a request (PlanB spec §9).
+//! blocks a request (docs/compat/planb.md#logs).
 //!
 //! Records go through a bounded queue of 10,000; when it is full they are dropped and, at most once a minute,
 //! PlanB's line `Dropping log messages to due to full channel buffer.` says so (and the drop counter behind
@@ -114,12 +114,13 @@ impl AccessEntry {
         )
     }
 
-    /// Hipache's line (hipache.md §3.4):
+    /// Hipache's line (docs/compat/hipache.md#access-log):
     /// `<addr> - - [<UTC time>] "<METHOD> <url> <proto>" <status> <bytes> "<referer>" "<ua>" "<identifier>" <total> <backend>`.
     ///
     /// On purpose, unlike Hipache: `<addr>` is the TCP peer (Hipache took the client-spoofable `X-Real-IP`),
-    /// the year is UTC like the rest of the date, and `<bytes>` is the response's declared length (0 when
-    /// unknown) rather than the socket's cumulative byte count, which is not known when the line is written.
+    /// and the year is UTC like the rest of the date. `<bytes>` is `content_length`: in the Hipache preset the
+    /// bytes the response put on the client socket (status line, headers, body; see `AccessLogRules`), not
+    /// Hipache's count cumulated over a keep-alive connection; elsewhere the declared length (0 when unknown).
     pub fn format_hipache(&self) -> String {
         let time: DateTime<Utc> = self.time.into();
         format!(
@@ -631,7 +632,7 @@ mod tests {
             backend: Duration::from_millis(9),
             ..entry()
         };
-        // Hipache's verified line (hipache.md §3.4), byte for byte.
+        // Hipache's verified line (docs/compat/hipache.md#access-log), byte for byte.
         assert_eq!(
             entry.format_hipache(),
             "::1 - - [16/Feb/2014:00:43:10 +0000] \"GET / HTTP/1.1\" 200 3236 \"\" \"curl/7.30.0\" \"mywebsite\" 0.011 0.009"

@@ -1,4 +1,4 @@
-//! The policy layer (DESIGN §1): after the route lookup, before backend selection. Each feature is configured
+//! The policy layer (docs/architecture.md#a-request-phase-by-phase): after the route lookup, before backend selection. Each feature is configured
 //! per frontend in a Redis hash under its own prefix, read in the route's pipeline and parsed once per lookup
 //! into the route's [`Policy`]:
 //!

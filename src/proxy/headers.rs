@@ -1,4 +1,4 @@
-//! Header rewriting on the way to the backend and back (PlanB spec §6.1-§6.2).
+//! Header rewriting on the way to the backend and back (docs/compat/planb.md#request-headers-sent-to-the-backend and docs/compat/planb.md#response-headers).
 
 use std::net::IpAddr;
 

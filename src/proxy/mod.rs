@@ -1,4 +1,4 @@
-//! The request pipeline (DESIGN §1): Host → special hosts → route lookup → backend selection → forward
+//! The request pipeline (docs/architecture.md#a-request-phase-by-phase): Host → special hosts → route lookup → backend selection → forward
 //! (with failover on connection failures) → relay → access log.
 
 mod dead;
@@ -355,7 +355,7 @@ impl Proxy {
         )
     }
 
-    /// `ERROR in <key> -> <backend or ?> - <path> - <ridHeader>:<rid> - <message>` (PlanB §9.2).
+    /// `ERROR in <key> -> <backend or ?> - <path> - <ridHeader>:<rid> - <message>` (docs/compat/planb.md#error-log).
     fn log_error(&self, ctx: &Ctx, backend: &str, message: &str) {
         let mut line = self.error_prefix(ctx, backend);
         line.push_str(message);

@@ -1,5 +1,5 @@
 //! Every response hypache writes itself comes from [`Reject::response`], so status codes, bodies and headers
-//! cannot drift between code paths (PlanB spec §5). Failures that have no HTTP response to give (a TLS handshake
+//! cannot drift between code paths (docs/compat/planb.md#special-endpoint-and-error-responses). Failures that have no HTTP response to give (a TLS handshake
 //! without a usable certificate, an SNI passthrough connection) are the server's `CertError` and `SniError`.
 
 use http::header::{

@@ -1,4 +1,4 @@
-//! WebSocket tunnels (PlanB spec §7): the upgrade request goes to the backend over a fresh connection, the
+//! WebSocket tunnels (docs/compat/planb.md#websocket): the upgrade request goes to the backend over a fresh connection, the
 //! backend's `101` is relayed, and then bytes are copied both ways until either side closes ([`tunnel`]).
 //!
 //! As in PlanB there is no access-log line, the backend sees `Host: <backend host:port>` and the upgrade headers

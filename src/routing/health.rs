@@ -1,4 +1,4 @@
-//! Active health checks (`--active-healthcheck`, PlanB spec §4.3): probe backends that were marked dead and
+//! Active health checks (`--active-healthcheck`, docs/compat/planb.md#active-health-check): probe backends that were marked dead and
 //! revive them in Redis as soon as they answer again.
 //!
 //! The monitor listens on channel `dead` of the write Redis. For each `<host>;<url>;<idx>;<n>` message it takes

@@ -1,4 +1,4 @@
-//! Frontend lookup and backend selection (PlanB spec §2-§3, plus the lookup extensions of DESIGN §2).
+//! Frontend lookup and backend selection (docs/compat/planb.md#host-matching and docs/compat/planb.md#backend-selection, plus the lookup extensions of docs/routing.md#how-a-request-is-routed).
 //!
 //! Vocabulary: the *Host* is what the client asked for; the *frontend key* is the Redis key suffix that matched
 //! (`frontend:<key>`, `dead:<key>`); the *backends* are the list elements after the identifier.
@@ -472,7 +472,7 @@ pub fn dead_index(member: &str) -> Option<usize> {
 }
 
 /// Hipache's hostname for a Host value: with a port, the name without it, lower-cased; without one, the value
-/// as it is (hipache.md §1.2). Unlike Hipache, `[::1]:80` gives `::1`, not `[`.
+/// as it is (docs/compat/hipache.md#host-matching). Unlike Hipache, `[::1]:80` gives `::1`, not `[`.
 pub fn hipache_hostname(host: &str) -> std::borrow::Cow<'_, str> {
     match split_host_port(host) {
         Some(name) => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
@@ -529,7 +529,7 @@ pub fn fallback_candidates(host: &str, ext: Extensions) -> Vec<String> {
 }
 
 /// Hipache's wildcard keys for a name: keep the last 6 labels, then `*.<rest>` dropping one label at a time
-/// down to a single label, so at most 5 (spec hipache.md §1.2).
+/// down to a single label, so at most 5 (docs/compat/hipache.md#wildcard-candidates).
 pub fn wildcard_candidates(name: &str) -> Vec<String> {
     if name.is_empty() || name.parse::<IpAddr>().is_ok() {
         return Vec::new();

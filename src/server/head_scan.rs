@@ -1,5 +1,5 @@
 //! Spots request heads that carry both `Content-Length` and `Transfer-Encoding` (a request-smuggling
-//! signature), which DESIGN §8 rejects with 400.
+//! signature), which hypache rejects with 400 (docs/routing.md#security-defaults).
 //!
 //! hyper drops the `Content-Length` of such a request before the handler sees it, so the raw bytes are looked at
 //! as they are read: only the head, only the first bytes of each line, and nothing after the blank line.

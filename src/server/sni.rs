@@ -1,4 +1,4 @@
-//! The SNI passthrough engine (`--engine sni`, PlanB §15.2): TLS is not terminated. The ClientHello is read, its
+//! The SNI passthrough engine (`--engine sni`, docs/compat/planb.md#sni-engine): TLS is not terminated. The ClientHello is read, its
 //! server name is routed like a Host (same frontend lookup, dead set and round robin), the backend is dialed
 //! within `--dial-timeout`, the bytes read so far are replayed to it, and bytes are then copied both ways.
 //!

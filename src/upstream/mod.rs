@@ -54,7 +54,7 @@ pub enum UpstreamError {
     /// The request could not be completed on an open connection (backend closed, bad response, ...).
     Request(String),
     /// The TLS handshake with an `https://` backend failed (certificate not trusted, wrong name, not TLS).
-    /// Not a dead mark: the backend answered, it is the configuration that is wrong (PlanB §4.1).
+    /// Not a dead mark: the backend answered, it is the configuration that is wrong (docs/compat/planb.md#failures-that-mark-a-backend).
     Tls(String),
     /// The proxy itself ran out of something (file descriptors, buffers, memory, local ports) while dialing.
     /// The backend was never reached, so it is neither marked dead nor counted by the breaker: one proxy's

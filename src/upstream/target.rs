@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-/// Where a backend URL points. Only scheme and host:port are used; a path in the URL is ignored (PlanB §3).
+/// Where a backend URL points. Only scheme and host:port are used; a path in the URL is ignored (docs/compat/planb.md#backend-urls).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// `http` or `https`.
@@ -11,7 +11,7 @@ pub struct Target {
     pub host: String,
     /// Port, defaulted from the scheme.
     pub port: u16,
-    /// IP-literal backends keep the client's Host; named backends get their own name (PlanB §6.1).
+    /// IP-literal backends keep the client's Host; named backends get their own name (docs/compat/planb.md#request-headers-sent-to-the-backend).
     pub host_is_ip: bool,
     /// `host:port` (see [`Target::authority`]), and `scheme://host:port`, the pool's key: made once per URL
     /// instead of formatted for every request.

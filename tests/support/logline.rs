@@ -1,4 +1,4 @@
-//! Access-log line checks (PlanB §9.1): the time and the two durations are checked by shape,
+//! Access-log line checks (docs/compat/planb.md#access-log): the time and the two durations are checked by shape,
 //! everything else is compared literally by the tests.
 
 /// A line split into its variable parts.

@@ -1,4 +1,4 @@
-//! Prometheus metrics: PlanB's five metrics exactly (spec §10), the process collector, and hypache's own
+//! Prometheus metrics: PlanB's five metrics exactly (docs/compat/planb.md#metrics), the process collector, and hypache's own
 //! operator metrics (prefix `hypache_`), served on `--metrics-address` at `/metrics` only (`endpoint`).
 //!
 //! Recording costs a few atomic operations per request: the `status_code` children are cached per status so
@@ -192,13 +192,13 @@ impl Metrics {
             listener_connections: counter_vec(
                 r,
                 "hypache_connections_total",
-                "Client connections accepted, by listener (http, https).",
+                "Client connections accepted, by listener (http, tls, sni).",
                 &["listener"],
             ),
             listener_open: gauge_vec(
                 r,
                 "hypache_connections_open",
-                "Client connections open, by listener (http, https), WebSocket tunnels excluded.",
+                "Client connections open, by listener (http, tls, sni), WebSocket tunnels excluded.",
                 &["listener"],
             ),
             connections_parked: gauge(

@@ -1,4 +1,4 @@
-//! Certificates from a directory (PlanB §8.3): every `<name>.key` with its `<name>.crt` (names may start with
+//! Certificates from a directory (docs/compat/planb.md#certificates-from-a-directory): every `<name>.key` with its `<name>.crt` (names may start with
 //! `*.`), the exact name first, then the wildcard form.
 //!
 //! Beyond PlanB, which read the files once, the directory is watched: a change of any `.key`/`.crt` file (seen

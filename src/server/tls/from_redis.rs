@@ -1,4 +1,4 @@
-//! Certificates from Redis (PlanB §8.2): `HMGET tls:<name> certificate key`, the wildcard name first, parsed
+//! Certificates from Redis (docs/compat/planb.md#certificates-from-redis): `HMGET tls:<name> certificate key`, the wildcard name first, parsed
 //! certificates cached for 30 s in an LRU of 100 entries.
 
 use std::num::NonZeroUsize;

@@ -1,7 +1,7 @@
 //! TLS towards clients (the `https://` backends' side is `upstream::tls`).
 //!
 //! - Downstream: [`TlsTerminator`] reads a ClientHello, looks its server name up in a [`CertStore`] (Redis,
-//!   PlanB §8.2, in [`from_redis`]; or a directory, §8.3, in [`from_dir`]) *without* blocking a runtime thread,
+//!   docs/compat/planb.md#certificates-from-redis, in [`from_redis`]; or a directory, docs/compat/planb.md#certificates-from-a-directory, in [`from_dir`]) *without* blocking a runtime thread,
 //!   then finishes the handshake with the chosen certificate. ALPN offers `h2` then `http/1.1`.
 //! - Presets: PlanB's `--tls-preset` names mapped onto rustls ([`server_config`]); rustls has no TLS < 1.2, no
 //!   CBC or 3DES and no RSA key exchange, so the lists are the AEAD/ECDHE part of PlanB's, in PlanB's order.
