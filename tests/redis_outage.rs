@@ -114,11 +114,7 @@ fn stale_routes_can_be_turned_off() {
 
 #[test]
 fn wait_for_redis_starts_once_redis_appears() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = refused_addr().port();
     let port_text = port.to_string();
     let args = [
         "--listen",
@@ -146,11 +142,7 @@ fn wait_for_redis_starts_once_redis_appears() {
 
 #[test]
 fn without_wait_for_redis_it_starts_while_redis_is_down_and_serves_once_it_answers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = refused_addr().port();
     let port_text = port.to_string();
     let proxy = Proxy::start_custom(
         &[

@@ -11,11 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use http::header;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -33,46 +29,11 @@ pub struct Shipper {
     dropped: Arc<AtomicU64>,
 }
 
-/// Where batches go.
-#[derive(Debug, Clone)]
-struct Endpoint {
-    https: bool,
-    host: String,
-    port: u16,
-    /// `Host` header value (with the port when it is not the scheme's).
-    authority: String,
-    path_and_query: String,
-}
-
-fn endpoint(url: &url::Url) -> Endpoint {
-    let host = match url.host() {
-        Some(url::Host::Domain(d)) => d.to_string(),
-        Some(url::Host::Ipv4(ip)) => ip.to_string(),
-        Some(url::Host::Ipv6(ip)) => ip.to_string(),
-        None => String::new(),
-    };
-    let authority = match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_string(),
-    };
-    let path_and_query = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    };
-    Endpoint {
-        https: url.scheme() == "https",
-        host,
-        port: url.port_or_known_default().unwrap_or(80),
-        authority,
-        path_and_query,
-    }
-}
-
 impl Shipper {
     /// Start shipping to `url` (checked by `config::log_url`) on the current runtime. The task ends, after a
     /// last batch, once every [`Shipper`] clone is dropped; await the handle (bounded) at shutdown.
     pub fn start(url: &url::Url) -> (Shipper, JoinHandle<()>) {
-        let endpoint = endpoint(url);
+        let endpoint = url.clone();
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(endpoint, rx, dropped.clone()));
@@ -92,7 +53,7 @@ impl Shipper {
     }
 }
 
-async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<String>, dropped: Arc<AtomicU64>) {
+async fn run(endpoint: url::Url, mut rx: mpsc::Receiver<String>, dropped: Arc<AtomicU64>) {
     let mut tick = tokio::time::interval(BATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<String> = Vec::new();
@@ -112,7 +73,7 @@ async fn run(endpoint: Endpoint, mut rx: mpsc::Receiver<String>, dropped: Arc<At
 }
 
 /// POST `lines`, newline-delimited; on any failure they are counted as dropped.
-async fn send(endpoint: &Endpoint, lines: Vec<String>, dropped: &AtomicU64) {
+async fn send(endpoint: &url::Url, lines: Vec<String>, dropped: &AtomicU64) {
     if lines.is_empty() {
         return;
     }
@@ -134,46 +95,17 @@ async fn send(endpoint: &Endpoint, lines: Vec<String>, dropped: &AtomicU64) {
     }
 }
 
-async fn post(endpoint: &Endpoint, body: String) -> Result<(), String> {
-    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|e| format!("connect {}:{}: {e}", endpoint.host, endpoint.port))?;
-    let _ = tcp.set_nodelay(true);
-    let request = Request::post(endpoint.path_and_query.as_str())
-        .header(header::HOST, endpoint.authority.as_str())
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let status = if endpoint.https {
-        let config = crate::upstream::tls::backend_client_config(None)?;
-        let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", endpoint.host))?;
-        exchange(tls, request).await?
-    } else {
-        exchange(tcp, request).await?
-    };
-    match status.is_success() {
+async fn post(endpoint: &url::Url, body: String) -> Result<(), String> {
+    let response = crate::upstream::once::send(
+        endpoint,
+        http::Method::POST,
+        &[(header::CONTENT_TYPE, "text/plain")],
+        Bytes::from(body),
+        POST_TIMEOUT,
+    )
+    .await?;
+    match response.status().is_success() {
         true => Ok(()),
-        false => Err(format!("the URL answered {status}")),
+        false => Err(format!("the URL answered {}", response.status())),
     }
-}
-
-async fn exchange<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<http::StatusCode, String>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(response.status())
 }

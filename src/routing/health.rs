@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
@@ -354,36 +353,17 @@ async fn get_once(url: &url::Url) -> Result<(StatusCode, Option<String>, Bytes),
     if url.scheme() != "http" {
         return Err(format!("unsupported protocol scheme {:?}", url.scheme()));
     }
-    let host = url
-        .host_str()
-        .ok_or("no host")?
-        .trim_matches(|c| c == '[' || c == ']');
-    let port = url.port_or_known_default().unwrap_or(80);
-    let stream = tokio::time::timeout(PROBE_DIAL, tokio::net::TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| "dial timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let authority = match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_string(),
-    };
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    };
-    let req = Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::USER_AGENT, "Go-http-client/1.1")
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = crate::upstream::once::send(
+        url,
+        http::Method::GET,
+        &[
+            (http::header::USER_AGENT, "Go-http-client/1.1"),
+            (http::header::CONNECTION, "close"),
+        ],
+        Bytes::new(),
+        PROBE_DIAL,
+    )
+    .await?;
     let status = resp.status();
     let location = resp
         .headers()

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+pub mod once;
 mod target;
 pub mod tls;
 
