@@ -62,6 +62,9 @@ impl Server {
                 tracing::info!("routes file {} loaded: {count} frontends", path.display());
                 Some(table)
             }
+            None if config.etcd.is_some() => {
+                Some(Arc::new(crate::routing::table::RouteTable::default()))
+            }
             None => None,
         };
         let read = match table {
@@ -198,15 +201,23 @@ impl Server {
                 .unwrap_or_default(),
             config,
         };
-        let proxy = match (&table, &proxy.config.routes_file) {
-            (Some(table), Some(path)) => {
-                tokio::spawn(crate::routing::table::watch(path.clone(), table.clone()));
+        let proxy = match &table {
+            Some(table) => {
+                match (&proxy.config.routes_file, &proxy.config.etcd) {
+                    (Some(path), _) => {
+                        tokio::spawn(crate::routing::table::watch(path.clone(), table.clone()));
+                    }
+                    (None, Some(etcd)) => {
+                        tokio::spawn(crate::routing::etcd::follow(etcd.clone(), table.clone()));
+                    }
+                    (None, None) => {}
+                }
                 Proxy {
                     router: proxy.router.with_table(table.clone()),
                     ..proxy
                 }
             }
-            _ => proxy,
+            None => proxy,
         };
         if let Some(cache) = proxy.router.event_cache() {
             let (db, prefix) = (proxy.config.read_redis.db, proxy.config.key_prefix.clone());

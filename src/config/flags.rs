@@ -10,8 +10,8 @@ use clap::{ArgAction, Parser};
 
 use crate::config::{
     AccessLogFormat, AccessLogTarget, CertificateSource, Config, Engine, EventLogConfig,
-    EventLogFormat, Extensions, Limits, MetricsConfig, RedisAddr, RedisConfig, SentinelConfig,
-    Timeouts, TlsPreset, TlsSettings,
+    EventLogFormat, Extensions, ForwardingPolicy, Limits, MetricsConfig, RedisAddr, RedisConfig,
+    ResponseStyle, SentinelConfig, Timeouts, TlsPreset, TlsSettings,
 };
 
 /// hypache: a reverse proxy routed by Redis, a drop-in replacement for PlanB and Hipache.
@@ -210,6 +210,17 @@ pub struct Cli {
     /// `notify-keyspace-events` with K and glshx on the read Redis; entries live 2 s without it).
     #[arg(long, env = "HYPACHE_BACKEND_CACHE_EVENTS")]
     pub backend_cache_events: bool,
+    /// httprouter's preset: read routes from etcd at this URL (v3 API) instead of Redis.
+    #[arg(long, env = "HYPACHE_ETCDURL", value_name = "URL")]
+    pub etcdurl: Option<String>,
+    /// With --etcdurl: the key prefix; keys are `<etcdkey>/<host>/<routeName>` = backend URL.
+    #[arg(
+        long,
+        env = "HYPACHE_ETCDKEY",
+        default_value = "/domains",
+        value_name = "KEY"
+    )]
+    pub etcdkey: String,
     /// Read routes from this TOML file instead of Redis (watched: a change applies within 2 s).
     #[arg(long, env = "HYPACHE_ROUTES", value_name = "FILE")]
     pub routes: Option<std::path::PathBuf>,
@@ -361,6 +372,15 @@ impl Cli {
             "syslog" => AccessLogTarget::Syslog,
             path => AccessLogTarget::File(PathBuf::from(path)),
         };
+        let etcd = match &self.etcdurl {
+            None => None,
+            Some(text) => Some(super::EtcdConfig {
+                url: super::log_url(text).map_err(|e| {
+                    CliError(format!("invalid value '{text}' for '--etcdurl': {e}"))
+                })?,
+                key: self.etcdkey.trim_end_matches('/').to_string(),
+            }),
+        };
         let access_log_url = match &self.access_log_url {
             None => None,
             Some(text) => Some(super::log_url(text).map_err(|e| {
@@ -379,7 +399,7 @@ impl Cli {
         };
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         let client_read = nonzero(self.client_read_timeout);
-        Ok(Config {
+        let mut config = Config {
             listen,
             tls_listen,
             tls: TlsSettings {
@@ -423,6 +443,7 @@ impl Cli {
             backend_cache: self.backend_cache || self.backend_cache_events,
             backend_cache_events: self.backend_cache_events,
             routes_file: self.routes.clone(),
+            etcd,
             backend_cache_limits: (super::BACKEND_CACHE_TTL, super::BACKEND_CACHE_SIZE),
             active_healthcheck: self.active_healthcheck,
             monitor_id: match self.monitor_id.as_str() {
@@ -467,7 +488,14 @@ impl Cli {
                 on: self.breaker_on,
                 max_ejection_percent: self.breaker_max_ejection_percent,
             },
-        })
+        };
+        if config.etcd.is_some() {
+            // httprouter's preset: its answers, its headers, the Host exactly as sent.
+            config.responses = ResponseStyle::Httprouter;
+            config.forwarding = ForwardingPolicy::Httprouter;
+            config.routing.exact_host_only = true;
+        }
+        Ok(config)
     }
 }
 

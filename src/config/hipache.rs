@@ -258,6 +258,7 @@ fn hipache_policies(config: &mut Config) {
         strip_port_first: true,
         identifier_only_matches: true,
         dead_set: DeadSetKey::RequestHost,
+        exact_host_only: false,
     };
     config.forwarding = ForwardingPolicy::Hipache;
     config.signals = SignalPolicy {

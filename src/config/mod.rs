@@ -83,6 +83,9 @@ pub struct Config {
     /// `--routes FILE`: frontends come from this TOML file (watched) instead of Redis, so that the proxy runs
     /// with nothing beside it; dead marks are then kept in process.
     pub routes_file: Option<PathBuf>,
+    /// `--etcdurl`: frontends come from etcd under `etcd.key` (httprouter's layout), watched, instead of
+    /// Redis; the httprouter preset.
+    pub etcd: Option<EtcdConfig>,
     /// The backend cache's lifetime and capacity (0: unbounded) when it is on: PlanB's 2 s and 10,000 hosts,
     /// or Hipache's `server.lruCache` `{ttl, size}`.
     pub backend_cache_limits: (Duration, u64),
@@ -157,6 +160,15 @@ impl Config {
     }
 }
 
+/// Where httprouter's routes live in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// The etcd client URL (`--etcdurl`), e.g. `http://127.0.0.1:2379`.
+    pub url: url::Url,
+    /// The key prefix (`--etcdkey`, `/domains`): keys are `<key>/<host>/<routeName>`, values backend URLs.
+    pub key: String,
+}
+
 /// One more listener.
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {
@@ -208,6 +220,9 @@ pub struct RoutingPolicy {
     /// host without letting a wildcard catch it.
     pub identifier_only_matches: bool,
     pub dead_set: DeadSetKey,
+    /// Only the Host exactly as sent, port included, is looked up (httprouter): no port-stripped, lower-cased,
+    /// wildcard or catch-all fallback, so a route never catches a Host it was not written for.
+    pub exact_host_only: bool,
 }
 
 /// Dead marking and retries.
@@ -261,6 +276,9 @@ pub enum ResponseStyle {
     /// Hipache's: 400 for an unknown host, 502 when no backend is usable, 504 when a backend is silent, with
     /// HTML pages and no-cache headers; `__ping__` answers `ok` without touching Redis; `X-Debug` headers.
     Hipache(std::sync::Arc<ErrorPages>),
+    /// httprouter's: an unknown host or an empty pool is 503 `This site is currently unavailable, please try
+    /// again later.`, a backend that fails is 502; `__ping__` as PlanB's.
+    Httprouter,
 }
 
 /// Hipache's error pages, read once at start-up from `server.staticDir`.
@@ -301,6 +319,9 @@ pub enum ForwardingPolicy {
     /// X-Forwarded-Protocol and X-Forwarded-Port (443/80) each set only when the client sent none, and the Host
     /// forwarded unchanged, so backends behind Hipache see what they always saw.
     Hipache,
+    /// httprouter: the peer is appended to X-Forwarded-For and the client's Host goes to the backend as it
+    /// is, whatever the backend's name.
+    Httprouter,
 }
 
 /// Signal assignments.
@@ -595,6 +616,7 @@ impl Config {
             backend_cache: false,
             backend_cache_events: false,
             routes_file: None,
+            etcd: None,
             backend_cache_limits: (BACKEND_CACHE_TTL, BACKEND_CACHE_SIZE),
             active_healthcheck: false,
             monitor_id: hostname(),

@@ -80,9 +80,13 @@ impl Proxy {
                     parts.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
                 }
             }
-            ForwardingPolicy::Hipache => {
-                entry.forwarded_for =
-                    headers::set_forwarded_if_absent(parts, down.peer.ip(), down.tls);
+            ForwardingPolicy::Hipache | ForwardingPolicy::Httprouter => {
+                entry.forwarded_for = match self.config.forwarding {
+                    ForwardingPolicy::Hipache => {
+                        headers::set_forwarded_if_absent(parts, down.peer.ip(), down.tls)
+                    }
+                    _ => headers::append_forwarded_for(parts, Some(down.peer.ip())),
+                };
                 // Forwarded unchanged; an HTTP/2 request carries it in the URI, so it is written out.
                 if !parts.contains_key(header::HOST) {
                     if let Ok(host) = HeaderValue::from_str(&ctx.host) {
@@ -108,7 +112,7 @@ impl Proxy {
 
         let original_host = match self.config.forwarding {
             ForwardingPolicy::Planb => Some(HeaderValue::from_str(&ctx.host).ok()),
-            ForwardingPolicy::Hipache => None,
+            ForwardingPolicy::Hipache | ForwardingPolicy::Httprouter => None,
         };
         let activity = match req.body() {
             RequestBody::Watched(_, last) => Some(last.clone()),

@@ -113,7 +113,7 @@ impl Proxy {
             );
         }
         let debug = match self.config.responses {
-            ResponseStyle::Planb => req
+            ResponseStyle::Planb | ResponseStyle::Httprouter => req
                 .headers()
                 .get(X_DEBUG_ROUTER)
                 .is_some_and(|v| !v.is_empty()),
@@ -124,7 +124,9 @@ impl Proxy {
             Err(reject) => return (self.reject(reject, debug), None, None),
         };
         match self.config.responses {
-            ResponseStyle::Planb if host == "__ping__" && req.uri().path() == "/" => {
+            ResponseStyle::Planb | ResponseStyle::Httprouter
+                if host == "__ping__" && req.uri().path() == "/" =>
+            {
                 let answer = match Box::pin(self.router.ping()).await {
                     Ok(()) => Reject::PingOk.response(),
                     Err(e) => Reject::PingFailed(e.0).response(),

@@ -176,8 +176,10 @@ impl Reject {
     /// The response in the configured style; `debug` (the request had an `X-Debug` header) adds Hipache's
     /// `x-debug-error` and `x-debug-version-hipache`.
     pub fn response_in(&self, style: &ResponseStyle, debug: bool) -> Response<ProxyBody> {
-        let ResponseStyle::Hipache(pages) = style else {
-            return self.response();
+        let pages = match style {
+            ResponseStyle::Planb => return self.response(),
+            ResponseStyle::Httprouter => return self.httprouter(),
+            ResponseStyle::Hipache(pages) => pages,
         };
         let Some((status, message)) = self.hipache() else {
             return self.response();
@@ -214,6 +216,27 @@ impl Reject {
                 HeaderValue::from_static(HIPACHE_DEBUG_VERSION),
             );
         }
+        resp
+    }
+
+    /// httprouter's answers: an unknown host or an empty pool is 503 with its sentence, a backend that failed
+    /// is 502 (Go's ReverseProxy); the rest as PlanB's.
+    fn httprouter(&self) -> Response<ProxyBody> {
+        let (status, body) = match self {
+            Reject::NoRoute | Reject::AllDead => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This site is currently unavailable, please try again later.",
+            ),
+            Reject::Unavailable | Reject::RetriesExhausted { .. } => (StatusCode::BAD_GATEWAY, ""),
+            _ => return self.response(),
+        };
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        if !body.is_empty() {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
+        }
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         resp
     }
 

@@ -54,7 +54,7 @@ impl Proxy {
             Err(refusal) => return Reject::from(refusal).response(),
         };
         match self.config.forwarding {
-            ForwardingPolicy::Planb => {
+            ForwardingPolicy::Planb | ForwardingPolicy::Httprouter => {
                 headers::append_forwarded_for(req.headers_mut(), Some(down.peer.ip()));
             }
             ForwardingPolicy::Hipache => {
@@ -151,7 +151,7 @@ impl Proxy {
     /// style (400 page for an unknown host, where Hipache left the socket hanging).
     fn upgrade_reject(&self, reject: Reject, debug: bool) -> Response<ProxyBody> {
         match self.config.responses {
-            ResponseStyle::Planb => Reject::UpgradeFailed.response(),
+            ResponseStyle::Planb | ResponseStyle::Httprouter => Reject::UpgradeFailed.response(),
             ResponseStyle::Hipache(_) => self.reject(reject, debug),
         }
     }

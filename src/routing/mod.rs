@@ -17,6 +17,7 @@ use crate::store::{FrontendData, RedisClient, StoreError};
 pub use crate::upstream::split_host_port;
 use crate::upstream::{Target, TargetError};
 
+pub mod etcd;
 pub mod events;
 pub mod health;
 pub mod table;
@@ -314,8 +315,12 @@ impl Router {
         let host = self.lookup_host(host);
         let host = host.as_ref();
         let min_backends = usize::from(!self.routing.identifier_only_matches);
+        let fallbacks = match self.routing.exact_host_only {
+            true => Vec::new(),
+            false => fallback_candidates(host, self.extensions),
+        };
         let found = std::iter::once(host.to_string())
-            .chain(fallback_candidates(host, self.extensions))
+            .chain(fallbacks)
             .find_map(|key| {
                 let dead_key = match self.routing.dead_set {
                     DeadSetKey::FrontendKey => key.as_str(),
@@ -326,7 +331,10 @@ impl Router {
                     .filter(|route| route.backends.len() >= min_backends)
             });
         found.ok_or_else(|| LookupError::NoRoute {
-            key: split_host_port(host).unwrap_or(host).to_string(),
+            key: match self.routing.exact_host_only {
+                true => host.to_string(),
+                false => split_host_port(host).unwrap_or(host).to_string(),
+            },
         })
     }
 

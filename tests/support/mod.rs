@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod etcd;
 pub mod http;
 pub mod logline;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod tls;
 pub mod wait;
 
 pub use backend::{refused_addr, refused_url, Backend, Body, Reply, Request, Step};
+pub use etcd::EtcdServer;
 pub use http::{
     build_request, connection_refused, exchange, get, raw_request, request, ClientConn, Resp,
 };
