@@ -9,6 +9,10 @@ use support::*;
 const UNAVAILABLE: &str = "This site is currently unavailable, please try again later.";
 
 fn start(etcd: &EtcdServer) -> Proxy {
+    start_api(etcd, "v3")
+}
+
+fn start_api(etcd: &EtcdServer, api: &str) -> Proxy {
     let nothing = refused_addr().port().to_string();
     let url = etcd.url();
     Proxy::start_custom(
@@ -19,6 +23,8 @@ fn start(etcd: &EtcdServer) -> Proxy {
             &url,
             "--etcdkey",
             "/domains",
+            "--etcd-api",
+            api,
             "--read-redis-port",
             &nothing,
             "--write-redis-port",
@@ -138,4 +144,37 @@ fn a_bad_etcdurl_exits_2_naming_the_flag() {
     );
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("--etcdurl"), "{out:?}");
+}
+
+#[test]
+fn the_v2_keys_api_as_httprouter_used_it() {
+    let etcd = EtcdServer::start();
+    let (a0, a1, b) = (
+        Backend::named("A0"),
+        Backend::named("A1"),
+        Backend::named("B"),
+    );
+    etcd.put_v2("/domains/v2.test/web0", &a0.url(), None);
+    etcd.put_v2("/domains/v2.test/web1", &a1.url(), None);
+    let proxy = start_api(&etcd, "v2");
+    assert_eventually(SOON, "the routes read from etcd v2", || {
+        body(&proxy, "v2.test").0 == 200
+    });
+    let seq: String = (0..4).map(|_| body(&proxy, "v2.test").1).collect();
+    assert!(seq == "A0A1A0A1" || seq == "A1A0A1A0", "{seq}");
+    assert_eq!(body(&proxy, "nowhere.test"), (503, UNAVAILABLE.to_string()));
+    // Delete, update, and a TTL key that expires.
+    etcd.delete_v2("/domains/v2.test/web1");
+    assert_eventually(secs(2), "web1 deleted", || {
+        (0..3).all(|_| body(&proxy, "v2.test").1 == "A0")
+    });
+    etcd.put_v2("/domains/v2.test/web0", &b.url(), None);
+    assert_eventually(secs(2), "web0 updated", || body(&proxy, "v2.test").1 == "B");
+    etcd.put_v2("/domains/ttl.test/web", &a1.url(), Some(1));
+    assert_eventually(secs(2), "the TTL key routed", || {
+        body(&proxy, "ttl.test").1 == "A1"
+    });
+    assert_eventually(secs(10), "503 once the TTL expired", || {
+        body(&proxy, "ttl.test") == (503, UNAVAILABLE.into())
+    });
 }

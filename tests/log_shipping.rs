@@ -55,7 +55,8 @@ fn entries_are_posted_as_json_lines_in_batches() {
     let app = Backend::named("app");
     redis.set_frontend("ship.test", &[&app.url()]);
     let (url, posts) = sink();
-    let proxy = Proxy::start(&redis, &["--access-log-url", &url]);
+    // `--logurl`: httprouter's name for the flag.
+    let proxy = Proxy::start(&redis, &["--logurl", &url]);
     for path in ["/a", "/b", "/c"] {
         assert_eq!(get(proxy.addr(), "ship.test", path, &[]).status, 200);
     }

@@ -124,11 +124,23 @@ pub struct Cli {
     pub write_redis_db: u32,
 
     /// Access log: a file path, `stdout`, `syslog` or `none`.
-    #[arg(long, env = "HYPACHE_ACCESS_LOG", default_value = "./access.log")]
+    /// `--logfile` is httprouter's name for it.
+    #[arg(
+        long,
+        env = "HYPACHE_ACCESS_LOG",
+        default_value = "./access.log",
+        alias = "logfile"
+    )]
     pub access_log: String,
 
     /// Also POST every access-log entry, as a JSON line, to this http(s) URL in batches every 2 s.
-    #[arg(long, env = "HYPACHE_ACCESS_LOG_URL", value_name = "URL")]
+    /// `--logurl` is httprouter's name for it.
+    #[arg(
+        long,
+        env = "HYPACHE_ACCESS_LOG_URL",
+        value_name = "URL",
+        alias = "logurl"
+    )]
     pub access_log_url: Option<String>,
 
     /// Access-log line format: planb, hipache or json.
@@ -221,6 +233,9 @@ pub struct Cli {
         value_name = "KEY"
     )]
     pub etcdkey: String,
+    /// With --etcdurl: the etcd API the routes are kept in, v3 or v2 (httprouter's).
+    #[arg(long, env = "HYPACHE_ETCD_API", default_value = "v3", value_parser = ["v3", "v2"])]
+    pub etcd_api: String,
     /// Read routes from this TOML file instead of Redis (watched: a change applies within 2 s).
     #[arg(long, env = "HYPACHE_ROUTES", value_name = "FILE")]
     pub routes: Option<std::path::PathBuf>,
@@ -379,6 +394,10 @@ impl Cli {
                     CliError(format!("invalid value '{text}' for '--etcdurl': {e}"))
                 })?,
                 key: self.etcdkey.trim_end_matches('/').to_string(),
+                api: match self.etcd_api.as_str() {
+                    "v2" => super::EtcdApi::V2,
+                    _ => super::EtcdApi::V3,
+                },
             }),
         };
         let access_log_url = match &self.access_log_url {

@@ -167,6 +167,16 @@ pub struct EtcdConfig {
     pub url: url::Url,
     /// The key prefix (`--etcdkey`, `/domains`): keys are `<key>/<host>/<routeName>`, values backend URLs.
     pub key: String,
+    /// `--etcd-api`: the v3 API (the default), or the v2 keys API httprouter itself used, for an etcd that
+    /// still holds its routes there.
+    pub api: EtcdApi,
+}
+
+/// Which etcd API holds the routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdApi {
+    V3,
+    V2,
 }
 
 /// One more listener.

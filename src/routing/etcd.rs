@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::table::RouteTable;
 use crate::config::routes::FileFrontend;
-use crate::config::EtcdConfig;
+use crate::config::{EtcdApi, EtcdConfig};
 
 /// How long connecting to etcd may take.
 const DIAL: Duration = Duration::from_secs(2);
@@ -32,7 +32,11 @@ pub async fn follow(config: EtcdConfig, table: Arc<RouteTable>) {
     let mut pause = Duration::from_millis(100);
     let mut said = false;
     loop {
-        match sync_and_watch(&config.url, &prefix, &table).await {
+        let followed = match config.api {
+            EtcdApi::V3 => sync_and_watch(&config.url, &prefix, &table).await,
+            EtcdApi::V2 => sync_and_watch_v2(&config.url, &config.key, &prefix, &table).await,
+        };
+        match followed {
             Ok(()) => pause = Duration::from_millis(100),
             Err(e) => {
                 if !said {
@@ -137,6 +141,101 @@ async fn sync_and_watch(base: &url::Url, prefix: &str, table: &RouteTable) -> Re
         }
     }
     Err("the watch stream ended".into())
+}
+
+/// The v2 keys API, as httprouter watched it: a recursive GET, then long-polling `?wait=true&recursive=true`
+/// from the next index, one event per answer (`set`, `update`, `create`, `compareAndSwap` put a key; `delete`,
+/// `expire`, `compareAndDelete` remove it).
+async fn sync_and_watch_v2(
+    base: &url::Url,
+    dir: &str,
+    prefix: &str,
+    table: &RouteTable,
+) -> Result<(), String> {
+    let mut url = base
+        .join(&format!("v2/keys{dir}"))
+        .map_err(|e| e.to_string())?;
+    url.set_query(Some("recursive=true"));
+    let (status, index, answer) = get_v2(&url, true).await?;
+    let mut keys = BTreeMap::new();
+    match (status, answer["errorCode"].as_i64()) {
+        // Not there yet: no routes.
+        (404, Some(100)) => {}
+        (200, _) => collect_v2(&answer["node"], &mut keys),
+        _ => return Err(format!("GET {dir} answered {status}")),
+    }
+    apply(&keys, prefix, table);
+    let mut index = index
+        .or_else(|| answer["index"].as_i64())
+        .ok_or("no X-Etcd-Index in etcd's answer")?;
+    tracing::info!(
+        "etcd v2: {} keys under {prefix} at index {index}",
+        keys.len()
+    );
+    loop {
+        let mut wait = url.clone();
+        wait.set_query(Some(&format!(
+            "wait=true&recursive=true&waitIndex={}",
+            index + 1
+        )));
+        let (status, _, event) = get_v2(&wait, false).await?;
+        if status != 200 {
+            // 401 "event index cleared": too far behind; read everything again.
+            return Err(format!("watch answered {status}"));
+        }
+        let node = &event["node"];
+        index = node["modifiedIndex"].as_i64().unwrap_or(index + 1);
+        let Some(key) = node["key"].as_str() else {
+            continue;
+        };
+        match event["action"].as_str().unwrap_or_default() {
+            "delete" | "expire" | "compareAndDelete" => {
+                // A deleted directory takes its keys with it.
+                let dir = format!("{key}/");
+                keys.retain(|k, _| k != key && !k.starts_with(&dir));
+            }
+            _ => {
+                if let Some(value) = node["value"].as_str() {
+                    keys.insert(key.to_string(), value.to_string());
+                }
+            }
+        }
+        apply(&keys, prefix, table);
+    }
+}
+
+/// Every key/value under a v2 node, directories flattened.
+fn collect_v2(node: &Value, keys: &mut BTreeMap<String, String>) {
+    if let (Some(key), Some(value)) = (node["key"].as_str(), node["value"].as_str()) {
+        keys.insert(key.to_string(), value.to_string());
+    }
+    for child in node["nodes"].as_array().into_iter().flatten() {
+        collect_v2(child, keys);
+    }
+}
+
+/// A v2 GET: the status, the `X-Etcd-Index` header and the JSON answer. `bounded`: the answer must come
+/// within the dial time (a long-poll waits as long as it takes).
+async fn get_v2(url: &url::Url, bounded: bool) -> Result<(u16, Option<i64>, Value), String> {
+    let response =
+        crate::upstream::once::send(url, http::Method::GET, &[], Bytes::new(), DIAL).await?;
+    let status = response.status().as_u16();
+    let index = response
+        .headers()
+        .get("x-etcd-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let collect = response.into_body().collect();
+    let body = match bounded {
+        true => tokio::time::timeout(DIAL, collect)
+            .await
+            .map_err(|_| "no answer in time".to_string())?,
+        false => collect.await,
+    }
+    .map_err(|e| e.to_string())?
+    .to_bytes();
+    let answer = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    Ok((status, index, answer))
 }
 
 /// Turn the keys into frontends, in key order, and load them.

@@ -126,6 +126,35 @@ impl EtcdServer {
         assert_eq!(resp.status, 200, "{}", resp.body_str());
     }
 
+    /// The v2 keys API, as httprouter's companion script wrote it: `PUT /v2/keys/<key>` with `value` (and
+    /// `ttl`).
+    pub fn put_v2(&self, key: &str, value: &str, ttl: Option<u64>) {
+        let ttl = ttl.map(|t| format!("&ttl={t}")).unwrap_or_default();
+        let body = format!("value={value}{ttl}");
+        let req = build_request(
+            "PUT",
+            Some(&self.client.to_string()),
+            &format!("/v2/keys{key}"),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        );
+        let resp = exchange(self.client, &req);
+        assert!(matches!(resp.status, 200 | 201), "{}", resp.body_str());
+    }
+
+    /// `DELETE /v2/keys/<key>`.
+    pub fn delete_v2(&self, key: &str) {
+        let req = build_request(
+            "DELETE",
+            Some(&self.client.to_string()),
+            &format!("/v2/keys{key}"),
+            &[],
+            b"",
+        );
+        let resp = exchange(self.client, &req);
+        assert_eq!(resp.status, 200, "{}", resp.body_str());
+    }
+
     /// `etcdctl lease grant TTL`: the lease's id.
     pub fn grant(&self, ttl: u64) -> String {
         let resp = self.post("/v3/lease/grant", &format!(r#"{{"TTL":"{ttl}"}}"#));
