@@ -174,6 +174,8 @@ async fn open_tunnels_are_counted() {
                 port: redis.port(),
             },
             password: None,
+            username: None,
+            tls: None,
             db: 0,
             sentinel: None,
         },

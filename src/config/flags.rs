@@ -92,6 +92,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub read_redis_password: String,
+    /// Read Redis ACL user name (sent with the password; empty: the default user).
+    #[arg(long, env = "HYPACHE_READ_REDIS_USERNAME", default_value = "")]
+    pub read_redis_username: String,
+    /// Speak TLS to the read Redis (managed Redis services), verified against the system roots.
+    #[arg(long, env = "HYPACHE_READ_REDIS_TLS")]
+    pub read_redis_tls: bool,
+    /// With --read-redis-tls: trust the CA certificates of this PEM file instead of the system roots.
+    #[arg(long, env = "HYPACHE_READ_REDIS_TLS_CA_FILE", value_name = "FILE")]
+    pub read_redis_tls_ca_file: Option<PathBuf>,
     /// Read Redis database number.
     #[arg(long, env = "HYPACHE_READ_REDIS_DB", default_value_t = 0)]
     pub read_redis_db: u32,
@@ -119,6 +128,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub write_redis_password: String,
+    /// Write Redis ACL user name (sent with the password; empty: the default user).
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_USERNAME", default_value = "")]
+    pub write_redis_username: String,
+    /// Speak TLS to the write Redis (managed Redis services), verified against the system roots.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_TLS")]
+    pub write_redis_tls: bool,
+    /// With --write-redis-tls: trust the CA certificates of this PEM file instead of the system roots.
+    #[arg(long, env = "HYPACHE_WRITE_REDIS_TLS_CA_FILE", value_name = "FILE")]
+    pub write_redis_tls_ca_file: Option<PathBuf>,
     /// Write Redis database number.
     #[arg(long, env = "HYPACHE_WRITE_REDIS_DB", default_value_t = 0)]
     pub write_redis_db: u32,
@@ -351,6 +369,8 @@ impl Cli {
             self.read_redis_host,
             self.read_redis_port,
             self.read_redis_password,
+            self.read_redis_username,
+            redis_tls(self.read_redis_tls, self.read_redis_tls_ca_file),
             self.read_redis_db,
             sentinel(
                 &self.read_redis_sentinel_addrs,
@@ -362,6 +382,8 @@ impl Cli {
             self.write_redis_host,
             self.write_redis_port,
             self.write_redis_password,
+            self.write_redis_username,
+            redis_tls(self.write_redis_tls, self.write_redis_tls_ca_file),
             self.write_redis_db,
             sentinel(
                 &self.write_redis_sentinel_addrs,
@@ -518,11 +540,19 @@ impl Cli {
     }
 }
 
+/// TLS to a Redis when `--*-redis-tls` is given; a CA file alone turns it on too.
+fn redis_tls(on: bool, ca_file: Option<PathBuf>) -> Option<super::RedisTls> {
+    (on || ca_file.is_some()).then_some(super::RedisTls { ca_file })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn redis_config(
     network: &str,
     host: String,
     port: u16,
     password: String,
+    username: String,
+    tls: Option<super::RedisTls>,
     db: u32,
     sentinel: Option<SentinelConfig>,
 ) -> RedisConfig {
@@ -533,6 +563,8 @@ fn redis_config(
     RedisConfig {
         addr,
         password: (!password.is_empty()).then_some(password),
+        username: (!username.is_empty()).then_some(username),
+        tls,
         db: i64::from(db),
         sentinel,
     }

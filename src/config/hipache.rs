@@ -356,6 +356,8 @@ pub fn parse_driver(text: &str) -> Result<Driver, String> {
         redis: RedisConfig {
             addr: RedisAddr::Tcp { host, port },
             password,
+            username: None,
+            tls: None,
             db,
             sentinel: None,
         },

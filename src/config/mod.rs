@@ -399,10 +399,22 @@ pub struct RedisConfig {
     pub addr: RedisAddr,
     /// Sent with AUTH when set. Never logged.
     pub password: Option<String>,
+    /// The ACL user sent with AUTH (Redis 6+, managed Redis services); `None` is the default user.
+    pub username: Option<String>,
+    /// Speak TLS to this Redis (`rediss://` of managed services), verified against the system roots or the
+    /// given CA file; `None` is plain TCP.
+    pub tls: Option<RedisTls>,
     /// Selected with SELECT.
     pub db: i64,
     /// Discover the master through Sentinel instead of using `addr` (PlanB's `--*-redis-sentinel-*`).
     pub sentinel: Option<SentinelConfig>,
+}
+
+/// TLS towards a Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    /// PEM certificates to trust instead of the system roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where to ask for the current Redis master.

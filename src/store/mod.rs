@@ -426,9 +426,15 @@ async fn connect_resolved(config: &RedisConfig) -> Result<Connected, StoreError>
 /// Connect to one address (the configured one, or the master Sentinel named).
 async fn connect_addr(config: &RedisConfig, addr: &RedisAddr) -> Result<Connected, StoreError> {
     let with_addr = |e: String| StoreError(format!("redis at {addr}: {e}"));
-    let target = match addr {
-        RedisAddr::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
-        RedisAddr::Unix(path) => ConnectionAddr::Unix(path.clone()),
+    let target = match (addr, &config.tls) {
+        (RedisAddr::Tcp { host, port }, None) => ConnectionAddr::Tcp(host.clone(), *port),
+        (RedisAddr::Tcp { host, port }, Some(_)) => ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: false,
+            tls_params: None,
+        },
+        (RedisAddr::Unix(path), _) => ConnectionAddr::Unix(path.clone()),
     };
     let mut settings = RedisConnectionInfo::default()
         .set_db(config.db)
@@ -436,11 +442,27 @@ async fn connect_addr(config: &RedisConfig, addr: &RedisAddr) -> Result<Connecte
     if let Some(password) = &config.password {
         settings = settings.set_password(password);
     }
+    if let Some(username) = &config.username {
+        settings = settings.set_username(username);
+    }
     let info = target
         .into_connection_info()
         .map_err(|e| with_addr(e.to_string()))?
         .set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(|e| with_addr(e.to_string()))?;
+    let ca_file = config.tls.as_ref().and_then(|tls| tls.ca_file.as_ref());
+    let client = match ca_file {
+        None => redis::Client::open(info),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| with_addr(format!("TLS CA file {}: {e}", path.display())))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(info, certificates)
+        }
+    }
+    .map_err(|e| with_addr(e.to_string()))?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(REDIS_TIMEOUT))
         .set_response_timeout(Some(REDIS_TIMEOUT))
