@@ -4,6 +4,7 @@
 #          [--out results.json] [--conns 64,256] [--proxies hypache,nginx,haproxy] [--warmup 1s]
 #          [--idle-conns 10000] [--stream-size 1G]
 # Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions (default: all).
+# The instructions scenario also counts a routes-file mode (--routes) beside the three Redis modes.
 # See integration/bench/README.md for what each scenario and column means.
 set -euo pipefail
 
@@ -14,7 +15,7 @@ load_py=(python3 "$here/load.py")
 HOST=bench.test
 ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions)
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # ------------------------------------------------------------------------------------------- arguments
 smoke=0 duration='' rounds='' out='' conns_arg='' proxies_arg='' warmup='' scenario_arg='' idle_conns='' stream_size=''
@@ -631,7 +632,10 @@ scenario_instructions() {
     start_hypache cg-cache --workers 1 --backend-cache
     redis-cli -p "$redis_port" config set notify-keyspace-events Kglshx >/dev/null
     start_hypache cg-events --workers 1 --backend-cache-events
-    names+=(cg-default cg-cache cg-events)
+    # The routes file: the same route, from the in-process table instead of Redis.
+    printf '[frontends."%s"]\nbackends = ["http://127.0.0.1:%s"]\n' "$HOST" "$backend_port" >"$work/routes.toml"
+    start_hypache cg-file --workers 1 --routes "$work/routes.toml"
+    names+=(cg-default cg-cache cg-events cg-file)
   fi
   if [ "$smoke" = 0 ] && [ "$have_nginx" = 1 ] && [ -n "${WANT[nginx]:-}" ]; then
     start_nginx cg-nginx "$backend_port" single

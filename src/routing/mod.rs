@@ -315,21 +315,25 @@ impl Router {
         let host = self.lookup_host(host);
         let host = host.as_ref();
         let min_backends = usize::from(!self.routing.identifier_only_matches);
-        let fallbacks = match self.routing.exact_host_only {
-            true => Vec::new(),
-            false => fallback_candidates(host, self.extensions),
+        let find = |key: &str| {
+            let dead_key = match self.routing.dead_set {
+                DeadSetKey::FrontendKey => key,
+                DeadSetKey::RequestHost => host,
+            };
+            table
+                .get(key, dead_key)
+                .filter(|route| route.backends.len() >= min_backends)
         };
-        let found = std::iter::once(host.to_string())
-            .chain(fallbacks)
-            .find_map(|key| {
-                let dead_key = match self.routing.dead_set {
-                    DeadSetKey::FrontendKey => key.as_str(),
-                    DeadSetKey::RequestHost => host,
-                };
-                table
-                    .get(&key, dead_key)
-                    .filter(|route| route.backends.len() >= min_backends)
-            });
+        // The Host as sent first, without building the fallback candidates: most requests stop here.
+        if let Some(route) = find(host) {
+            return Ok(route);
+        }
+        let found = match self.routing.exact_host_only {
+            true => None,
+            false => fallback_candidates(host, self.extensions)
+                .iter()
+                .find_map(|key| find(key)),
+        };
         found.ok_or_else(|| LookupError::NoRoute {
             key: match self.routing.exact_host_only {
                 true => host.to_string(),

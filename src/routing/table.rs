@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +27,8 @@ pub struct RouteTable {
     routes: ArcSwap<Routes>,
     /// Dead-set key → when each backend index stops being dead (`None`: alive).
     dead: DashMap<Box<str>, Vec<Option<Instant>>, foldhash::fast::RandomState>,
+    /// Whether `dead` has ever held a mark: until then a lookup skips it (no hashing, no shard lock).
+    any_dead: AtomicBool,
 }
 
 impl RouteTable {
@@ -70,7 +73,11 @@ impl RouteTable {
     /// The frontend stored under `key`, with `dead_key`'s marks applied.
     pub fn get(&self, key: &str, dead_key: &str) -> Option<Arc<Route>> {
         let route = self.routes.load().get(key)?.clone();
-        let Some(marks) = self.dead.get(dead_key) else {
+        let marks = match self.any_dead.load(Ordering::Relaxed) {
+            true => self.dead.get(dead_key),
+            false => None,
+        };
+        let Some(marks) = marks else {
             return match key == dead_key {
                 true => Some(route),
                 false => Some(Arc::new(Route {
@@ -92,6 +99,7 @@ impl RouteTable {
 
     /// Passive dead mark: backend `index` of the dead set `dead_key` is skipped for `ttl`.
     pub fn mark_dead(&self, dead_key: &str, index: usize, ttl: Duration) {
+        self.any_dead.store(true, Ordering::Relaxed);
         let mut marks = self.dead.entry(dead_key.into()).or_default();
         if marks.len() <= index {
             marks.resize(index + 1, None);
