@@ -79,8 +79,13 @@ fn httprouter_contract_unknown_host_alternation_headers_delete_update() {
     assert_eventually(secs(2), "web1 deleted", || {
         (0..3).all(|_| body(&proxy, "a.test").1 == "A0")
     });
+    let changed = std::time::Instant::now();
     etcd.put("/domains/a.test/web0", &b.url(), None);
     assert_eventually(secs(2), "web0 updated", || body(&proxy, "a.test").1 == "B");
+    eprintln!(
+        "etcd v3: a put applied {:?} after it was made",
+        changed.elapsed()
+    );
     // A value that is not a URL is logged and ignored.
     etcd.put("/domains/a.test/web9", "not a url", None);
     proxy.wait_stderr("the bad value", |l| {
@@ -168,8 +173,13 @@ fn the_v2_keys_api_as_httprouter_used_it() {
     assert_eventually(secs(2), "web1 deleted", || {
         (0..3).all(|_| body(&proxy, "v2.test").1 == "A0")
     });
+    let changed = std::time::Instant::now();
     etcd.put_v2("/domains/v2.test/web0", &b.url(), None);
     assert_eventually(secs(2), "web0 updated", || body(&proxy, "v2.test").1 == "B");
+    eprintln!(
+        "etcd v2: a put applied {:?} after it was made",
+        changed.elapsed()
+    );
     etcd.put_v2("/domains/ttl.test/web", &a1.url(), Some(1));
     assert_eventually(secs(2), "the TTL key routed", || {
         body(&proxy, "ttl.test").1 == "A1"
