@@ -208,3 +208,33 @@ fn a_broken_file_at_start_exits_2_naming_the_line() {
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("missing.toml"), "{out:?}");
 }
+
+#[test]
+fn with_active_healthcheck_a_dead_backend_is_probed_and_revived() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = refused_addr();
+    let good = Backend::named("good");
+    let text = format!(
+        "{}[frontends.\"hc.test\".healthcheck]\npath = \"/health\"\n",
+        frontend("hc.test", &[&format!("http://{down}"), &good.url()])
+    );
+    let routes = write_routes(dir.path(), &text);
+    let proxy = start(
+        &routes,
+        &["--active-healthcheck", "--dead-backend-time", "60"],
+    );
+    // Refused: marked dead in process, the request served by the other backend.
+    for _ in 0..3 {
+        assert_eq!(get(proxy.addr(), "hc.test", "/", &[]).body_str(), "good");
+    }
+    // It comes back: probed every second on its health path and revived long before the 60 s mark expires.
+    let back = Backend::start_on(down, |_| Reply::text(200, "back"));
+    assert_eventually(secs(5), "the backend revived", || {
+        (0..2).any(|_| get(proxy.addr(), "hc.test", "/", &[]).body_str() == "back")
+    });
+    assert!(
+        back.requests().iter().any(|r| r.target == "/health"),
+        "{:?}",
+        back.requests()
+    );
+}

@@ -57,14 +57,12 @@ impl Server {
             Some(path) => {
                 let frontends =
                     crate::config::routes::load(path).map_err(|e| StartError(e.to_string()))?;
-                let table = Arc::new(crate::routing::table::RouteTable::default());
+                let table = Arc::new(new_table(config.active_healthcheck));
                 let count = table.replace(frontends);
                 tracing::info!("routes file {} loaded: {count} frontends", path.display());
                 Some(table)
             }
-            None if config.etcd.is_some() => {
-                Some(Arc::new(crate::routing::table::RouteTable::default()))
-            }
+            None if config.etcd.is_some() => Some(Arc::new(new_table(config.active_healthcheck))),
             None => None,
         };
         let read = match table {
@@ -322,6 +320,14 @@ async fn tls_terminator(
     };
     let terminator = TlsTerminator::new(tls.preset, certs).map_err(StartError)?;
     Ok(Arc::new(terminator))
+}
+
+/// The routing table of a routes file or etcd, probing its dead marks with `--active-healthcheck`.
+fn new_table(health_checks: bool) -> crate::routing::table::RouteTable {
+    match health_checks {
+        true => crate::routing::table::RouteTable::with_health_checks(),
+        false => crate::routing::table::RouteTable::default(),
+    }
 }
 
 /// Connect to one Redis. A refused `AUTH` is fatal (a configuration error, as PlanB). With `--wait-for-redis`,

@@ -42,6 +42,8 @@ struct FrontendToml {
     ratelimit: Option<toml::Table>,
     #[serde(default)]
     breaker: Option<toml::Table>,
+    #[serde(default)]
+    healthcheck: Option<toml::Table>,
 }
 
 /// One frontend of the file, ready for the routing table.
@@ -55,6 +57,9 @@ pub struct FileFrontend {
     /// The `guard`, `ratelimit` and `breaker` sub-tables as field/value pairs, in the order of
     /// [`FileFrontend::policy_names`]; empty when absent.
     pub policies: [Vec<(String, String)>; 3],
+    /// The `healthcheck` sub-table (`path`, `status`, `body`, as the `healthcheck:<host>` hash) for
+    /// `--active-healthcheck`; empty when absent.
+    pub healthcheck: Vec<(String, String)>,
 }
 
 impl FileFrontend {
@@ -123,11 +128,13 @@ pub fn parse(text: &str) -> Result<Vec<FileFrontend>, String> {
                 fields(frontend.ratelimit, "ratelimit")?,
                 fields(frontend.breaker, "breaker")?,
             ];
+            let healthcheck = fields(frontend.healthcheck, "healthcheck")?;
             Ok(FileFrontend {
                 identifier: frontend.identifier.unwrap_or_else(|| key.clone()),
                 key,
                 backends: frontend.backends,
                 policies,
+                healthcheck,
             })
         })
         .collect()

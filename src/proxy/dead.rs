@@ -61,11 +61,7 @@ impl Proxy {
         self.telemetry.metrics.mark_dead(cause);
         if let Some(table) = self.router.table() {
             // No Redis behind the routes: the mark lives in this process for the dead set's TTL.
-            table.mark_dead(
-                &route.dead_key,
-                ctx.backend_id,
-                self.config.dead_backend_ttl,
-            );
+            table.mark_dead(route, ctx.backend_id, self.config.dead_backend_ttl);
             return;
         }
         let write = self.write.clone();

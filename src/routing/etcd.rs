@@ -266,6 +266,7 @@ fn apply(keys: &BTreeMap<String, String>, prefix: &str, table: &RouteTable) {
             identifier: host.to_string(),
             backends,
             policies: Default::default(),
+            healthcheck: Vec::new(),
         })
         .collect();
     table.replace(frontends);

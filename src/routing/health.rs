@@ -256,27 +256,7 @@ impl Monitor {
             Ok(settings) => settings,
             Err(_) => return false,
         };
-        let path = settings.get("path").map(String::as_str).unwrap_or("");
-        let mut target = format!("{url}/{}", path.trim_start_matches('/'));
-        if !target.starts_with("http") {
-            target = format!("http://{target}");
-        }
-        let want_status = settings
-            .get("status")
-            .and_then(|s| s.trim().parse::<u16>().ok())
-            .filter(|&s| s != 0);
-        let want_body = settings.get("body").filter(|b| !b.is_empty());
-        let answer = tokio::time::timeout(PROBE_TOTAL, get_following_redirects(&target)).await;
-        let Ok(Ok((status, body))) = answer else {
-            return false;
-        };
-        if want_status.is_some_and(|want| want != status.as_u16()) {
-            return false;
-        }
-        if let Some(want) = want_body {
-            return String::from_utf8_lossy(&body).contains(want.as_str());
-        }
-        true
+        healthy(url, &settings).await
     }
 
     /// Under `WATCH frontend:<host>`: find the URL's first position, then SREM it (healthy) or renew the dead
@@ -331,6 +311,32 @@ impl Monitor {
     fn log(&self, message: &str) {
         (self.error_log)(format!("ERROR {message}"));
     }
+}
+
+/// Probe backend `url` with a `healthcheck:<host>` hash's settings (`path`, `status`, `body`, each optional):
+/// healthy when it answers, with that status and a body containing that text when they are set.
+pub async fn healthy(url: &str, settings: &HashMap<String, String>) -> bool {
+    let path = settings.get("path").map(String::as_str).unwrap_or("");
+    let mut target = format!("{url}/{}", path.trim_start_matches('/'));
+    if !target.starts_with("http") {
+        target = format!("http://{target}");
+    }
+    let want_status = settings
+        .get("status")
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|&s| s != 0);
+    let want_body = settings.get("body").filter(|b| !b.is_empty());
+    let answer = tokio::time::timeout(PROBE_TOTAL, get_following_redirects(&target)).await;
+    let Ok(Ok((status, body))) = answer else {
+        return false;
+    };
+    if want_status.is_some_and(|want| want != status.as_u16()) {
+        return false;
+    }
+    if let Some(want) = want_body {
+        return String::from_utf8_lossy(&body).contains(want.as_str());
+    }
+    true
 }
 
 /// GET a URL as Go's default client does for PlanB's probes: User-Agent `Go-http-client/1.1`, no keep-alive,

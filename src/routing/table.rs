@@ -21,6 +21,9 @@ use crate::store::{RawHash, RawPolicy};
 
 type Routes = HashMap<Box<str>, Arc<Route>, foldhash::fast::RandomState>;
 
+/// A frontend's `healthcheck` fields (`path`, `status`, `body`).
+type ProbeSettings = HashMap<String, String>;
+
 /// Frontends by key, and the dead marks of this process.
 #[derive(Default)]
 pub struct RouteTable {
@@ -29,14 +32,41 @@ pub struct RouteTable {
     dead: DashMap<Box<str>, Vec<Option<Instant>>, foldhash::fast::RandomState>,
     /// Whether `dead` has ever held a mark: until then a lookup skips it (no hashing, no shard lock).
     any_dead: AtomicBool,
+    /// `--active-healthcheck`: a marked backend is probed every second and revived as soon as it answers.
+    probing: Option<Probing>,
 }
 
+/// The in-process active health check: what each frontend's probe asks for, and what is being probed now.
+#[derive(Default)]
+struct Probing {
+    /// Frontend key → its `healthcheck` settings (`path`, `status`, `body`).
+    settings: ArcSwap<HashMap<Box<str>, Arc<ProbeSettings>>>,
+    /// (dead-set key, backend URL) pairs with a probe running, so a backend gets one probe at a time.
+    running: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// Time between two probes of a marked backend (PlanB's monitor probes every second).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 impl RouteTable {
+    /// A table whose dead marks are probed and revived (`--active-healthcheck`).
+    pub fn with_health_checks() -> RouteTable {
+        RouteTable {
+            probing: Some(Probing::default()),
+            ..RouteTable::default()
+        }
+    }
+
     /// Replace every frontend; returns how many there are now.
     pub fn replace(&self, frontends: Vec<FileFrontend>) -> usize {
         let old = self.routes.load();
         let mut routes = Routes::default();
+        let mut checks = HashMap::new();
         for frontend in frontends {
+            if !frontend.healthcheck.is_empty() {
+                let settings = frontend.healthcheck.iter().cloned().collect();
+                checks.insert(frontend.key.clone().into_boxed_str(), Arc::new(settings));
+            }
             let alive = vec![false; frontend.backends.len()];
             let mut route = Route::new(
                 frontend.key.clone(),
@@ -67,6 +97,9 @@ impl RouteTable {
             });
         let count = routes.len();
         self.routes.store(Arc::new(routes));
+        if let Some(probing) = &self.probing {
+            probing.settings.store(Arc::new(checks));
+        }
         count
     }
 
@@ -97,14 +130,66 @@ impl RouteTable {
         Some(Arc::new(marked))
     }
 
-    /// Passive dead mark: backend `index` of the dead set `dead_key` is skipped for `ttl`.
-    pub fn mark_dead(&self, dead_key: &str, index: usize, ttl: Duration) {
+    /// Passive dead mark: backend `index` of `route` is skipped for `ttl`; with health checks it is probed
+    /// every second meanwhile, revived as soon as it is healthy and kept dead while it is not.
+    pub fn mark_dead(self: &Arc<Self>, route: &Route, index: usize, ttl: Duration) {
+        self.set_mark(&route.dead_key, index, Some(Instant::now() + ttl));
+        let Some(probing) = &self.probing else { return };
+        let Some(url) = route.backends.get(index).cloned() else {
+            return;
+        };
+        let job = (route.dead_key.clone(), url.clone());
+        if !probing
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.clone())
+        {
+            return;
+        }
+        let (table, key) = (self.clone(), route.key.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                // Still a backend of this frontend, at the same place? Otherwise the mark means nothing now.
+                let here = table
+                    .routes
+                    .load()
+                    .get(key.as_str())
+                    .is_some_and(|r| r.backends.get(index) == Some(&url));
+                if !here {
+                    break;
+                }
+                let settings = table
+                    .probing
+                    .as_ref()
+                    .and_then(|p| p.settings.load().get(key.as_str()).cloned())
+                    .unwrap_or_default();
+                if super::health::healthy(&url, &settings).await {
+                    table.set_mark(&job.0, index, None);
+                    tracing::info!("health check: {url} of {key} answers again; revived");
+                    break;
+                }
+                // Still failing: kept dead for another TTL, as the Redis monitor renews the dead set.
+                table.set_mark(&job.0, index, Some(Instant::now() + ttl));
+            }
+            if let Some(probing) = &table.probing {
+                probing
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&job);
+            }
+        });
+    }
+
+    fn set_mark(&self, dead_key: &str, index: usize, until: Option<Instant>) {
         self.any_dead.store(true, Ordering::Relaxed);
         let mut marks = self.dead.entry(dead_key.into()).or_default();
         if marks.len() <= index {
             marks.resize(index + 1, None);
         }
-        marks[index] = Some(Instant::now() + ttl);
+        marks[index] = until;
     }
 }
 
