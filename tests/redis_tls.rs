@@ -83,6 +83,25 @@ fn tls_redis() -> TlsRedis {
     }
 }
 
+/// A proxy reading and writing `redis` over TLS, plus `extra` flags.
+fn start_over_tls(redis: &TlsRedis, extra: &[&str]) -> Proxy {
+    let port = redis.tls.to_string();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--access-log",
+        "none",
+        "--read-redis-port",
+        &port,
+        "--write-redis-port",
+        &port,
+        "--read-redis-tls",
+        "--write-redis-tls",
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start_custom(&args, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn rpush(port: u16, key: &str, items: &[&str]) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let mut con = client.get_connection().unwrap();
@@ -103,28 +122,16 @@ fn routes_are_read_and_dead_marks_written_over_tls() {
         "frontend:tls.test",
         &["id", &refused_url(), &good.url()],
     );
-    let port = redis.tls.to_string();
     let ca = redis.ca_file.to_str().unwrap().to_string();
-    let proxy = Proxy::start_custom(
+    let proxy = start_over_tls(
+        &redis,
         &[
-            "--listen",
-            "127.0.0.1:0",
-            "--access-log",
-            "none",
-            "--read-redis-port",
-            &port,
-            "--write-redis-port",
-            &port,
-            "--read-redis-tls",
             "--read-redis-tls-ca-file",
             &ca,
-            "--write-redis-tls",
             "--write-redis-tls-ca-file",
             &ca,
         ],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert_eq!(get(proxy.addr(), "__ping__", "/", &[]).status, 200);
     assert_eq!(get(proxy.addr(), "tls.test", "/", &[]).body_str(), "good");
     // The dead mark went to Redis over TLS too.
@@ -142,24 +149,8 @@ fn routes_are_read_and_dead_marks_written_over_tls() {
 #[test]
 fn a_tls_redis_with_an_untrusted_certificate_is_not_used() {
     let redis = tls_redis();
-    let port = redis.tls.to_string();
     // The system roots do not know the test CA: the handshake fails, so no request is served from it.
-    let proxy = Proxy::start_custom(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--access-log",
-            "none",
-            "--read-redis-port",
-            &port,
-            "--write-redis-port",
-            &port,
-            "--read-redis-tls",
-            "--write-redis-tls",
-        ],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let proxy = start_over_tls(&redis, &[]);
     assert_eq!(get(proxy.addr(), "__ping__", "/", &[]).status, 500);
 }
 

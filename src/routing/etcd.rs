@@ -81,15 +81,7 @@ async fn sync_and_watch(base: &url::Url, prefix: &str, table: &RouteTable) -> Re
             "start_revision": (revision + 1).to_string(),
         }
     });
-    let url = base.join("v3/watch").map_err(|e| e.to_string())?;
-    let response = crate::upstream::once::send(
-        &url,
-        http::Method::POST,
-        &[(http::header::CONTENT_TYPE, "application/json")],
-        Bytes::from(watch.to_string()),
-        DIAL,
-    )
-    .await?;
+    let response = post_json(base, "v3/watch", &watch).await?;
     if !response.status().is_success() {
         return Err(format!("watch answered {}", response.status()));
     }
@@ -272,17 +264,26 @@ fn apply(keys: &BTreeMap<String, String>, prefix: &str, table: &RouteTable) {
     table.replace(frontends);
 }
 
-/// POST a JSON request to etcd's gateway and return its JSON answer.
-async fn call(base: &url::Url, path: &str, request: &Value) -> Result<Value, String> {
+/// POST a JSON request to etcd's gateway; the answer's body is the caller's to read (the watch streams).
+async fn post_json(
+    base: &url::Url,
+    path: &str,
+    request: &Value,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
     let url = base.join(path).map_err(|e| e.to_string())?;
-    let response = crate::upstream::once::send(
+    crate::upstream::once::send(
         &url,
         http::Method::POST,
         &[(http::header::CONTENT_TYPE, "application/json")],
         Bytes::from(request.to_string()),
         DIAL,
     )
-    .await?;
+    .await
+}
+
+/// POST a JSON request to etcd's gateway and return its JSON answer.
+async fn call(base: &url::Url, path: &str, request: &Value) -> Result<Value, String> {
+    let response = post_json(base, path, request).await?;
     let status = response.status();
     let body = tokio::time::timeout(DIAL, response.into_body().collect())
         .await
