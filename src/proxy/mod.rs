@@ -104,7 +104,13 @@ impl Proxy {
         // Streamed as it arrives, unless a guard has to read it first (`sign_body`).
         // Boxed, as the access entry is borrowed: both would otherwise be copied into each nested future's state
         // (and rustc keeps an async fn's arguments twice), which made the request future about 6 KB to memcpy.
-        let mut req = Box::new(req.map(RequestBody::Streaming));
+        // With an inactivity timeout (Hipache's `tcpTimeout`) the body notes when it last moved.
+        let mut req = Box::new(
+            req.map(|body| match self.config.timeouts.request_is_inactivity {
+                true => RequestBody::Watched(body, Arc::default()),
+                false => RequestBody::Streaming(body),
+            }),
+        );
         if down.conflicting_length {
             return (
                 Reject::BadRequest("both Content-Length and Transfer-Encoding").response(),
@@ -166,15 +172,6 @@ impl Proxy {
         }
         let mut entry = self.access_entry(&req, &down, &ctx);
         let http1 = req.version() < Version::HTTP_2;
-        if self.config.timeouts.request_is_inactivity {
-            let body = std::mem::replace(req.body_mut(), RequestBody::Buffered(Default::default()));
-            *req.body_mut() = match body {
-                RequestBody::Streaming(incoming) => {
-                    RequestBody::Watched(incoming, Arc::new(std::sync::atomic::AtomicU64::new(0)))
-                }
-                other => other,
-            };
-        }
         let (resp, backend_time) = self.forward(req, down, &mut ctx, &mut entry).await;
         let (resp, pending) = self.finish(resp, backend_time, &ctx, entry, http1);
         // The registration lasts until the server has written the body out.

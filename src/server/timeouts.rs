@@ -62,12 +62,18 @@ pub(super) struct ConnState {
     /// Access-log records whose responses have been handed to hyper, with the `written` count at their
     /// request's start: written once hyper has flushed the socket (or the connection ends).
     pub(super) unsent_logs: std::sync::Mutex<Vec<(Box<PendingEntry>, u64)>>,
+    /// `unsent_logs` may hold a record: set after a push, taken by `flush_logs`.
+    pub(super) logs_waiting: AtomicBool,
 }
 
 impl ConnState {
     /// Write the records waiting for their responses to leave, each with the bytes written since its request
     /// began.
     pub(super) fn flush_logs(&self) {
+        // Most connections never hold a record (only Hipache's log counts socket bytes): no lock for them.
+        if !self.logs_waiting.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let waiting =
             std::mem::take(&mut *self.unsent_logs.lock().unwrap_or_else(|p| p.into_inner()));
         let written = self.written.load(Ordering::Acquire);
@@ -100,6 +106,7 @@ impl Drop for LogWhenSent {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((entry, self.from));
+            self.state.logs_waiting.store(true, Ordering::Release);
         }
     }
 }
@@ -117,6 +124,7 @@ impl ConnState {
             parking: AtomicBool::new(false),
             written: AtomicU64::new(0),
             unsent_logs: std::sync::Mutex::new(Vec::new()),
+            logs_waiting: AtomicBool::new(false),
         }
     }
 
