@@ -112,22 +112,27 @@ fn stale_routes_can_be_turned_off() {
     assert_eq!((resp.status, resp.body.len()), (503, 0));
 }
 
+/// A proxy's flags for a Redis on `port` (read and write), no access log, plus `extra`.
+fn on_port<'a>(port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--read-redis-port",
+        port,
+        "--write-redis-port",
+        port,
+        "--access-log",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn wait_for_redis_starts_once_redis_appears() {
     let port = refused_addr().port();
     let port_text = port.to_string();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--read-redis-port",
-        &port_text,
-        "--write-redis-port",
-        &port_text,
-        "--access-log",
-        "none",
-        "--wait-for-redis",
-        "20s",
-    ];
+    let args = on_port(&port_text, &["--wait-for-redis", "20s"]);
     // Start Redis from another thread a moment after the proxy, which must not give up meanwhile.
     let redis = std::thread::spawn(move || {
         std::thread::sleep(millis(700));
@@ -144,20 +149,8 @@ fn wait_for_redis_starts_once_redis_appears() {
 fn without_wait_for_redis_it_starts_while_redis_is_down_and_serves_once_it_answers() {
     let port = refused_addr().port();
     let port_text = port.to_string();
-    let proxy = Proxy::start_custom(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--read-redis-port",
-            &port_text,
-            "--write-redis-port",
-            &port_text,
-            "--access-log",
-            "none",
-        ],
-        &[],
-    )
-    .expect("listening although Redis is down");
+    let proxy = Proxy::start_custom(&on_port(&port_text, &[]), &[])
+        .expect("listening although Redis is down");
     // Listening, and saying why requests fail: 503 for a request, 500 for `__ping__`.
     let resp = get(proxy.addr(), "early.test", "/", &[]);
     assert_eq!((resp.status, resp.body.len()), (503, 0));
