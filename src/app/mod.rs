@@ -22,6 +22,29 @@ use crate::server::Listener;
 use crate::store::RedisClient;
 use crate::upstream::Upstream;
 
+/// Keep the path index of the read Redis current for as long as the proxy lives (see `routing::paths`). A
+/// failed scan keeps the last index and is logged once per outage.
+async fn scan_paths(proxy: std::sync::Weak<Proxy>) {
+    let mut every = tokio::time::interval(crate::routing::paths::RESCAN_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        let Some(proxy) = proxy.upgrade() else { return };
+        match proxy.router.refresh_paths().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    "scanning frontend:*/* for path frontends: {e}; keeping the last index"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// A start-up failure: the process exits 1 with this message, as PlanB does.
 #[derive(Debug)]
 pub struct StartError(pub String);
@@ -221,16 +244,25 @@ impl Server {
             let (db, prefix) = (proxy.config.read_redis.db, proxy.config.key_prefix.clone());
             tokio::spawn(crate::routing::events::follow(
                 cache,
+                proxy.router.path_index(),
                 notifications,
                 db,
                 prefix,
             ));
         }
+        let proxy = Arc::new(proxy);
+        if table.is_none() {
+            // Path frontends that exist already are routed to from the first request.
+            if let Err(e) = proxy.router.refresh_paths().await {
+                tracing::warn!("scanning frontend:*/* for path frontends: {e}");
+            }
+            tokio::spawn(scan_paths(Arc::downgrade(&proxy)));
+        }
         Ok(Server {
             shipping,
             listeners,
             metrics_listener,
-            proxy: Arc::new(proxy),
+            proxy,
             workers: Arc::new(workers),
         })
     }

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! A frontend's key follows the Redis key's rules (`frontend:<key>`): a Host, `*.<parent>` wildcards, the `*`
-//! catch-all. `guard`, `ratelimit` and `breaker` sub-tables hold the same fields as the Redis hashes of those
+//! catch-all, each with an optional path (`"www.example.com/api"`, a path frontend). `strip_prefix`, `weights`
+//! and `balance` are the route options of `route:<key>`. `guard`, `ratelimit` and `breaker` sub-tables hold the same fields as the Redis hashes of those
 //! names; their values may be strings, numbers or booleans. Anything else is an error naming its line.
 
 use std::collections::BTreeMap;
@@ -44,6 +45,13 @@ struct FrontendToml {
     breaker: Option<toml::Table>,
     #[serde(default)]
     healthcheck: Option<toml::Table>,
+    /// The fields of `route:<key>` (docs/redis-keys.md#route-options).
+    #[serde(default)]
+    strip_prefix: Option<bool>,
+    #[serde(default)]
+    weights: Option<Vec<u32>>,
+    #[serde(default)]
+    balance: Option<String>,
 }
 
 /// One frontend of the file, ready for the routing table.
@@ -60,6 +68,9 @@ pub struct FileFrontend {
     /// The `healthcheck` sub-table (`path`, `status`, `body`, as the `healthcheck:<host>` hash) for
     /// `--active-healthcheck`; empty when absent.
     pub healthcheck: Vec<(String, String)>,
+    /// The route options (`strip_prefix`, `weights`, `balance`) as the fields of a `route:<key>` hash; empty
+    /// when none is set.
+    pub options: Vec<(String, String)>,
 }
 
 impl FileFrontend {
@@ -129,12 +140,36 @@ pub fn parse(text: &str) -> Result<Vec<FileFrontend>, String> {
                 fields(frontend.breaker, "breaker")?,
             ];
             let healthcheck = fields(frontend.healthcheck, "healthcheck")?;
+            let mut options = Vec::new();
+            if let Some(strip) = frontend.strip_prefix {
+                options.push(("strip_prefix".to_string(), (strip as u8).to_string()));
+            }
+            if let Some(weights) = frontend.weights {
+                if weights.len() != frontend.backends.len() {
+                    return Err(format!(
+                        "frontends.\"{key}\".weights: {} weights for {} backends",
+                        weights.len(),
+                        frontend.backends.len()
+                    ));
+                }
+                let text: Vec<String> = weights.iter().map(u32::to_string).collect();
+                options.push(("weights".to_string(), text.join(" ")));
+            }
+            if let Some(balance) = frontend.balance {
+                if !["round_robin", "random", "least_request"].contains(&balance.as_str()) {
+                    return Err(format!(
+                        "frontends.\"{key}\".balance: {balance:?} is not round_robin, random or least_request"
+                    ));
+                }
+                options.push(("balance".to_string(), balance));
+            }
             Ok(FileFrontend {
                 identifier: frontend.identifier.unwrap_or_else(|| key.clone()),
                 key,
                 backends: frontend.backends,
                 policies,
                 healthcheck,
+                options,
             })
         })
         .collect()

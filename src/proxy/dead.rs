@@ -77,8 +77,8 @@ impl Proxy {
         let prefix = self.error_prefix(ctx, &ctx.backend_url);
         // Forget the cached route now, and again once the mark is in Redis: a lookup in between may have
         // cached the dead set without it.
-        self.router.forget(&ctx.host, &ctx.key).await;
-        let forget_again = self.router.forget(&ctx.host, &ctx.key);
+        self.router.forget(&ctx.host, &ctx.path, &ctx.key).await;
+        let forget_again = self.router.forget(&ctx.host, &ctx.path, &ctx.key);
         let marking = async move {
             let publish_only = match hchecker {
                 Some(hchecker) => hchecker.alive(&read).await,

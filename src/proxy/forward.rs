@@ -99,6 +99,12 @@ impl Proxy {
             headers::join_cookies(req.headers_mut());
         }
         *req.version_mut() = Version::HTTP_11;
+        // A path frontend with `strip_prefix` mounts its application at `/`.
+        if let Some(prefix) = route.path_prefix().filter(|_| route.options.strip_prefix) {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let stripped = crate::routing::paths::strip(prefix, target);
+            *req.uri_mut() = stripped.parse().unwrap_or_default();
+        }
         // The backend gets origin form; most requests are in it already (HTTP/2 and absolute-form ones are not).
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let path_and_query = req

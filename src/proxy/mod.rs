@@ -218,7 +218,7 @@ impl Proxy {
     /// The route for the request's Host, with the context filled in; the lookup's failure as a [`Reject`].
     async fn lookup(&self, ctx: &mut Ctx) -> Result<std::sync::Arc<crate::routing::Route>, Reject> {
         let lookup_started = Instant::now();
-        let looked_up = self.router.lookup(&ctx.host).await;
+        let looked_up = self.router.lookup(&ctx.host, &ctx.path).await;
         self.telemetry
             .metrics
             .redis_lookup(lookup_started.elapsed());

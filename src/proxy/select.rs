@@ -119,7 +119,11 @@ impl Proxy {
             // The request has reached backend selection (Hipache's access log has only those).
             ctx.selected = true;
             let started = Instant::now();
-            let (error, back) = match attempt(target, state).await {
+            // Counted in flight (for `least_request`) until the backend has answered or failed.
+            let load = self.router.in_flight(&route, index);
+            let tried = attempt(target, state).await;
+            drop(load);
+            let (error, back) = match tried {
                 Ok(value) => {
                     return Ok(Tried {
                         value,
@@ -246,7 +250,7 @@ impl Proxy {
         name: &str,
     ) -> Result<tokio::net::TcpStream, PassthroughError> {
         use crate::routing::LookupError;
-        let route = match self.router.lookup(name).await {
+        let route = match self.router.lookup(name, "").await {
             Ok(route) => route,
             Err(LookupError::NoRoute { .. }) => return Err(PassthroughError::NoRoute),
             Err(LookupError::Store(e)) => return Err(PassthroughError::Store(e.0)),

@@ -38,7 +38,7 @@ impl Proxy {
         ctx: &mut Ctx,
     ) -> Response<ProxyBody> {
         // Not timed: the lookup metric counts the requests of the access log, as PlanB's metrics do.
-        let looked_up = self.router.lookup(&ctx.host).await;
+        let looked_up = self.router.lookup(&ctx.host, &ctx.path).await;
         let route = match self.looked_up(ctx, looked_up) {
             Ok(route) => route,
             Err(reject) => return self.upgrade_reject(reject, ctx.debug),
@@ -61,11 +61,14 @@ impl Proxy {
                 headers::set_forwarded_if_absent(req.headers_mut(), down.peer.ip(), down.tls);
             }
         }
-        let path_and_query = req
+        let mut path_and_query = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
+        if let Some(prefix) = route.path_prefix().filter(|_| route.options.strip_prefix) {
+            path_and_query = crate::routing::paths::strip(prefix, &path_and_query);
+        }
         let client_upgrade = hyper::upgrade::on(&mut req);
         let attempt = |target: Arc<Target>, ()| async move {
             match self.upstream.open(&target, target.authority()).await {

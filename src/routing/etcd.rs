@@ -234,13 +234,14 @@ async fn get_v2(url: &url::Url, bounded: bool) -> Result<(u16, Option<i64>, Valu
 fn apply(keys: &BTreeMap<String, String>, prefix: &str, table: &RouteTable) {
     let mut hosts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (key, value) in keys {
+        // `<host>/<name>`, or `<host>/<path...>/<name>` for a path frontend `<host>/<path...>`.
         let Some((host, _name)) = key
             .strip_prefix(prefix)
-            .and_then(|rest| rest.split_once('/'))
+            .and_then(|rest| rest.rsplit_once('/'))
         else {
             continue;
         };
-        if host.is_empty() {
+        if host.is_empty() || host.starts_with('/') {
             continue;
         }
         match crate::config::log_url(value.trim()) {
@@ -259,6 +260,7 @@ fn apply(keys: &BTreeMap<String, String>, prefix: &str, table: &RouteTable) {
             backends,
             policies: Default::default(),
             healthcheck: Vec::new(),
+            options: Vec::new(),
         })
         .collect();
     table.replace(frontends);

@@ -2,7 +2,7 @@
 //!
 //! Redis publishes a keyspace notification (`__keyspace@<db>__:<key>`, payload the command) for every write
 //! when `notify-keyspace-events` includes `K` and the written type's class. A route for a Host is read from
-//! the same few key names every time: `frontend:`, `dead:`, `guard:`, `ratelimit:` and `breaker:` followed by
+//! the same few key names every time: `frontend:`, `dead:`, `guard:`, `ratelimit:`, `breaker:` and `route:` followed by
 //! the Host and each fallback candidate (see [`super::fallback_candidates`]). So the cache remembers those
 //! suffixes with each entry and drops the entries that name a suffix the moment its notification arrives. No
 //! request reads Redis while its Host is cached, and a change waits only for the notification.
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use futures_util::StreamExt;
 
+use super::paths::PathIndex;
 use super::{Route, BACKEND_CACHE_TTL};
 use crate::store::RedisClient;
 
@@ -126,6 +127,12 @@ impl EventCache {
             .retain(|_, entry| !entry.keys.iter().any(|k| &**k == suffix));
     }
 
+    /// Drop every route (the set of path frontends changed, and with it which keys a route is read from).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
     /// Drop one Host's route (this process marked one of its backends dead).
     pub fn forget(&self, host: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -157,7 +164,13 @@ pub fn sends_what_is_needed(flags: &str) -> bool {
 
 /// Follow the notifications of `redis` (database `db`, keys under `prefix`) for as long as the process runs,
 /// resubscribing with a backoff when the subscription breaks.
-pub async fn follow(cache: Arc<EventCache>, redis: RedisClient, db: i64, prefix: String) {
+pub async fn follow(
+    cache: Arc<EventCache>,
+    paths: Arc<PathIndex>,
+    redis: RedisClient,
+    db: i64,
+    prefix: String,
+) {
     let families = families(&prefix);
     let patterns: Vec<String> = families
         .iter()
@@ -179,6 +192,10 @@ pub async fn follow(cache: Arc<EventCache>, redis: RedisClient, db: i64, prefix:
                         msg = messages.next() => match msg {
                             Some(msg) => {
                                 if let Some(suffix) = suffix_of(msg.get_channel_name(), &families) {
+                                    // A path frontend that may be new changes which keys requests read.
+                                    if suffix.contains('/') && paths.add(suffix) {
+                                        cache.clear();
+                                    }
                                     cache.changed(suffix);
                                 }
                             }

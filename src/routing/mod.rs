@@ -17,10 +17,15 @@ use crate::store::{FrontendData, RedisClient, StoreError};
 pub use crate::upstream::split_host_port;
 use crate::upstream::{Target, TargetError};
 
+pub mod balance;
 pub mod etcd;
 pub mod events;
 pub mod health;
+pub mod options;
+pub mod paths;
 pub mod table;
+
+pub use options::{Balance, RouteOptions};
 
 /// Round-robin counters kept before the map is cleared, so random `Host: a.com:<port>` values cannot grow it
 /// without bound.
@@ -44,6 +49,8 @@ pub struct Route {
     targets: Vec<OnceLock<Result<Arc<Target>, TargetError>>>,
     /// Guard, rate limit and breaker settings read with the route (shared and empty for most frontends).
     pub policy: Arc<Policy>,
+    /// The `route:<key>` options (shared and empty for most frontends).
+    pub options: Arc<RouteOptions>,
 }
 
 /// Why no route was found.
@@ -99,6 +106,10 @@ pub struct Router {
     events: Option<Arc<events::EventCache>>,
     /// The routes of a source that pushes them (`--routes FILE`): looked up here, never in Redis.
     table: Option<Arc<table::RouteTable>>,
+    /// The path frontends of the read Redis (see [`paths`]); a table keeps its own.
+    paths: Arc<paths::PathIndex>,
+    /// Per-frontend selection state for weights and least-request (see [`balance`]).
+    balancer: balance::Balancer,
 }
 
 impl Router {
@@ -138,6 +149,47 @@ impl Router {
             stale,
             events,
             table: None,
+            paths: Arc::default(),
+            balancer: balance::Balancer::default(),
+        }
+    }
+
+    /// The path index filled from the read Redis, for the keyspace notifications to add to.
+    pub fn path_index(&self) -> Arc<paths::PathIndex> {
+        self.paths.clone()
+    }
+
+    /// The path index the lookups use: the table's, or the one filled from the read Redis.
+    pub fn paths(&self) -> &paths::PathIndex {
+        match &self.table {
+            Some(table) => table.paths(),
+            None => &self.paths,
+        }
+    }
+
+    /// Scan the read Redis for path frontends; when the set changed, drop the cached routes, whose candidate
+    /// keys it decided. Errors are the caller's to log (the last index stays).
+    pub async fn refresh_paths(&self) -> Result<(), StoreError> {
+        let keys = self.store().path_frontends().await?;
+        if self.paths.replace(keys.iter().map(String::as_str)) {
+            self.paths_changed();
+        }
+        Ok(())
+    }
+
+    /// A notification named frontend key `key`: a path frontend may have been created.
+    pub fn frontend_touched(&self, key: &str) {
+        if self.paths.add(key) {
+            self.paths_changed();
+        }
+    }
+
+    fn paths_changed(&self) {
+        if let Some(events) = &self.events {
+            events.clear();
+        }
+        if let Some(cache) = &self.cache {
+            cache.invalidate_all();
         }
     }
 
@@ -170,33 +222,57 @@ impl Router {
         self.stores.current()
     }
 
-    /// The route for a Host: from the backend cache when it is on, otherwise (or on a miss) from Redis, and
-    /// from the last-known routes when Redis fails.
-    pub async fn lookup(&self, host: &str) -> Result<Arc<Route>, LookupError> {
+    /// The route for a Host and request path: from the backend cache when it is on, otherwise (or on a miss)
+    /// from Redis, and from the last-known routes when Redis fails.
+    pub async fn lookup(&self, host: &str, path: &str) -> Result<Arc<Route>, LookupError> {
         if let Some(table) = &self.table {
-            return self.read_table(table, host);
+            return self.read_table(table, host, path);
         }
+        // What the caches key by: the Host, and the part of the path the candidates depend on (none for a host
+        // without path frontends, so its entries are what they always were).
+        let request = Request::new(host, self.path_depth(host, path));
         if let Some(events) = self.events.as_ref().filter(|e| e.live()) {
-            if let Some(route) = events.get(host) {
+            if let Some(route) = events.get(request.cache_key()) {
                 return Ok(route);
             }
             let generation = events.generation();
-            let (route, fresh) = self.read_marked(host).await?;
+            let (route, fresh) = self.read_marked(&request).await?;
             if fresh {
-                events.insert(host, route.clone(), self.keys_read_for(host), generation);
+                let keys = self.keys_read_for(&request);
+                events.insert(request.cache_key(), route.clone(), keys, generation);
             }
             return Ok(route);
         }
         let Some(cache) = &self.cache else {
-            return self.read(host).await;
+            return self.read(&request).await;
         };
-        if let Some(route) = cache.get(host).await {
+        if let Some(route) = cache.get(request.cache_key()).await {
             return Ok(route);
         }
         // Boxed: a miss is rare, and the cache's loader state would otherwise ride along in every request.
-        Box::pin(cache.try_get_with(host.into(), self.read(host)))
+        let key: Box<str> = request.cache_key().into();
+        Box::pin(cache.try_get_with(key, self.read(&request)))
             .await
             .map_err(|e| (*e).clone())
+    }
+
+    /// How much of `path` decides the candidates of `host`: the longest path frontend prefix that matches under
+    /// any of its host candidates, 0 when none does (and at once when no path frontend exists).
+    fn path_depth<'a>(&self, host: &str, path: &'a str) -> &'a str {
+        let index = self.paths();
+        if !index.any() || path.len() <= 1 {
+            return "";
+        }
+        let (_, depth) = index.candidates(&self.host_candidates(host), path);
+        &path[..depth.min(path.len())]
+    }
+
+    /// The Host as looked up, then its fallback candidates.
+    fn host_candidates(&self, host: &str) -> Vec<String> {
+        let host = self.lookup_host(host);
+        let mut hosts = vec![host.to_string()];
+        hosts.extend(fallback_candidates(&host, self.extensions));
+        hosts
     }
 
     /// Drop what is cached for a Host and its frontend key: this process just marked one of its backends dead
@@ -205,13 +281,15 @@ impl Router {
     pub fn forget(
         &self,
         host: &str,
+        path: &str,
         key: &str,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let request = Request::new(host, self.path_depth(host, path));
         if let Some(events) = &self.events {
-            events.forget(host);
+            events.forget(request.cache_key());
         }
         let cache = self.cache.clone();
-        let (host, key) = (host.to_string(), key.to_string());
+        let (host, key) = (request.cache_key().to_string(), key.to_string());
         async move {
             if let Some(cache) = cache {
                 cache.invalidate(host.as_str()).await;
@@ -220,13 +298,14 @@ impl Router {
         }
     }
 
-    async fn read(&self, host: &str) -> Result<Arc<Route>, LookupError> {
-        self.read_marked(host).await.map(|(route, _)| route)
+    async fn read(&self, request: &Request<'_>) -> Result<Arc<Route>, LookupError> {
+        self.read_marked(request).await.map(|(route, _)| route)
     }
 
     /// [`Router::read`], saying whether the route is fresh from Redis (true) or the last known one (false).
-    async fn read_marked(&self, host: &str) -> Result<(Arc<Route>, bool), LookupError> {
-        match self.read_redis(host).await {
+    async fn read_marked(&self, request: &Request<'_>) -> Result<(Arc<Route>, bool), LookupError> {
+        let host = request.cache_key();
+        match self.read_redis(request).await {
             Ok(route) => {
                 let route = Arc::new(route);
                 if let Some(stale) = &self.stale {
@@ -262,75 +341,126 @@ impl Router {
         }
     }
 
-    /// The key suffixes a lookup of `host` reads (each under `frontend:`, `dead:` and the policy hashes).
-    fn keys_read_for(&self, host: &str) -> Vec<String> {
-        let host = self.lookup_host(host);
-        let mut keys = vec![host.to_string()];
-        keys.extend(fallback_candidates(&host, self.extensions));
+    /// The key suffixes a lookup reads (each under `frontend:`, `dead:` and the hashes): every candidate.
+    fn keys_read_for(&self, request: &Request<'_>) -> Vec<String> {
+        let hosts = self.host_candidates(request.host);
+        let mut keys = match request.path.is_empty() {
+            true => hosts,
+            false => self.paths().candidates(&hosts, request.path).0,
+        };
+        if self.routing.dead_set == DeadSetKey::RequestHost {
+            let host = self.lookup_host(request.host);
+            let dead: Vec<String> = keys.iter().map(|k| self.dead_key(&host, k)).collect();
+            keys.extend(dead);
+        }
         keys
     }
 
-    /// `frontend:<host>` first; on a miss the fallback candidates in one more pipeline.
-    async fn read_redis(&self, host: &str) -> Result<Route, LookupError> {
-        let host = self.lookup_host(host);
+    /// The dead set a candidate key is read with: its own, or (Hipache) the request hostname's, with the
+    /// candidate's path.
+    fn dead_key(&self, host: &str, key: &str) -> String {
+        match self.routing.dead_set {
+            DeadSetKey::FrontendKey => key.to_string(),
+            DeadSetKey::RequestHost => match paths::split_key(key) {
+                Some((_, path)) => format!("{host}{path}"),
+                None => host.to_string(),
+            },
+        }
+    }
+
+    /// The first candidate (`frontend:<host>`, or its longest matching path frontend) in the request's one
+    /// pipeline; on a miss the other candidates in one more.
+    async fn read_redis(&self, request: &Request<'_>) -> Result<Route, LookupError> {
+        let host = self.lookup_host(request.host);
         let host = host.as_ref();
-        let dead_for = match self.routing.dead_set {
-            DeadSetKey::FrontendKey => None,
-            DeadSetKey::RequestHost => Some(host),
-        };
         let min_len = if self.routing.identifier_only_matches {
             1
         } else {
             2
         };
-        let into_route = |key: &str, data| into_route(key, data, min_len, dead_for);
         let store = self.store();
-        let mut first = store
-            .lookup_many(&[host], dead_for)
-            .await
-            .map_err(LookupError::Store)?;
-        if let Some(route) = first.pop().and_then(|data| into_route(host, data)) {
+        let read = |keys: Vec<String>| async move {
+            let pairs: Vec<(String, String)> = keys
+                .into_iter()
+                .map(|key| {
+                    let dead = self.dead_key(host, &key);
+                    (key, dead)
+                })
+                .collect();
+            let refs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, d)| (k.as_str(), d.as_str()))
+                .collect();
+            let found = store.lookup_many(&refs).await.map_err(LookupError::Store)?;
+            Ok::<_, LookupError>(
+                pairs
+                    .into_iter()
+                    .zip(found)
+                    .find_map(|((key, dead), data)| into_route(&key, data, min_len, &dead)),
+            )
+        };
+        let planb_key = split_host_port(host).unwrap_or(host).to_string();
+        let mut candidates = match request.path.is_empty() {
+            true => vec![host.to_string()],
+            false => self.keys_read_for(request),
+        };
+        let rest = candidates.split_off(1);
+        if let Some(route) = read(candidates).await? {
             return Ok(route);
         }
-        let candidates = fallback_candidates(host, self.extensions);
-        let planb_key = split_host_port(host).unwrap_or(host).to_string();
-        if candidates.is_empty() {
+        let rest = match request.path.is_empty() {
+            true => fallback_candidates(host, self.extensions),
+            false => rest,
+        };
+        if rest.is_empty() {
             return Err(LookupError::NoRoute { key: planb_key });
         }
-        let keys: Vec<&str> = candidates.iter().map(String::as_str).collect();
-        let found = store
-            .lookup_many(&keys, dead_for)
-            .await
-            .map_err(LookupError::Store)?;
-        candidates
-            .into_iter()
-            .zip(found)
-            .find_map(|(key, data)| into_route(&key, data))
+        read(rest)
+            .await?
             .ok_or(LookupError::NoRoute { key: planb_key })
     }
 
-    /// The lookup rules of [`Router::read_redis`] over the in-process table: the Host, then the fallback
-    /// candidates; the first frontend with a backend (or, for Hipache, any frontend) wins.
-    fn read_table(&self, table: &table::RouteTable, host: &str) -> Result<Arc<Route>, LookupError> {
+    /// The lookup rules of [`Router::read_redis`] over the in-process table: the Host's candidates (its path
+    /// frontends, then itself), then the fallback candidates'; the first frontend with a backend (or, for
+    /// Hipache, any frontend) wins.
+    fn read_table(
+        &self,
+        table: &table::RouteTable,
+        host: &str,
+        path: &str,
+    ) -> Result<Arc<Route>, LookupError> {
         let host = self.lookup_host(host);
         let host = host.as_ref();
         let min_backends = usize::from(!self.routing.identifier_only_matches);
         let find = |key: &str| {
-            let dead_key = match self.routing.dead_set {
-                DeadSetKey::FrontendKey => key,
-                DeadSetKey::RequestHost => host,
-            };
+            let dead_key = self.dead_key(host, key);
             table
-                .get(key, dead_key)
+                .get(key, &dead_key)
                 .filter(|route| route.backends.len() >= min_backends)
         };
+        let with_paths = table.paths().any() && path.len() > 1;
         // The Host as sent first, without building the fallback candidates: most requests stop here.
-        if let Some(route) = find(host) {
+        let first = match with_paths {
+            true => table
+                .paths()
+                .candidates(&[host], path)
+                .0
+                .iter()
+                .find_map(|key| find(key)),
+            false => find(host),
+        };
+        if let Some(route) = first {
             return Ok(route);
         }
-        let found = match self.routing.exact_host_only {
-            true => None,
-            false => fallback_candidates(host, self.extensions)
+        let found = match (self.routing.exact_host_only, with_paths) {
+            (true, _) => None,
+            (false, false) => fallback_candidates(host, self.extensions)
+                .iter()
+                .find_map(|key| find(key)),
+            (false, true) => table
+                .paths()
+                .candidates(&fallback_candidates(host, self.extensions), path)
+                .0
                 .iter()
                 .find_map(|key| find(key)),
         };
@@ -343,10 +473,23 @@ impl Router {
     }
 
     /// Where the search for a live backend starts: the round-robin counter, or (random selection) a live
-    /// backend drawn uniformly, so that the search takes it unless a policy refuses it.
+    /// backend drawn uniformly, so that the search takes it unless a policy refuses it. A frontend with weights
+    /// or a `balance` option is served by [`balance::Balancer`].
     pub fn start_for(&self, host: &str, route: &Route) -> usize {
+        let balance = route.options.balance;
+        if route.options.weights.is_some() || balance.is_some() {
+            let balance = balance.unwrap_or(match self.routing.selection {
+                Selection::RoundRobin => Balance::RoundRobin,
+                Selection::Random => Balance::Random,
+            });
+            return self.balancer.pick(route, balance);
+        }
         match self.routing.selection {
-            Selection::RoundRobin => self.next_start(host, route.backends.len()),
+            // A path frontend's rotation is its own, not shared with the Host's other frontends.
+            Selection::RoundRobin => match route.path_prefix() {
+                None => self.next_start(host, route.backends.len()),
+                Some(prefix) => self.next_start(&format!("{host}{prefix}"), route.backends.len()),
+            },
             Selection::Random => {
                 let live = route.dead.iter().filter(|d| !**d).count();
                 if live == 0 {
@@ -378,6 +521,35 @@ impl Router {
         let previous = counter.fetch_add(1, Ordering::Relaxed);
         previous as usize % count.max(1)
     }
+
+    /// Count a request in flight to backend `index` of `route` until the guard drops, when the frontend
+    /// balances by least requests (nothing is counted otherwise).
+    pub fn in_flight(&self, route: &Route, index: usize) -> Option<balance::InFlight> {
+        (route.options.balance == Some(Balance::LeastRequest))
+            .then(|| self.balancer.in_flight(&route.backends[index]))
+    }
+}
+
+/// One lookup's Host and the part of its path the candidates depend on; `cache_key` is both together.
+struct Request<'a> {
+    host: &'a str,
+    path: &'a str,
+    key: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> Request<'a> {
+    fn new(host: &'a str, path: &'a str) -> Request<'a> {
+        let key = match path.is_empty() {
+            true => std::borrow::Cow::Borrowed(host),
+            // A Host never holds a `/`, so `<host><path>` cannot collide with another Host.
+            false => std::borrow::Cow::Owned(format!("{host}{path}")),
+        };
+        Request { host, path, key }
+    }
+
+    fn cache_key(&self) -> &str {
+        &self.key
+    }
 }
 
 impl Route {
@@ -392,7 +564,24 @@ impl Route {
             dead,
             targets,
             policy: Policy::none(),
+            options: RouteOptions::none(),
         }
+    }
+
+    /// A path frontend's prefix (`/api` of `www.example.com/api`); `None` for a host's own frontend.
+    pub fn path_prefix(&self) -> Option<&str> {
+        paths::split_key(&self.key).map(|(_, path)| path)
+    }
+
+    /// Apply the route options: a backend weighted 0 is out of rotation, as a dead one is.
+    pub fn with_options(mut self, options: Arc<RouteOptions>) -> Route {
+        if options.weights.is_some() {
+            for (i, dead) in self.dead.iter_mut().enumerate() {
+                *dead |= options.weight(i) == 0;
+            }
+        }
+        self.options = options;
+        self
     }
 
     /// Backend `index` parsed (once per route, and once per process for each URL: see `parsed`).
@@ -422,12 +611,7 @@ impl Route {
 }
 
 /// A route from a key's data; `None` (a miss) when the list is shorter than `min_len`.
-fn into_route(
-    key: &str,
-    data: FrontendData,
-    min_len: usize,
-    dead_for: Option<&str>,
-) -> Option<Route> {
+fn into_route(key: &str, data: FrontendData, min_len: usize, dead_key: &str) -> Option<Route> {
     if data.list.len() < min_len.max(1) {
         return None;
     }
@@ -457,10 +641,8 @@ fn into_route(
         )));
     }
     route.policy = Policy::parse(key, data.policy);
-    if let Some(host) = dead_for {
-        route.dead_key = host.to_string();
-    }
-    Some(route)
+    route.dead_key = dead_key.to_string();
+    Some(route.with_options(RouteOptions::parse(key, data.options)))
 }
 
 /// The backend index a `dead:<key>` member names, as PlanB reads it: Go's `strconv.ParseInt(member, 10, 32)`
@@ -598,7 +780,7 @@ mod tests {
             dead: vec!["garbage".into(), "2".into(), "7".into(), "-1".into()],
             ..Default::default()
         };
-        let route = into_route("k", data, 2, None).unwrap();
+        let route = into_route("k", data, 2, "k").unwrap();
         assert_eq!(route.dead, vec![true, false, true]);
         assert_eq!(route.first_live(0), Some(1));
         assert_eq!(route.first_live(2), Some(1));
@@ -622,7 +804,7 @@ mod tests {
             list: vec![None, Some("http://a".into()), None, Some("http://b".into())],
             ..Default::default()
         };
-        let route = into_route("k", data, 2, None).unwrap();
+        let route = into_route("k", data, 2, "k").unwrap();
         assert_eq!(route.identifier, "");
         assert_eq!(route.backends.len(), 3);
         assert!(route.target(0).is_ok());

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
-use super::Route;
+use super::{Route, RouteOptions};
 use crate::config::routes::FileFrontend;
 use crate::policy::Policy;
 use crate::store::{RawHash, RawPolicy};
@@ -34,6 +34,8 @@ pub struct RouteTable {
     any_dead: AtomicBool,
     /// `--active-healthcheck`: a marked backend is probed every second and revived as soon as it answers.
     probing: Option<Probing>,
+    /// The table's path frontends.
+    paths: super::paths::PathIndex,
 }
 
 /// The in-process active health check: what each frontend's probe asks for, and what is being probed now.
@@ -87,6 +89,10 @@ impl RouteTable {
             if !(raw.guard.is_absent() && raw.ratelimit.is_absent() && raw.breaker.is_absent()) {
                 route.policy = Policy::parse(&frontend.key, raw);
             }
+            if !frontend.options.is_empty() {
+                let options = RouteOptions::parse(&frontend.key, RawHash::Fields(frontend.options));
+                route = route.with_options(options);
+            }
             routes.insert(frontend.key.into(), Arc::new(route));
         }
         // Marks of a frontend whose backends changed name other backends now, or none.
@@ -96,11 +102,17 @@ impl RouteTable {
                 _ => false,
             });
         let count = routes.len();
+        self.paths.replace(routes.keys().map(|k| &**k));
         self.routes.store(Arc::new(routes));
         if let Some(probing) = &self.probing {
             probing.settings.store(Arc::new(checks));
         }
         count
+    }
+
+    /// The table's path frontends.
+    pub fn paths(&self) -> &super::paths::PathIndex {
+        &self.paths
     }
 
     /// The frontend stored under `key`, with `dead_key`'s marks applied.
@@ -124,7 +136,7 @@ impl RouteTable {
         marked.dead_key = dead_key.to_string();
         for (i, until) in marks.iter().enumerate() {
             if let (Some(until), Some(slot)) = (until, marked.dead.get_mut(i)) {
-                *slot = *until > now;
+                *slot |= *until > now;
             }
         }
         Some(Arc::new(marked))

@@ -30,6 +30,8 @@ pub struct FrontendData {
     pub dead: Vec<String>,
     /// `HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`: the frontend's policies (see `policy`).
     pub policy: RawPolicy,
+    /// `HGETALL route:<key>`: the frontend's route options (`strip_prefix`, `weights`, `balance`).
+    pub options: RawHash,
 }
 
 /// A Redis error, with the text PlanB shows (in the error log and the `__ping__` body).
@@ -299,21 +301,20 @@ impl RedisClient {
         Ok(())
     }
 
-    /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<key>` per key, plus the key's policy
-    /// hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`), in one round trip. With `dead_for`,
-    /// the dead set read is `dead:<dead_for>` whatever the key (Hipache reads the request hostname's).
+    /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<dead key>` per (key, dead key) pair, plus
+    /// the key's policy hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`) and route options
+    /// (`HGETALL route:<key>`), in one round trip. The dead key is the key itself, except for Hipache, which
+    /// reads the request hostname's dead set.
     pub async fn lookup_many(
         &self,
-        keys: &[&str],
-        dead_for: Option<&str>,
+        keys: &[(&str, &str)],
     ) -> Result<Vec<FrontendData>, StoreError> {
         let prefix = self.prefix.as_bytes();
         let mut pipe = redis::pipe();
         // Key names built in one scratch buffer (each command copies its arguments): format! cost more than the
         // rest of building the pipeline.
         let mut name = Vec::with_capacity(64);
-        for key in keys {
-            let dead = dead_for.unwrap_or(key);
+        for (key, dead) in keys {
             pipe.cmd("LRANGE")
                 .arg(key_name(&mut name, &[prefix, b"frontend:", key.as_bytes()]))
                 .arg(0)
@@ -331,9 +332,21 @@ impl RedisClient {
         let values: Vec<Value> = self.call(pipe.query_async(&mut con)).await?;
         let mut out = Vec::with_capacity(keys.len());
         let mut it = values.into_iter();
-        while let (Some(list), Some(dead), Some(guard), Some(ratelimit), Some(breaker)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        {
+        while let (
+            Some(list),
+            Some(dead),
+            Some(guard),
+            Some(ratelimit),
+            Some(breaker),
+            Some(route),
+        ) = (
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+        ) {
             if let Value::ServerError(e) = &list {
                 // WRONGTYPE and friends, in the server's words as Go's client shows them.
                 return Err(StoreError(format!(
@@ -350,9 +363,42 @@ impl RedisClient {
                     ratelimit: RawHash::from_value(ratelimit),
                     breaker: RawHash::from_value(breaker),
                 },
+                options: RawHash::from_value(route),
             });
         }
         Ok(out)
+    }
+
+    /// Every frontend key with a path (`frontend:<host>/<path>`), by `SCAN` (never `KEYS`): the path index.
+    pub async fn path_frontends(&self) -> Result<Vec<String>, StoreError> {
+        let mut con = self.shared()?;
+        let pattern = format!("{}frontend:*/*", self.prefix);
+        let strip = self.prefix.len() + "frontend:".len();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .call(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut con),
+                )
+                .await?;
+            out.extend(
+                keys.into_iter()
+                    .filter_map(|k| String::from_utf8(k).ok())
+                    .filter(|k| k.len() > strip)
+                    .map(|k| k[strip..].to_string()),
+            );
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
     }
 
     /// `HMGET tls:<name> certificate key`: the PEM texts, empty when a field (or the key) is missing.

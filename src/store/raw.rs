@@ -3,8 +3,9 @@
 
 use redis::Value;
 
-/// The prefixes of the policy hashes read with every frontend key, in the order of [`RawPolicy`]'s fields.
-pub const HASH_PREFIXES: [&str; 3] = ["guard:", "ratelimit:", "breaker:"];
+/// The prefixes of the hashes read with every frontend key: the policies, in the order of [`RawPolicy`]'s
+/// fields, then the route options.
+pub const HASH_PREFIXES: [&str; 4] = ["guard:", "ratelimit:", "breaker:", "route:"];
 
 /// The raw policy hashes of one frontend key, as the lookup pipeline read them.
 #[derive(Debug, Clone, Default)]
