@@ -1,5 +1,6 @@
 //! Active health checks (`--active-healthcheck`, docs/compat/planb.md#active-health-check): probe backends that were marked dead and
-//! revive them in Redis as soon as they answer again.
+//! revive them in Redis as soon as they answer again; and, for a `healthcheck:<key>` hash with an `interval`,
+//! probe every backend and mark the failing ones dead too ([`live`]).
 //!
 //! The monitor listens on channel `dead` of the write Redis. For each `<host>;<url>;<idx>;<n>` message it takes
 //! the lock `dead:<host>:<url>` (this machine's name, 30 s TTL, under WATCH/MULTI), then once a second probes
@@ -20,6 +21,9 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
 use crate::store::{RedisClient, StoreError};
+
+mod live;
+pub use live::LiveSettings;
 
 /// Probes in flight at once, process-wide (PlanB's limiter).
 const MAX_PROBES: usize = 5;
@@ -43,6 +47,9 @@ pub struct Monitor {
     watching: Mutex<HashSet<(String, String)>>,
     probes: Semaphore,
     error_log: ErrorLine,
+    /// Frontend keys whose `healthcheck:` hash has an `interval` (as of the last scan): their backends are
+    /// probed by [`live`], which also revives what passive marks killed, so the dead-mark watcher leaves them.
+    live: Mutex<HashSet<String>>,
 }
 
 /// Start monitoring on the write Redis: subscribe to `dead`, then pick up dead sets that already exist.
@@ -56,8 +63,10 @@ pub fn start(redis: RedisClient, id: String, error_log: ErrorLine) -> Arc<Monito
         watching: Mutex::new(HashSet::new()),
         probes: Semaphore::new(MAX_PROBES),
         error_log,
+        live: Mutex::new(HashSet::new()),
     });
     tokio::spawn(monitor.clone().subscribe());
+    tokio::spawn(monitor.clone().follow_live());
     monitor
 }
 
@@ -158,6 +167,14 @@ impl Monitor {
 
     /// Start watching a backend unless this process already is.
     fn watch(self: Arc<Self>, host: String, url: String) {
+        if self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&host)
+        {
+            return;
+        }
         let pair = (host, url);
         {
             let mut watching = self.watching.lock().unwrap_or_else(|p| p.into_inner());
@@ -311,11 +328,26 @@ impl Monitor {
     fn log(&self, message: &str) {
         (self.error_log)(format!("ERROR {message}"));
     }
+
+    fn log_info(&self, message: &str) {
+        tracing::info!("{message}");
+    }
 }
 
 /// Probe backend `url` with a `healthcheck:<host>` hash's settings (`path`, `status`, `body`, each optional):
 /// healthy when it answers, with that status and a body containing that text when they are set.
 pub async fn healthy(url: &str, settings: &HashMap<String, String>) -> bool {
+    healthy_within(url, settings, PROBE_TOTAL, false).await
+}
+
+/// [`healthy`], giving up (unhealthy) after `limit`; with `fail_5xx` and no `status` setting, a 5xx answer is
+/// a failure too (the live checks: a backend that accepts connections but answers 500 is not healthy).
+pub async fn healthy_within(
+    url: &str,
+    settings: &HashMap<String, String>,
+    limit: Duration,
+    fail_5xx: bool,
+) -> bool {
     let path = settings.get("path").map(String::as_str).unwrap_or("");
     let mut target = format!("{url}/{}", path.trim_start_matches('/'));
     if !target.starts_with("http") {
@@ -326,11 +358,14 @@ pub async fn healthy(url: &str, settings: &HashMap<String, String>) -> bool {
         .and_then(|s| s.trim().parse::<u16>().ok())
         .filter(|&s| s != 0);
     let want_body = settings.get("body").filter(|b| !b.is_empty());
-    let answer = tokio::time::timeout(PROBE_TOTAL, get_following_redirects(&target)).await;
+    let answer = tokio::time::timeout(limit, get_following_redirects(&target)).await;
     let Ok(Ok((status, body))) = answer else {
         return false;
     };
     if want_status.is_some_and(|want| want != status.as_u16()) {
+        return false;
+    }
+    if want_status.is_none() && fail_5xx && status.is_server_error() {
         return false;
     }
     if let Some(want) = want_body {
