@@ -390,3 +390,43 @@ fn a_metrics_bind_failure_is_fatal() {
         "{out:?}"
     );
 }
+
+#[test]
+fn per_backend_series_by_status_class_with_a_capped_label_set() {
+    let redis = RedisServer::start();
+    let proxy = start(
+        &redis,
+        &["--metrics-per-backend", "--metrics-backend-limit", "1"],
+    );
+    let ok = Backend::named("ok");
+    let failing = Backend::start(|_| Reply::text(503, "down"));
+    redis.set_frontend("pb.test", &[&ok.url(), &failing.url()]);
+    for _ in 0..4 {
+        get(proxy.addr(), "pb.test", "/", &[]);
+    }
+    let text = scrape(proxy.metrics_addr()).text;
+    let first = format!(
+        "hypache_backend_responses_total{{backend=\"{}\",class=\"2xx\"}} 2\n",
+        ok.url()
+    );
+    assert!(text.contains(&first), "{first:?} missing in:\n{text}");
+    // The second backend is past the cap of 1: it is counted under "other", never under its URL.
+    assert!(
+        text.contains("hypache_backend_responses_total{backend=\"other\",class=\"5xx\"} 2\n"),
+        "{text}"
+    );
+    assert!(!text.contains(&failing.url()), "{text}");
+    assert!(
+        text.contains(&format!(
+            "hypache_backend_response_seconds_count{{backend=\"{}\"}} 2\n",
+            ok.url()
+        )),
+        "{text}"
+    );
+    // Off by default.
+    let plain = start(&redis, &[]);
+    get(plain.addr(), "pb.test", "/", &[]);
+    assert!(!scrape(plain.metrics_addr())
+        .text
+        .contains("hypache_backend_responses_total"));
+}

@@ -56,6 +56,14 @@ pub struct Cli {
     #[arg(long, env = "HYPACHE_METRICS_PER_FRONTEND")]
     pub metrics_per_frontend: bool,
 
+    /// Add metrics labelled by backend URL: responses by status class and latency.
+    #[arg(long, env = "HYPACHE_METRICS_PER_BACKEND")]
+    pub metrics_per_backend: bool,
+
+    /// With --metrics-per-backend: backends with their own series; the rest share `backend="other"`.
+    #[arg(long, env = "HYPACHE_METRICS_BACKEND_LIMIT", default_value_t = 100)]
+    pub metrics_backend_limit: usize,
+
     /// Where TLS certificates come from: `redis` or a directory of `<name>.crt` + `<name>.key` pairs.
     #[arg(long, env = "HYPACHE_LOAD_CERTIFICATES_FROM", default_value = "redis")]
     pub load_certificates_from: String,
@@ -503,6 +511,9 @@ impl Cli {
             metrics: MetricsConfig {
                 address: metrics_address,
                 per_frontend: self.metrics_per_frontend,
+                per_backend: self
+                    .metrics_per_backend
+                    .then_some(self.metrics_backend_limit),
             },
             event_log: EventLogConfig {
                 level: self.log_level,

@@ -371,6 +371,9 @@ pub struct MetricsConfig {
     pub address: Option<SocketAddr>,
     /// Add series labelled by frontend key; off by default because every frontend is a new series.
     pub per_frontend: bool,
+    /// Add series labelled by backend URL, for at most this many backends (the rest share `other`); off by
+    /// default for the same reason, and capped because backend addresses churn with deploys.
+    pub per_backend: Option<usize>,
 }
 
 /// The event log: hypache's own diagnostics through `tracing`.

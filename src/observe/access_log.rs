@@ -51,6 +51,9 @@ pub struct AccessEntry {
     pub backend_key: String,
     /// The frontend's identifier (element 0 of its list): Hipache logs this.
     pub identifier: String,
+    /// The backend that answered, when the per-backend metrics need it (empty otherwise, and when no backend
+    /// answered).
+    pub backend_url: String,
     /// The first X-Forwarded-For value as the client sent it.
     pub forwarded_for: String,
     pub total: Duration,
@@ -74,6 +77,7 @@ impl Default for AccessEntry {
             request_id: String::new(),
             backend_key: String::new(),
             identifier: String::new(),
+            backend_url: String::new(),
             forwarded_for: String::new(),
             total: Duration::ZERO,
             backend: Duration::ZERO,

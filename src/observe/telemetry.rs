@@ -55,7 +55,11 @@ impl Telemetry {
             },
         };
         Telemetry {
-            metrics: Arc::new(Metrics::new(config.metrics.per_frontend, sources)),
+            metrics: Arc::new(Metrics::new(
+                config.metrics.per_frontend,
+                config.metrics.per_backend,
+                sources,
+            )),
             inflight,
             tunnels: tunnels.clone(),
             task_dump: config.task_dump,

@@ -210,6 +210,7 @@ impl Proxy {
             request_id: ctx.request_id.clone(),
             backend_key: String::new(),
             identifier: String::new(),
+            backend_url: String::new(),
             forwarded_for: String::new(),
             total: Duration::ZERO,
             backend: Duration::ZERO,
@@ -314,6 +315,9 @@ impl Proxy {
             .unwrap_or(-1);
         entry.total = ctx.started.elapsed();
         entry.backend = backend_time;
+        if is_upstream && self.telemetry.metrics.per_backend() {
+            entry.backend_url.clone_from(&ctx.backend_url);
+        }
         entry.time = SystemTime::now();
         ctx.inflight.responding();
         self.telemetry.metrics.request_logged(&entry);

@@ -20,6 +20,7 @@ use prometheus::{
 
 mod collectors;
 mod endpoint;
+mod per_backend;
 
 pub use endpoint::{bind, serve};
 
@@ -87,6 +88,7 @@ pub struct Metrics {
     /// Idle keep-alive connections parked without hyper's buffers (see `server::PARK_AFTER`).
     connections_parked: IntGauge,
     per_frontend: Option<PerFrontend>,
+    per_backend: Option<per_backend::PerBackend>,
 }
 
 /// `--metrics-per-frontend`: one series per frontend key, which can be many.
@@ -115,8 +117,9 @@ pub struct Sources {
 }
 
 impl Metrics {
-    /// Build the registry. `per_frontend` adds the frontend-labelled series.
-    pub fn new(per_frontend: bool, sources: Sources) -> Metrics {
+    /// Build the registry. `per_frontend` adds the frontend-labelled series; `per_backend` the backend-labelled
+    /// ones, for at most that many backends.
+    pub fn new(per_frontend: bool, per_backend: Option<usize>, sources: Sources) -> Metrics {
         let registry = Registry::new();
         let r = &registry;
         // PlanB's five, with PlanB's names and help strings ("occurencies" is PlanB's spelling; dashboards
@@ -212,6 +215,7 @@ impl Metrics {
                 "TLS handshakes with clients that failed.",
             ),
             per_frontend: per_frontend.then(|| PerFrontend::register(r)),
+            per_backend: per_backend.map(|limit| per_backend::PerBackend::register(r, limit)),
             registry,
         };
         for cause in [DeadCause::Refused, DeadCause::Dns, DeadCause::Timeout] {
@@ -223,6 +227,11 @@ impl Metrics {
     /// Whether `--metrics-per-frontend` series are kept (they read the access entry's frontend key).
     pub fn per_frontend(&self) -> bool {
         self.per_frontend.is_some()
+    }
+
+    /// Whether the backend-labelled series are on (the access entry then carries the backend URL).
+    pub fn per_backend(&self) -> bool {
+        self.per_backend.is_some()
     }
 
     /// A request got its access-log line: PlanB's two histograms and the status counter.
@@ -241,6 +250,17 @@ impl Metrics {
                 .responses
                 .with_label_values(&[entry.status.to_string().as_str()])
                 .inc(),
+        }
+        if let Some(per) = self
+            .per_backend
+            .as_ref()
+            .filter(|_| !entry.backend_url.is_empty())
+        {
+            per.record(
+                &entry.backend_url,
+                entry.status,
+                entry.backend.as_secs_f64(),
+            );
         }
         if let Some(per) = &self.per_frontend {
             let status = entry.status.to_string();
@@ -477,7 +497,7 @@ mod tests {
 
     #[test]
     fn renders_planb_names_and_pulled_values() {
-        let metrics = Metrics::new(true, sources());
+        let metrics = Metrics::new(true, None, sources());
         let entry = AccessEntry {
             status: 200,
             backend_key: "a.com".into(),
