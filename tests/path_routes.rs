@@ -324,3 +324,32 @@ fn the_routes_file_has_path_frontends_and_options() {
     let bodies: Vec<String> = (0..8).map(|_| body(&proxy, "w.test", "/")).collect();
     assert_eq!(bodies.iter().filter(|b| *b == "a").count(), 6, "{bodies:?}");
 }
+
+#[test]
+fn policies_apply_per_path_frontend() {
+    for mode in MODES {
+        let (redis, proxy) = start(mode);
+        let (api, site) = (Backend::named("api"), Backend::named("site"));
+        redis.set_frontend("pol.test", &[&site.url()]);
+        redis.set_frontend("pol.test/api", &[&api.url()]);
+        let _: i64 = redis.query(&[
+            "HSET",
+            "ratelimit:pol.test/api",
+            "rate",
+            "1",
+            "period",
+            "60",
+            "burst",
+            "2",
+        ]);
+        until_served(&proxy, "pol.test", "/api", "api");
+        let statuses: Vec<u16> = (0..3)
+            .map(|_| get(proxy.addr(), "pol.test", "/api/x", &[]).status)
+            .collect();
+        assert!(statuses.contains(&429), "{mode:?}: {statuses:?}");
+        // The host's own frontend has no limit.
+        for _ in 0..5 {
+            assert_eq!(body(&proxy, "pol.test", "/"), "site");
+        }
+    }
+}
