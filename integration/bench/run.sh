@@ -3,7 +3,7 @@
 # Usage: bash integration/bench/run.sh [--smoke] [--scenario plain,tls,...] [--duration 10s] [--rounds 3]
 #          [--out results.json] [--conns 64,256] [--proxies hypache,nginx,haproxy] [--warmup 1s]
 #          [--idle-conns 10000] [--stream-size 1G]
-# Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions (default: all).
+# Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions paths (default: all).
 # The instructions scenario also counts a routes-file mode (--routes) beside the three Redis modes.
 # See integration/bench/README.md for what each scenario and column means.
 set -euo pipefail
@@ -13,7 +13,7 @@ repo=$(cd "$here/../.." && pwd)
 bench_py=(python3 "$here/bench.py")
 load_py=(python3 "$here/load.py")
 HOST=bench.test
-ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions)
+ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions paths)
 
 usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -607,11 +607,13 @@ callgrind_count() { # NAME: prints "<requests> <instructions>"
   local name=$1 pid=${PID[$1]} out dump deadline
   wrk_args_for "$name"
   run_client 60 wrk -t1 -c4 -d2s "${wrk_args[@]}" "${URL[$name]}" >/dev/null
+  # an instance counted before has dumped already: this count is its next dump file
+  local n; n=$(find "$work" -maxdepth 1 -name "cg.$pid.[0-9]*" | wc -l)
   callgrind_control -z "$pid" >/dev/null 2>&1
   out=$(run_client $((instr_seconds + 60)) wrk -t1 -c4 -d"${instr_seconds}s" "${wrk_args[@]}" "${URL[$name]}")
   callgrind_control -d "$pid" >/dev/null 2>&1
   deadline=$((SECONDS + 30))
-  dump="$work/cg.$pid.1"
+  dump="$work/cg.$pid.$((n + 1))"
   until [ -s "$dump" ] && grep -q '^totals:' "$dump"; do
     [ $SECONDS -lt $deadline ] || { echo "0 0"; return; }
     sleep 0.1
@@ -660,6 +662,43 @@ scenario_instructions() {
   done
   redis-cli -p "$redis_port" config set notify-keyspace-events "" >/dev/null
   stop_server "${names[@]}"
+}
+
+# Path frontends' cost: instructions per request (callgrind, as above) of a host with three path frontends,
+# asked for a path under the deepest one, against a host without path frontends asked for the same path, in the
+# default mode and with --backend-cache. Both hosts share one instance per mode, so the path index is the same.
+scenario_paths() {
+  if ! ensure valgrind valgrind || ! command -v callgrind_control >/dev/null 2>&1; then
+    skipped+=("paths=valgrind is not installed"); return 0
+  fi
+  [ -n "${WANT[hypache]:-}" ] || { notes+=("paths skipped: it measures hypache only"); return 0; }
+  local b="http://127.0.0.1:$backend_port" mode name counts requests total per rows=() base=''
+  [ "$smoke" = 0 ] || instr_seconds=2
+  route "plain.$HOST" "$b"
+  for key in "paths.$HOST" "paths.$HOST/api" "paths.$HOST/api/v1" "paths.$HOST/static"; do route "$key" "$b"; done
+  launcher=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p")
+  ready_s=60
+  start_hypache cg-paths-default --workers 1
+  start_hypache cg-paths-cache --workers 1 --backend-cache
+  launcher=(); ready_s=10
+  printf '\nscenario: paths   (callgrind, user space, one worker, 4 connections, %ss, GET /api/v1/x)\n' "$instr_seconds"
+  printf '%-28s %10s %14s %10s\n' proxy requests "instr/request" "vs plain"
+  for mode in default cache; do
+    base=''
+    for host in plain paths; do
+      name=cg-$host-$mode
+      PID[$name]=${PID[cg-paths-$mode]}; URL[$name]="${URL[cg-paths-$mode]}api/v1/x"; HOST_OF[$name]="$host.$HOST"
+      # one dump per instance and count: the second count of an instance reads its second dump file
+      counts=$(callgrind_count "$name"); requests=${counts% *}; total=${counts#* }
+      if [ "${requests:-0}" -gt 0 ] && [ "${total:-0}" -gt 0 ]; then per=$((total / requests)); else per=0; fi
+      [ "$per" -gt 0 ] || die "paths: no count for $name (see $work/cg-paths-$mode.log)"
+      [ -n "$base" ] || base=$per
+      local ratio; ratio=$(awk -v a="$per" -v b="$base" 'BEGIN {printf "%.3f", a / b}')
+      printf '%-28s %10s %14s %10s\n' "hypache-$mode $host.$HOST" "$requests" "$per" "$ratio"
+      notes+=("paths: hypache-$mode $host.$HOST/api/v1/x $per instructions per request (${ratio}x the host without path frontends)")
+    done
+  done
+  stop_server cg-paths-default cg-paths-cache
 }
 
 # One self-signed ECDSA P-256 certificate for "localhost", shared by every TLS terminator. wrk sends the URL's host
@@ -850,6 +889,7 @@ command -v openssl >/dev/null 2>&1 && report_args+=(--meta "openssl=$(openssl ve
 for s in "${skipped[@]}"; do report_args+=(--skipped "$s"); done
 for s in "${notes[@]}"; do report_args+=(--note "$s"); done
 # (the instructions scenario prints its own table: alone, it records no wrk run)
-[ -n "${WANT[hypache]:-}" ] && [ "${SCENARIOS[*]}" != instructions ] && report_args+=(--require-hypache)
+wrk_scenarios=" ${SCENARIOS[*]} "; wrk_scenarios=${wrk_scenarios// instructions / }; wrk_scenarios=${wrk_scenarios// paths / }
+[ -n "${WANT[hypache]:-}" ] && [ -n "${wrk_scenarios// /}" ] && report_args+=(--require-hypache)
 report_args+=(--scenario-order "${ALL_SCENARIOS[@]}")
 "${bench_py[@]}" report "${report_args[@]}"

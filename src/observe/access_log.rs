@@ -595,6 +595,7 @@ mod tests {
             request_id_header: "X-Request-Id".into(),
             request_id: "given-id".into(),
             backend_key: "myapp.com".into(),
+            backend_url: String::new(),
             identifier: "mysite".into(),
             forwarded_for: "1.1.1.1".into(),
             total: Duration::from_micros(11_200),

@@ -263,7 +263,15 @@ impl Router {
         if !index.any() || path.len() <= 1 {
             return "";
         }
-        let (_, depth) = index.candidates(&self.host_candidates(host), path);
+        let host = self.lookup_host(host);
+        let mut depth = index.longest(&host, path).unwrap_or(0);
+        // Most Hosts arrive in lookup form and most fleets have no wildcard path frontend: then the fallback
+        // hosts cannot add a path, and are not built.
+        if index.fallbacks_matter(&host) {
+            for fallback in fallback_candidates(&host, self.extensions) {
+                depth = depth.max(index.longest(&fallback, path).unwrap_or(0));
+            }
+        }
         &path[..depth.min(path.len())]
     }
 
@@ -400,17 +408,21 @@ impl Router {
             )
         };
         let planb_key = split_host_port(host).unwrap_or(host).to_string();
-        let mut candidates = match request.path.is_empty() {
-            true => vec![host.to_string()],
-            false => self.keys_read_for(request),
+        // The first candidate is the Host's longest matching path frontend, or the Host itself.
+        let first = match self.paths().longest(host, request.path) {
+            Some(depth) if !request.path.is_empty() => format!("{host}{}", &request.path[..depth]),
+            _ => host.to_string(),
         };
-        let rest = candidates.split_off(1);
-        if let Some(route) = read(candidates).await? {
+        if let Some(route) = read(vec![first.clone()]).await? {
             return Ok(route);
         }
         let rest = match request.path.is_empty() {
             true => fallback_candidates(host, self.extensions),
-            false => rest,
+            false => {
+                let mut rest = self.keys_read_for(request);
+                rest.retain(|key| *key != first);
+                rest
+            }
         };
         if rest.is_empty() {
             return Err(LookupError::NoRoute { key: planb_key });
@@ -488,7 +500,16 @@ impl Router {
             // A path frontend's rotation is its own, not shared with the Host's other frontends.
             Selection::RoundRobin => match route.path_prefix() {
                 None => self.next_start(host, route.backends.len()),
-                Some(prefix) => self.next_start(&format!("{host}{prefix}"), route.backends.len()),
+                Some(prefix) => {
+                    // The counter's key built in a reused buffer: this runs for every request of the path.
+                    thread_local!(static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+                    KEY.with_borrow_mut(|key| {
+                        key.clear();
+                        key.push_str(host);
+                        key.push_str(prefix);
+                        self.next_start(key, route.backends.len())
+                    })
+                }
             },
             Selection::Random => {
                 let live = route.dead.iter().filter(|d| !**d).count();

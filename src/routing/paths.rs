@@ -29,6 +29,9 @@ pub struct PathIndex {
     hosts: ArcSwap<ByHost>,
     /// Whether any path frontend exists: until one does, a lookup does not look further.
     any: AtomicBool,
+    /// Whether a path frontend's host is a wildcard or the catch-all: only then can a request's fallback
+    /// hosts have path frontends when its Host is already in lookup form.
+    any_wildcard: AtomicBool,
     /// Moves whenever the index changes, so that caches keyed by the candidates drop what they hold.
     generation: AtomicU64,
 }
@@ -51,6 +54,8 @@ impl PathIndex {
             return false;
         }
         self.any.store(!hosts.is_empty(), Ordering::Release);
+        self.any_wildcard
+            .store(hosts.keys().any(|h| h.starts_with('*')), Ordering::Release);
         self.hosts.store(Arc::new(hosts));
         self.generation.fetch_add(1, Ordering::SeqCst);
         true
@@ -79,6 +84,24 @@ impl PathIndex {
     /// Whether any path frontend is known.
     pub fn any(&self) -> bool {
         self.any.load(Ordering::Acquire)
+    }
+
+    /// Whether the fallback hosts of `host` (its port-stripped and lower-cased forms, wildcards, `*`) can have
+    /// path frontends: when not, a lookup need not build them.
+    pub fn fallbacks_matter(&self, host: &str) -> bool {
+        self.any_wildcard.load(Ordering::Acquire)
+            || host.contains(':')
+            || host.bytes().any(|b| b.is_ascii_uppercase())
+    }
+
+    /// The length of the longest path frontend prefix of exactly `host` that matches `path`.
+    pub fn longest(&self, host: &str, path: &str) -> Option<usize> {
+        self.hosts
+            .load()
+            .get(host)?
+            .iter()
+            .find(|p| matches(p, path))
+            .map(|p| p.len())
     }
 
     /// Moves whenever the index changes.
