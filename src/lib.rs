@@ -17,6 +17,7 @@
 //!   select and fail over, send), finish (response headers, access log); [`proxy::reject`] writes every
 //!   answer of the proxy's own, [`proxy::headers`] rewrites headers, [`proxy::upgrade`] runs WebSockets.
 //! - [`observe`]: access and error logs, the event log, Prometheus metrics, the in-flight registry, the dump.
+//! - [`mirror`]: traffic mirroring: copies of requests sent to shadows, never seen by the client.
 //! - [`policy`]: guards, rate limits and the circuit breaker, between lookup and selection; refusals are
 //!   [`policy::Refusal`], which the proxy turns into answers.
 //! - [`routing`]: frontend lookup (exact, port-stripped, wildcards, catch-all), selection (round robin,
@@ -55,6 +56,7 @@
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod mirror;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["proxy"],
     &["observe"],
+    &["mirror"],
     &["policy"],
     &["routing"],
     &["store", "upstream"],

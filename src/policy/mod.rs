@@ -507,6 +507,11 @@ impl Policies {
                     *req.body_mut() = RequestBody::Buffered(body);
                     return Ok(Some(hash.hex()));
                 }
+                // Mirroring tees the body after the policies ran: never seen here.
+                teed @ RequestBody::Teed(..) => {
+                    *req.body_mut() = teed;
+                    return Err(BodyFailure::Guard(GuardReason::BodyTooLarge));
+                }
             };
         let mut hash = guard::BodyHash::default();
         let body = crate::body::buffer(incoming, config.max_body, self.body_timeout, |chunk| {

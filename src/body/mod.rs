@@ -14,6 +14,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+pub mod tee;
+
+pub use tee::{Copied, CopyReceiver, Tee};
+
 /// What the proxy sends to a backend.
 pub enum RequestBody {
     /// The client's body, streamed frame by frame as it arrives (every frontend without `sign_body`).
@@ -25,6 +29,19 @@ pub enum RequestBody {
     /// A body read whole before anything was sent (a guard with `sign_body` had to hash it). The frames are
     /// kept as they arrived, so the bytes are never copied: hashing reads them, sending hands them on.
     Buffered(Buffered),
+    /// One of the above, copied as it goes for a mirror's shadows (see [`tee`]).
+    Teed(Box<RequestBody>, Box<Tee>),
+}
+
+impl RequestBody {
+    /// Copy this body for a mirror as it streams, up to `cap` bytes; the copy arrives on the receiver.
+    pub fn teed(self, cap: usize) -> (RequestBody, CopyReceiver) {
+        let (tee, copy) = Tee::new(&self.size_hint(), self.is_end_stream(), cap);
+        match tee {
+            Some(tee) => (RequestBody::Teed(Box::new(self), Box::new(tee)), copy),
+            None => (self, copy),
+        }
+    }
 }
 
 /// The frames of a body read whole, and their total length.
@@ -35,6 +52,16 @@ pub struct Buffered {
 }
 
 impl Buffered {
+    /// A body already in memory (a mirror's copy).
+    pub fn from_bytes(body: Bytes) -> Buffered {
+        let len = body.len() as u64;
+        let mut frames = VecDeque::new();
+        if !body.is_empty() {
+            frames.push_back(body);
+        }
+        Buffered { frames, len }
+    }
+
     /// Bytes in the body.
     pub fn len(&self) -> u64 {
         self.len
@@ -141,6 +168,7 @@ impl Body for RequestBody {
                 });
                 Poll::Ready(next)
             }
+            RequestBody::Teed(inner, tee) => tee.poll(&mut **inner, cx),
         }
     }
 
@@ -148,6 +176,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Streaming(body) | RequestBody::Watched(body, _) => body.is_end_stream(),
             RequestBody::Buffered(b) => b.frames.is_empty(),
+            RequestBody::Teed(inner, _) => inner.is_end_stream(),
         }
     }
 
@@ -155,6 +184,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Streaming(body) | RequestBody::Watched(body, _) => body.size_hint(),
             RequestBody::Buffered(b) => SizeHint::with_exact(b.len),
+            RequestBody::Teed(inner, _) => inner.size_hint(),
         }
     }
 }
