@@ -186,12 +186,19 @@ impl Server {
             .client_read
             .unwrap_or(config.timeouts.client_read_header);
         let policies = crate::policy::Policies::new(writes, config.breaker, body_timeout);
+        // Shadows get a connection pool of their own, so their connections never take the backends' places.
+        let mirrors = Arc::new(crate::mirror::Mirrors::new(Upstream::new(
+            config.timeouts.dial,
+            backend_tls.clone(),
+            workers.count() + 1,
+        )));
         let telemetry = Telemetry::new(
             &config,
             &tunnels,
             &access_log,
             &error_log,
             &policies,
+            &mirrors,
             runtimes,
         );
         let proxy = Proxy {
@@ -209,6 +216,7 @@ impl Server {
             upstream: Upstream::new(config.timeouts.dial, backend_tls, workers.count() + 1)
                 .with_max_idle(config.max_idle_per_backend),
             hchecker: Arc::default(),
+            mirrors,
             policies,
             write,
             access_log,

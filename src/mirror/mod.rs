@@ -6,5 +6,7 @@
 //! (`body::Tee`), and the copies go out once it has been sent, on tasks of their own.
 
 pub mod send;
+pub mod shadows;
 
 pub use send::{hash_body, send_copy, Answer, BodyHasher, Failed, Failure, Head};
+pub use shadows::{ActiveOutcome, ActiveSide, MirrorMetrics, Mirrors, ShadowReport};

@@ -32,6 +32,7 @@ impl Telemetry {
         access_log: &Log,
         error_log: &Log,
         policies: &Policies,
+        mirrors: &crate::mirror::Mirrors,
         runtimes: Vec<tokio::runtime::Handle>,
     ) -> Telemetry {
         let inflight = Arc::new(Inflight::default());
@@ -53,6 +54,7 @@ impl Telemetry {
                 let count = policies.ejected_counter();
                 Box::new(move || count() as f64)
             },
+            mirror: Some(mirrors.metrics.clone()),
         };
         Telemetry {
             metrics: Arc::new(Metrics::new(

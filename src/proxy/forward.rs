@@ -12,8 +12,9 @@ use super::reject::Reject;
 use super::response::ProxyBody;
 use super::select::Exchange;
 use super::{Ctx, Downstream, Proxy};
-use crate::body::RequestBody;
+use crate::body::{RequestBody, Tee};
 use crate::config::ForwardingPolicy;
+use crate::mirror::{ActiveOutcome, Head};
 use crate::observe::access_log::AccessEntry;
 use crate::policy::{Outcome, Pass};
 use crate::routing::Route;
@@ -116,6 +117,71 @@ impl Proxy {
             *req.uri_mut() = path_and_query.parse().unwrap_or_default();
         }
 
+        let mirrored = self.mirror(&mut req, ctx, &route);
+        let (mut resp, backend_time) = self.send_to_backends(req, ctx, route, pass).await;
+        if let Some(mirrored) = mirrored {
+            let status = resp.status().as_u16();
+            let outcome = match (mirrored.hash_active_body, resp.body_mut()) {
+                (Some(cap), ProxyBody::Upstream(_)) => {
+                    let ProxyBody::Upstream(body) =
+                        std::mem::replace(resp.body_mut(), ProxyBody::Full(None))
+                    else {
+                        unreachable!("matched just above")
+                    };
+                    use http_body::Body;
+                    let (tee, copy) = Tee::new(&body.size_hint(), body.is_end_stream(), cap);
+                    *resp.body_mut() = match tee {
+                        Some(tee) => ProxyBody::Teed(body, Box::new(tee)),
+                        None => ProxyBody::Upstream(body),
+                    };
+                    ActiveOutcome::WithBody(status, copy)
+                }
+                _ => ActiveOutcome::Status(status),
+            };
+            mirrored.active.answered(outcome);
+        }
+        (resp, backend_time)
+    }
+
+    /// Start mirroring the request when its frontend has a `mirror:<key>` and the request is sampled: the
+    /// shadows get the head as it stands (original Host, forwarding headers) and the body as it streams.
+    fn mirror(
+        &self,
+        req: &mut Request<RequestBody>,
+        ctx: &Ctx,
+        route: &Route,
+    ) -> Option<crate::mirror::shadows::Started> {
+        let spec = route.mirror.as_ref()?;
+        if !self.mirrors.sampled(&route.key, spec) {
+            return None;
+        }
+        let mut headers = req.headers().clone();
+        // An HTTP/2 request carries its Host in the URI: a shadow gets it as a header.
+        if !headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&ctx.host) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        let head = Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers,
+        };
+        let body = std::mem::replace(req.body_mut(), RequestBody::Buffered(Default::default()));
+        let (body, copy) = body.teed(spec.max_body);
+        *req.body_mut() = body;
+        Some(self.mirrors.start(&route.key, spec.clone(), head, copy))
+    }
+
+    /// Send the rewritten request through the selection routine, with the request timeout; the answer the
+    /// client gets and the time spent on the backend.
+    async fn send_to_backends(
+        &self,
+        req: Box<Request<RequestBody>>,
+        ctx: &mut Ctx,
+        route: Arc<Route>,
+        pass: Pass,
+    ) -> (Response<ProxyBody>, Duration) {
         let original_host = match self.config.forwarding {
             ForwardingPolicy::Planb => Some(HeaderValue::from_str(&ctx.host).ok()),
             ForwardingPolicy::Hipache | ForwardingPolicy::Httprouter => None,

@@ -54,6 +54,8 @@ pub struct Proxy {
     pub(crate) request_id_label: String,
     /// The last look at `hchecker_ping` (see [`crate::config::FailurePolicy::respect_hchecker_ping`]).
     pub(crate) hchecker: Arc<HcheckerPing>,
+    /// The shadows of mirrored frontends (`mirror:<key>`).
+    pub(crate) mirrors: Arc<crate::mirror::Mirrors>,
 }
 
 /// The client side of one request.
@@ -265,7 +267,7 @@ impl Proxy {
         mut entry: AccessEntry,
         http1: bool,
     ) -> (Response<ProxyBody>, Option<Box<PendingEntry>>) {
-        let is_upstream = matches!(resp.body(), ProxyBody::Upstream(_));
+        let is_upstream = matches!(resp.body(), ProxyBody::Upstream(_) | ProxyBody::Teed(..));
         if is_upstream {
             headers::remove_hop_by_hop(resp.headers_mut(), false);
             // The client gets our HTTP version, not the backend's (hyper downgrades for HTTP/1.0 clients).

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::body::Tee;
 use crate::upstream::UpstreamBody;
 
 /// What the proxy sends back to a client.
@@ -14,6 +15,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A backend's body, streamed frame by frame as it arrives.
     Upstream(UpstreamBody),
+    /// The same, copied as it goes for a mirror's body comparison (`compare body`).
+    Teed(UpstreamBody, Box<Tee>),
 }
 
 impl ProxyBody {
@@ -34,13 +37,14 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Teed(body, tee) => tee.poll(body, cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(data) => data.is_none(),
-            ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Upstream(body) | ProxyBody::Teed(body, _) => body.is_end_stream(),
         }
     }
 
@@ -49,7 +53,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Upstream(body) | ProxyBody::Teed(body, _) => body.size_hint(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod balance;
 pub mod etcd;
 pub mod events;
 pub mod health;
+pub mod mirror;
 pub mod options;
 pub mod paths;
 pub mod table;
@@ -51,6 +52,8 @@ pub struct Route {
     pub policy: Arc<Policy>,
     /// The `route:<key>` options (shared and empty for most frontends).
     pub options: Arc<RouteOptions>,
+    /// The `mirror:<key>` shadows, if the frontend is mirrored.
+    pub mirror: Option<Arc<mirror::MirrorSpec>>,
 }
 
 /// Why no route was found.
@@ -586,6 +589,7 @@ impl Route {
             targets,
             policy: Policy::none(),
             options: RouteOptions::none(),
+            mirror: None,
         }
     }
 
@@ -662,6 +666,7 @@ fn into_route(key: &str, data: FrontendData, min_len: usize, dead_key: &str) -> 
         )));
     }
     route.policy = Policy::parse(key, data.policy);
+    route.mirror = mirror::MirrorSpec::parse(key, data.mirror);
     route.dead_key = dead_key.to_string();
     Some(route.with_options(RouteOptions::parse(key, data.options)))
 }

@@ -32,6 +32,8 @@ pub struct FrontendData {
     pub policy: RawPolicy,
     /// `HGETALL route:<key>`: the frontend's route options (`strip_prefix`, `weights`, `balance`).
     pub options: RawHash,
+    /// `HGETALL mirror:<key>`: the frontend's shadows.
+    pub mirror: RawHash,
 }
 
 /// A Redis error, with the text PlanB shows (in the error log and the `__ping__` body).
@@ -302,8 +304,8 @@ impl RedisClient {
     }
 
     /// One pipeline of `LRANGE frontend:<key> 0 -1` + `SMEMBERS dead:<dead key>` per (key, dead key) pair, plus
-    /// the key's policy hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`) and route options
-    /// (`HGETALL route:<key>`), in one round trip. The dead key is the key itself, except for Hipache, which
+    /// the key's policy hashes (`HGETALL guard:<key>`, `ratelimit:<key>`, `breaker:<key>`), route options
+    /// (`HGETALL route:<key>`) and mirror (`HGETALL mirror:<key>`), in one round trip. The dead key is the key itself, except for Hipache, which
     /// reads the request hostname's dead set.
     pub async fn lookup_many(
         &self,
@@ -339,7 +341,9 @@ impl RedisClient {
             Some(ratelimit),
             Some(breaker),
             Some(route),
+            Some(mirror),
         ) = (
+            it.next(),
             it.next(),
             it.next(),
             it.next(),
@@ -364,6 +368,7 @@ impl RedisClient {
                     breaker: RawHash::from_value(breaker),
                 },
                 options: RawHash::from_value(route),
+                mirror: RawHash::from_value(mirror),
             });
         }
         Ok(out)

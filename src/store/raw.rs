@@ -4,8 +4,8 @@
 use redis::Value;
 
 /// The prefixes of the hashes read with every frontend key: the policies, in the order of [`RawPolicy`]'s
-/// fields, then the route options.
-pub const HASH_PREFIXES: [&str; 4] = ["guard:", "ratelimit:", "breaker:", "route:"];
+/// fields, then the route options and the mirror.
+pub const HASH_PREFIXES: [&str; 5] = ["guard:", "ratelimit:", "breaker:", "route:", "mirror:"];
 
 /// The raw policy hashes of one frontend key, as the lookup pipeline read them.
 #[derive(Debug, Clone, Default)]

@@ -114,6 +114,8 @@ pub struct Sources {
     pub policy: Arc<PolicyStats>,
     /// Backends the breakers hold out of rotation right now.
     pub breaker_ejected: Box<dyn Fn() -> f64 + Send + Sync>,
+    /// The mirrors' series (`hypache_mirror_*`), kept by the mirror module.
+    pub mirror: Option<crate::mirror::MirrorMetrics>,
 }
 
 impl Metrics {
@@ -367,6 +369,14 @@ fn register_pulled(r: &Registry, sources: Sources) {
         sources.policy,
         sources.breaker_ejected,
     )));
+    if let Some(mirror) = sources.mirror {
+        reg(Box::new(mirror.requests));
+        reg(Box::new(mirror.dropped));
+        reg(Box::new(mirror.errors));
+        reg(Box::new(mirror.timeouts));
+        reg(Box::new(mirror.mismatches));
+        reg(Box::new(mirror.latency));
+    }
     let workers = sources.runtimes.len().saturating_sub(1) as f64;
     pulled(
         "hypache_runtime_workers",
@@ -492,6 +502,7 @@ mod tests {
             runtimes: Vec::new(),
             policy: Arc::default(),
             breaker_ejected: Box::new(|| 1.0),
+            mirror: None,
         }
     }
 
