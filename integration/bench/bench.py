@@ -166,6 +166,18 @@ def cmd_open(args):
         sys.exit(1)
 
 
+def cmd_stall(args):
+    # A shadow that accepts connections and never answers (the mirror scenario's stalled shadow).
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", args.port))
+    srv.listen(1024)
+    held = []
+    while True:
+        conn, _ = srv.accept()
+        held.append(conn)
+
+
 def cmd_status(args):
     try:
         status, _, _ = _get(args.url, args.host, args.header or ())
@@ -610,6 +622,9 @@ def main():
     s = sub.add_parser("open")
     s.add_argument("port", type=int)
     s.set_defaults(func=cmd_open)
+    s = sub.add_parser("stall")
+    s.add_argument("port", type=int)
+    s.set_defaults(func=cmd_stall)
     s = sub.add_parser("status")
     s.add_argument("url")
     s.add_argument("host")

@@ -3,7 +3,7 @@
 # Usage: bash integration/bench/run.sh [--smoke] [--scenario plain,tls,...] [--duration 10s] [--rounds 3]
 #          [--out results.json] [--conns 64,256] [--proxies hypache,nginx,haproxy] [--warmup 1s]
 #          [--idle-conns 10000] [--stream-size 1G]
-# Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions paths (default: all).
+# Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions paths mirror (default: all).
 # The instructions scenario also counts a routes-file mode (--routes) beside the three Redis modes.
 # See integration/bench/README.md for what each scenario and column means.
 set -euo pipefail
@@ -13,7 +13,7 @@ repo=$(cd "$here/../.." && pwd)
 bench_py=(python3 "$here/bench.py")
 load_py=(python3 "$here/load.py")
 HOST=bench.test
-ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions paths)
+ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions paths mirror)
 
 usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -701,6 +701,52 @@ scenario_paths() {
   stop_server cg-paths-default cg-paths-cache
 }
 
+# Mirroring's cost. Instructions per request (callgrind, as above, --backend-cache) of a host mirrored at 100% to
+# one shadow (the same backend) against a host without a mirror, on one instance; then wrk's p99 at 64
+# connections for a host without a mirror and one mirrored to a shadow that accepts and never answers.
+scenario_mirror() {
+  if ! ensure valgrind valgrind || ! command -v callgrind_control >/dev/null 2>&1; then
+    skipped+=("mirror=valgrind is not installed"); return 0
+  fi
+  [ -n "${WANT[hypache]:-}" ] || { notes+=("mirror skipped: it measures hypache only"); return 0; }
+  local b="http://127.0.0.1:$backend_port" host name counts requests total per base='' ratio stall_port out p99
+  [ "$smoke" = 0 ] || instr_seconds=2
+  route "plain.$HOST" "$b"; route "mirrored.$HOST" "$b"; route "stalled.$HOST" "$b"
+  redis-cli -p "$redis_port" hset "mirror:mirrored.$HOST" to:shadow "$b" >/dev/null
+  next_port; stall_port=$port
+  "${bench_py[@]}" stall "$stall_port" >"$work/stall.log" 2>&1 &
+  started+=($!)
+  wait_ready 10 $! stall "${bench_py[@]}" open "$stall_port"
+  redis-cli -p "$redis_port" hset "mirror:stalled.$HOST" to:stalled "http://127.0.0.1:$stall_port" timeout 30s >/dev/null
+  launcher=(valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p")
+  ready_s=60
+  start_hypache cg-mirror --workers 1 --backend-cache
+  launcher=(); ready_s=10
+  printf '\nscenario: mirror   (callgrind, user space, one worker, --backend-cache, 4 connections, %ss)\n' "$instr_seconds"
+  printf '%-32s %10s %14s %10s\n' proxy requests "instr/request" "vs plain"
+  for host in plain mirrored; do
+    name=cg-mirror-$host
+    PID[$name]=${PID[cg-mirror]}; URL[$name]=${URL[cg-mirror]}; HOST_OF[$name]="$host.$HOST"
+    counts=$(callgrind_count "$name"); requests=${counts% *}; total=${counts#* }
+    if [ "${requests:-0}" -gt 0 ] && [ "${total:-0}" -gt 0 ]; then per=$((total / requests)); else per=0; fi
+    [ "$per" -gt 0 ] || die "mirror: no count for $name (see $work/cg-mirror.log)"
+    [ -n "$base" ] || base=$per
+    ratio=$(awk -v a="$per" -v b="$base" 'BEGIN {printf "%.3f", a / b}')
+    printf '%-32s %10s %14s %10s\n' "hypache-cache $host.$HOST" "$requests" "$per" "$ratio"
+    notes+=("mirror: hypache-cache $host.$HOST $per instructions per request (${ratio}x without a mirror)")
+  done
+  stop_server cg-mirror
+  start_hypache mirror-p99 --backend-cache
+  printf '\nscenario: mirror   (wrk, 64 connections, %s, --backend-cache: p99 with a stalled shadow)\n' "${duration:-10s}"
+  for host in plain stalled; do
+    out=$(run_client 120 wrk -t1 -c64 -d"${duration:-10s}" --latency -H "Host: $host.$HOST" "${URL[mirror-p99]}")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    printf '%-32s p99 %s, %s\n' "hypache-cache $host.$HOST" "$p99" "$(awk '/Requests\/sec/ {print $2 " req/s"}' <<<"$out")"
+    notes+=("mirror: hypache-cache $host.$HOST p99 $p99 at 64 connections (stalled shadow: $host)")
+  done
+  stop_server mirror-p99
+}
+
 # One self-signed ECDSA P-256 certificate for "localhost", shared by every TLS terminator. wrk sends the URL's host
 # as SNI, so the URL says localhost (127.0.0.1 in /etc/hosts) and the Host header still says bench.test.
 tls_started=0
@@ -889,7 +935,8 @@ command -v openssl >/dev/null 2>&1 && report_args+=(--meta "openssl=$(openssl ve
 for s in "${skipped[@]}"; do report_args+=(--skipped "$s"); done
 for s in "${notes[@]}"; do report_args+=(--note "$s"); done
 # (the instructions scenario prints its own table: alone, it records no wrk run)
-wrk_scenarios=" ${SCENARIOS[*]} "; wrk_scenarios=${wrk_scenarios// instructions / }; wrk_scenarios=${wrk_scenarios// paths / }
+wrk_scenarios=" ${SCENARIOS[*]} "
+for s in instructions paths mirror; do wrk_scenarios=${wrk_scenarios// $s / }; done
 [ -n "${WANT[hypache]:-}" ] && [ -n "${wrk_scenarios// /}" ] && report_args+=(--require-hypache)
 report_args+=(--scenario-order "${ALL_SCENARIOS[@]}")
 "${bench_py[@]}" report "${report_args[@]}"

@@ -58,6 +58,15 @@ struct Shadow {
     slots: Arc<Semaphore>,
     concurrency: usize,
     mismatches: Mutex<VecDeque<String>>,
+    /// This shadow's series, looked up once instead of hashing their labels for every copy.
+    counted: Counted,
+}
+
+struct Counted {
+    requests: prometheus::IntCounter,
+    errors: prometheus::IntCounter,
+    timeouts: prometheus::IntCounter,
+    latency: prometheus::Histogram,
 }
 
 /// The metrics of every shadow, labelled by frontend key and shadow name (registered by `observe`).
@@ -231,12 +240,19 @@ impl Mirrors {
         if self.shadows.len() >= MAX_SHADOWS {
             self.shadows.clear();
         }
+        let labels = [key, name];
         let shadow = Arc::new(Shadow {
             url: url.to_string(),
             target: Target::parse(url).ok().map(Arc::new),
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             mismatches: Mutex::default(),
+            counted: Counted {
+                requests: self.metrics.requests.with_label_values(&labels),
+                errors: self.metrics.errors.with_label_values(&labels),
+                timeouts: self.metrics.timeouts.with_label_values(&labels),
+                latency: self.metrics.latency.with_label_values(&labels),
+            },
         });
         self.shadows.insert(id, shadow.clone());
         shadow
@@ -348,26 +364,22 @@ impl Mirrors {
         timeout: Duration,
         hash_cap: usize,
     ) -> Option<Answer> {
-        let labels = [key, name];
-        self.metrics.requests.with_label_values(&labels).inc();
+        let counted = &shadow.counted;
+        counted.requests.inc();
         let Some(target) = &shadow.target else {
-            self.metrics.errors.with_label_values(&labels).inc();
+            counted.errors.inc();
             return None;
         };
         match send_copy(&self.upstream, target, head, body, timeout, hash_cap).await {
             Ok(answer) => {
-                self.metrics
-                    .latency
-                    .with_label_values(&labels)
-                    .observe(answer.latency.as_secs_f64());
+                counted.latency.observe(answer.latency.as_secs_f64());
                 Some(answer)
             }
             Err(failed) => {
-                let counter = match failed.failure {
-                    Failure::Timeout => &self.metrics.timeouts,
-                    Failure::Error => &self.metrics.errors,
-                };
-                counter.with_label_values(&labels).inc();
+                match failed.failure {
+                    Failure::Timeout => counted.timeouts.inc(),
+                    Failure::Error => counted.errors.inc(),
+                }
                 tracing::debug!(
                     "mirror {name} of {key}: {} ({:?})",
                     failed.message,
