@@ -340,7 +340,8 @@ impl Admin {
         Ok(json(StatusCode::OK, &out))
     }
 
-    /// `PUT /api/v1/frontends/<key>`: `frontend:<key>` becomes exactly `[identifier, backends...]`, atomically;
+    /// `PUT /api/v1/frontends/<key>`: `frontend:<key>` becomes exactly `[identifier, backends...]` and the old
+    /// dead set goes, atomically;
     /// an invalid body changes nothing.
     pub(super) async fn put(&self, key: &str, req: Request<Incoming>) -> Answer {
         if let Some((_, source)) = self.table() {

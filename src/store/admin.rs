@@ -140,7 +140,8 @@ impl RedisClient {
     }
 
     /// Replace `frontend:<key>` with `[identifier, backends...]` in one `MULTI`/`EXEC`, so that no reader
-    /// ever sees the list empty or half written.
+    /// ever sees the list empty or half written. `dead:<key>` goes in the same transaction: its indexes named
+    /// the old list's backends (the routes file's table drops its marks the same way).
     pub async fn put_frontend(
         &self,
         key: &str,
@@ -152,6 +153,7 @@ impl RedisClient {
         pipe.atomic()
             .cmd("DEL")
             .arg(&name)
+            .arg(format!("{}dead:{key}", self.prefix))
             .ignore()
             .cmd("RPUSH")
             .arg(&name)
