@@ -47,6 +47,7 @@ impl Endpoint {
         match self {
             Endpoint::Frontend(_) => "GET, PUT, DELETE",
             Endpoint::Dead(..) => "POST, DELETE",
+            Endpoint::Frontends | Endpoint::Stats => "GET",
             _ => "GET, HEAD",
         }
     }

@@ -239,13 +239,26 @@ impl Default for Window {
 
 impl Window {
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
+        self.second_of(Instant::now())
+    }
+
+    /// The window's second an instant falls in.
+    fn second_of(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_secs()
     }
 
     /// Count one finished request of frontend `key`, answered by `backend` (`None`: no backend was chosen,
-    /// e.g. a policy refused it or every backend is dead) with `status` after `elapsed`.
-    pub fn record(&self, key: &str, backend: Option<&str>, status: u16, elapsed: Duration) {
-        let now = self.now();
+    /// e.g. a policy refused it or every backend is dead) with `status` after `elapsed`, finishing `at` (the
+    /// caller's clock reading, so that recording reads no clock of its own).
+    pub fn record(
+        &self,
+        key: &str,
+        backend: Option<&str>,
+        status: u16,
+        elapsed: Duration,
+        at: Instant,
+    ) {
+        let now = self.second_of(at);
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         let bucket = bucket(elapsed);
         // Recorded under the map's read guard: no reference count is touched on the common path.
@@ -411,9 +424,10 @@ mod tests {
     #[test]
     fn frontends_and_backends() {
         let w = Window::default();
-        w.record("a.com", Some("http://b0"), 200, Duration::from_millis(1));
-        w.record("a.com", Some("http://b1"), 502, Duration::from_millis(1));
-        w.record("a.com", None, 503, Duration::from_millis(1));
+        let (ms, now) = (Duration::from_millis(1), Instant::now());
+        w.record("a.com", Some("http://b0"), 200, ms, now);
+        w.record("a.com", Some("http://b1"), 502, ms, now);
+        w.record("a.com", None, 503, ms, now);
         let all = w.frontends();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].figures.requests, [0, 1, 0, 0, 2]);

@@ -323,7 +323,8 @@ impl Proxy {
         self.telemetry.metrics.request_logged(&entry);
         if let (Some(window), true) = (&self.telemetry.window, ctx.routed) {
             let backend = ctx.selected.then_some(ctx.backend_url.as_str());
-            window.record(&ctx.key, backend, entry.status, entry.total);
+            let at = ctx.started + entry.total;
+            window.record(&ctx.key, backend, entry.status, entry.total, at);
         }
         let rules = self.config.access_log_rules;
         if rules.only_selected && !ctx.selected {
