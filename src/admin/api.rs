@@ -366,7 +366,7 @@ impl Admin {
             .await?;
         self.proxy.router.forget(key, key).await;
         tracing::info!(
-            "admin: frontend:{key} set to {} backend(s): {}",
+            "admin: frontend {key:?} set to {} backend(s): {}",
             put.backends.len(),
             put.backends.join(" ")
         );
@@ -386,7 +386,7 @@ impl Admin {
         if !existed {
             return Err(AdminError::NotFound(format!("no frontend {key:?}")));
         }
-        tracing::info!("admin: frontend:{key} deleted");
+        tracing::info!("admin: frontend {key:?} deleted");
         Ok(json(
             StatusCode::OK,
             &json!({ "frontend": key, "deleted": true }),
@@ -412,11 +412,11 @@ impl Admin {
             out["ttl_ms"] = json!(ttl.as_millis() as u64);
             // `false`: an external checker owns the dead sets (`hchecker_ping`); the mark was only published.
             out["written"] = json!(written);
-            tracing::info!("admin: backend {index} ({url}) of {key} marked dead for {ttl:?}");
+            tracing::info!("admin: backend {index} ({url:?}) of {key:?} marked dead for {ttl:?}");
         } else {
             let was_dead = self.proxy.revive_by_operator(&route, index).await?;
             out["was_dead"] = json!(was_dead);
-            tracing::info!("admin: backend {index} ({url}) of {key} revived");
+            tracing::info!("admin: backend {index} ({url:?}) of {key:?} revived");
         }
         Ok(json(StatusCode::OK, &out))
     }
