@@ -10,6 +10,8 @@
 //!   [`run`].
 //! - [`app`]: the composition root: connects Redis, opens logs, loads certificates, binds listeners, starts the
 //!   workers and background tasks ([`app::signals`]), serves, drains.
+//! - [`admin`]: the admin listener (`--admin-address`): the JSON API that lists and changes frontends and dead
+//!   marks, the last minute's figures, `/healthz` and `/ready`, and the embedded dashboard.
 //! - [`server`]: the downstream side: listeners and the accept loop, each connection's lifecycle (parking
 //!   idle HTTP/1 connections, draining) and client timeouts, the TLS terminator ([`server::tls`]) and the SNI
 //!   passthrough ([`server::sni`]).
@@ -53,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;

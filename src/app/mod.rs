@@ -63,6 +63,8 @@ pub struct Server {
     listeners: Vec<Listener>,
     /// The Prometheus listener (`--metrics-address`), bound before the proxy's listeners as in PlanB.
     metrics_listener: Option<TcpListener>,
+    /// The admin API and dashboard (`--admin-address`), bound with the metrics listener.
+    admin_listener: Option<TcpListener>,
     proxy: Arc<Proxy>,
     /// The threads that serve connections; dropped (and stopped) when `serve` returns.
     workers: Arc<Workers>,
@@ -116,6 +118,10 @@ impl Server {
                     .await
                     .map_err(StartError)?,
             ),
+            None => None,
+        };
+        let admin_listener = match config.admin.address {
+            Some(addr) => Some(crate::admin::bind(addr).await.map_err(StartError)?),
             None => None,
         };
         let error_log = Log::errors();
@@ -270,6 +276,7 @@ impl Server {
             shipping,
             listeners,
             metrics_listener,
+            admin_listener,
             proxy,
             workers: Arc::new(workers),
         })
@@ -299,6 +306,9 @@ impl Server {
     /// Serve until `shutdown` resolves, drain in-flight requests, then flush the logs.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
         signals::start(&self.proxy, self.metrics_listener.take());
+        if let Some(listener) = self.admin_listener.take() {
+            crate::admin::start(listener, self.proxy.clone());
+        }
         let config = &self.proxy.config;
         let info = |line: &str| crate::observe::event_log::planb_line(tracing::Level::INFO, line);
         match config.engine {

@@ -52,6 +52,20 @@ pub struct Cli {
     #[arg(long, env = "HYPACHE_METRICS_ADDRESS", default_value = "")]
     pub metrics_address: String,
 
+    /// Address of the admin API and dashboard (empty: none). Other than a loopback address, it needs
+    /// --admin-token.
+    #[arg(long, env = "HYPACHE_ADMIN_ADDRESS", default_value = "")]
+    pub admin_address: String,
+
+    /// Bearer token every /api/ request of the admin listener must carry (empty: none, loopback only).
+    #[arg(
+        long,
+        env = "HYPACHE_ADMIN_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub admin_token: String,
+
     /// Add metrics labelled by frontend key (one series per frontend: mind the cardinality).
     #[arg(long, env = "HYPACHE_METRICS_PER_FRONTEND")]
     pub metrics_per_frontend: bool,
@@ -406,6 +420,14 @@ impl Cli {
                 ))
             })?),
         };
+        let admin_address = match self.admin_address.as_str() {
+            "" => None,
+            addr => Some(parse_listen(addr).map_err(|e| {
+                CliError(format!("invalid value '{addr}' for '--admin-address': {e}"))
+            })?),
+        };
+        let admin = super::admin::AdminConfig::new(admin_address, Some(self.admin_token.clone()))
+            .map_err(CliError)?;
         if let Some(level) = &self.log_level {
             tracing_subscriber::EnvFilter::try_new(level)
                 .map_err(|e| e.to_string())
@@ -533,6 +555,7 @@ impl Cli {
             max_idle_per_backend: 100,
             more_listeners: Vec::new(),
             run_as: None,
+            admin,
             breaker: super::breaker::BreakerDefaults {
                 failures: self.breaker_failures,
                 window: self.breaker_window,

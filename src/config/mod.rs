@@ -3,6 +3,7 @@
 //! The CLI (and later the Hipache config file) only fill this struct; nothing else reads flags.
 //! Behaviour that differs between PlanB and Hipache is a field here, never a branch on a "mode".
 
+pub mod admin;
 pub mod breaker;
 pub mod flags;
 pub mod hipache;
@@ -145,6 +146,9 @@ pub struct Config {
     /// Drop root privileges to this user and group once the listeners are bound (Hipache's `user`/`group`),
     /// so a proxy on port 80 does not serve as root. `None` keeps the current identity.
     pub run_as: Option<RunAs>,
+    /// The admin API and dashboard (`--admin-address`, `--admin-token`): off by default, so that seeing and
+    /// changing routes from a browser or `curl` is something an operator turns on knowingly.
+    pub admin: admin::AdminConfig,
 }
 
 impl Config {
@@ -664,6 +668,7 @@ impl Config {
             max_idle_per_backend: 100,
             more_listeners: Vec::new(),
             run_as: None,
+            admin: admin::AdminConfig::default(),
         }
     }
 }

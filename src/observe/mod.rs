@@ -1,5 +1,6 @@
 //! What the proxy tells operators: the access and error logs, the event log, Prometheus metrics, the registry of
-//! in-flight requests, the SIGUSR1 dump, and the telemetry handle that ties them together.
+//! in-flight requests, the SIGUSR1 dump, the last minute of traffic for the admin API (`window`), and the
+//! telemetry handle that ties them together.
 
 pub mod access_log;
 pub mod dump;
@@ -8,3 +9,4 @@ pub mod inflight;
 pub mod metrics;
 pub mod ship;
 pub mod telemetry;
+pub mod window;

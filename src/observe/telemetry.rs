@@ -21,6 +21,9 @@ pub struct Telemetry {
     pub task_dump: bool,
     /// The control runtime, then one runtime per worker thread: for the dump and the runtime gauges.
     pub runtimes: Vec<tokio::runtime::Handle>,
+    /// The last minute of traffic per frontend and backend, for the admin API; `None` (nothing recorded, no
+    /// cost per request) unless `--admin-address` is set.
+    pub window: Option<Arc<crate::observe::window::Window>>,
 }
 
 impl Telemetry {
@@ -66,6 +69,7 @@ impl Telemetry {
             tunnels: tunnels.clone(),
             task_dump: config.task_dump,
             runtimes,
+            window: config.admin.address.map(|_| Arc::default()),
         }
     }
 }

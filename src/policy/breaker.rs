@@ -194,6 +194,16 @@ impl Breakers {
         }
     }
 
+    /// Whether backend `url` of frontend `key` is held out of rotation right now (the admin API shows it).
+    /// Read-only: unlike [`Handle::admits`] it never claims a half-open backend's probe.
+    pub fn is_ejected(&self, key: &str, url: &str) -> bool {
+        let Some(frontend) = self.frontends.get(key) else {
+            return false;
+        };
+        let backends = frontend.lock().unwrap_or_else(|p| p.into_inner());
+        backends.get(url).is_some_and(|b| b.ejected(Instant::now()))
+    }
+
     /// Whether every frontend has a breaker (`--breaker-failures` set).
     pub fn on_by_default(&self) -> bool {
         self.defaults.failures > 0

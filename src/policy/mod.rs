@@ -380,6 +380,11 @@ impl Policies {
         self.breakers.ejected_counter()
     }
 
+    /// Whether the breaker holds backend `url` of frontend `key` out of rotation right now (read-only).
+    pub fn is_ejected(&self, key: &str, url: &str) -> bool {
+        self.breakers.is_ejected(key, url)
+    }
+
     /// Whether `route` admits every request unchecked (no guard, rate limit or breaker applies to it).
     pub fn open(&self, route: &Route) -> bool {
         route.policy.is_empty() && !self.breakers.on_by_default()

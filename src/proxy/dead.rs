@@ -109,3 +109,59 @@ pub fn node_href(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+impl Proxy {
+    /// A dead mark asked for by an operator (the admin API): written exactly as a passive mark is (the same
+    /// `--dead-backend-time` TTL, the same `dead` message, the same deference to an external checker), so that
+    /// subscribers and other proxies cannot tell them apart. Unlike a passive mark it is written before this
+    /// returns, and a frontend with a single backend is marked too: the operator asked. Returns whether the
+    /// dead set was written (`false`: an external checker owns the dead sets, the mark was only published).
+    pub async fn mark_dead_by_operator(
+        &self,
+        route: &crate::routing::Route,
+        index: usize,
+    ) -> Result<bool, crate::store::StoreError> {
+        let ttl = self.config.dead_backend_ttl;
+        if let Some(table) = self.router.table() {
+            table.mark_dead(route, index, ttl);
+            return Ok(true);
+        }
+        let policy = &self.config.failure;
+        let backend = route.backends.get(index).map_or("", String::as_str);
+        let url = match policy.normalise_published_url {
+            true => node_href(backend),
+            false => backend.to_string(),
+        };
+        let publish_only =
+            policy.respect_hchecker_ping && self.hchecker.alive(self.router.store()).await;
+        let count = route.backends.len();
+        self.write
+            .mark_dead(&route.dead_key, index, &url, count, ttl, publish_only)
+            .await?;
+        {
+            let (host, path) =
+                crate::routing::paths::split_key(&route.key).unwrap_or((&route.key, ""));
+            self.router.forget(host, path, &route.key).await;
+        }
+        Ok(!publish_only)
+    }
+
+    /// Take backend `index` of `route` out of its dead set (the admin API's revive). Returns whether it was
+    /// marked.
+    pub async fn revive_by_operator(
+        &self,
+        route: &crate::routing::Route,
+        index: usize,
+    ) -> Result<bool, crate::store::StoreError> {
+        if let Some(table) = self.router.table() {
+            return Ok(table.revive(&route.dead_key, index));
+        }
+        let revived = self.write.revive(&route.dead_key, index).await?;
+        {
+            let (host, path) =
+                crate::routing::paths::split_key(&route.key).unwrap_or((&route.key, ""));
+            self.router.forget(host, path, &route.key).await;
+        }
+        Ok(revived)
+    }
+}

@@ -85,6 +85,8 @@ struct Ctx {
     inflight: InflightGuard,
     /// A backend was selected for it (Hipache's access log has only those requests).
     selected: bool,
+    /// A frontend matched (the admin API's figures count only those requests).
+    routed: bool,
 }
 
 impl Proxy {
@@ -164,6 +166,7 @@ impl Proxy {
             host,
             inflight,
             selected: false,
+            routed: false,
         };
         if upgrade::is_websocket(&req) {
             return (
@@ -238,6 +241,7 @@ impl Proxy {
             Ok(route) => {
                 ctx.key = route.key.clone();
                 ctx.identifier = route.identifier.clone();
+                ctx.routed = true;
                 Ok(route)
             }
             Err(LookupError::NoRoute { key }) => {
@@ -323,6 +327,11 @@ impl Proxy {
         entry.time = SystemTime::now();
         ctx.inflight.responding();
         self.telemetry.metrics.request_logged(&entry);
+        if let (Some(window), true) = (&self.telemetry.window, ctx.routed) {
+            let backend = ctx.selected.then_some(ctx.backend_url.as_str());
+            let at = ctx.started + entry.total;
+            window.record(&ctx.key, backend, entry.status, entry.total, at);
+        }
         let rules = self.config.access_log_rules;
         if rules.only_selected && !ctx.selected {
             return (resp, None);

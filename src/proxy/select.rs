@@ -270,6 +270,7 @@ impl Proxy {
                 .inflight
                 .begin(&http::Method::CONNECT, name, ""),
             selected: false,
+            routed: true,
         };
         let error_log = &self.error_log;
         let pass = self.policies.breaker_pass(&route, &|m: &str| {

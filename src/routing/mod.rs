@@ -215,6 +215,14 @@ impl Router {
         }
     }
 
+    /// Whether routes are being served from the last-known routes kept for a Redis outage
+    /// (`--stale-routes-ttl`): any host seen within the window still has one (the admin API's `/ready`).
+    pub fn has_stale_routes(&self) -> bool {
+        self.stale
+            .as_ref()
+            .is_some_and(|s| s.iter().next().is_some())
+    }
+
     /// The notification-fed cache, for [`events::follow`] (`None` unless `--backend-cache-events`).
     pub fn event_cache(&self) -> Option<Arc<events::EventCache>> {
         self.events.clone()

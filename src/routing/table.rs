@@ -195,6 +195,29 @@ impl RouteTable {
         });
     }
 
+    /// Every frontend with its own dead marks applied, sorted by key (the admin API's listing).
+    pub fn frontends(&self) -> Vec<Arc<Route>> {
+        let routes = self.routes.load();
+        let mut keys: Vec<&str> = routes.keys().map(|k| &**k).collect();
+        keys.sort_unstable();
+        keys.into_iter().filter_map(|k| self.get(k, k)).collect()
+    }
+
+    /// How much longer backend `index` of dead set `dead_key` stays dead; `None` when it is not.
+    pub fn dead_for(&self, dead_key: &str, index: usize) -> Option<Duration> {
+        let until = (*self.dead.get(dead_key)?.get(index)?)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Take backend `index` out of dead set `dead_key` (the admin API's revive); returns whether it was dead.
+    pub fn revive(&self, dead_key: &str, index: usize) -> bool {
+        let was = self.dead_for(dead_key, index).is_some();
+        if self.dead.contains_key(dead_key) {
+            self.set_mark(dead_key, index, None);
+        }
+        was
+    }
+
     fn set_mark(&self, dead_key: &str, index: usize, until: Option<Instant>) {
         self.any_dead.store(true, Ordering::Relaxed);
         let mut marks = self.dead.entry(dead_key.into()).or_default();

@@ -13,8 +13,10 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{RedisAddr, RedisConfig, SentinelConfig};
 
+mod admin;
 mod raw;
 
+pub use admin::ListedFrontend;
 pub use raw::{RawHash, RawPolicy, HASH_PREFIXES};
 
 /// PlanB's dial/read/write timeouts for Redis: a request never waits longer than this on one command.

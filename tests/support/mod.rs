@@ -3,6 +3,7 @@
 //! condition with a deadline.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin;
 pub mod backend;
 pub mod etcd;
 pub mod http;
@@ -12,6 +13,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod tls;
 pub mod wait;
+pub mod webdriver;
 
 pub use backend::{refused_addr, refused_url, Backend, Body, Reply, Request, Step};
 pub use etcd::EtcdServer;
