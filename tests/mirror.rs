@@ -281,3 +281,48 @@ fn a_body_over_max_body_skips_the_shadows_and_the_request_still_succeeds() {
     });
     assert_eq!(shadow.single_request().body, b"tiny");
 }
+
+#[test]
+fn the_admin_api_shows_the_mirror_its_figures_and_the_route_options() {
+    let (redis, proxy) = start(&["--admin-address", "127.0.0.1:0"]);
+    let admin = support::admin::admin_addr(&proxy);
+    let active = Backend::named("active");
+    let failing = Backend::start(|_| Reply::text(503, "no"));
+    redis.set_frontend("adm.test", &[&active.url()]);
+    hset(
+        &redis,
+        "mirror:adm.test",
+        &[
+            "to:staging",
+            &failing.url(),
+            "percent",
+            "100",
+            "compare",
+            "status",
+        ],
+    );
+    hset(&redis, "route:adm.test", &["weights", "2"]);
+    for _ in 0..2 {
+        get(proxy.addr(), "adm.test", "/cart", &[]);
+    }
+    let one = support::admin::get_json(admin, "/api/v1/frontends/adm.test");
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json["mirror"]["shadows"]["staging"], failing.url());
+    assert_eq!(one.json["mirror"]["compare"], "status");
+    assert_eq!(one.json["options"]["weights"], serde_json::json!([2]));
+    let shadow = eventually(
+        Duration::from_secs(5),
+        "the mismatches in the stats",
+        || {
+            let stats = support::admin::get_json(admin, "/api/v1/stats");
+            let mirrors = stats.json["mirrors"].as_array()?.clone();
+            let shadow = mirrors.into_iter().find(|m| m["frontend"] == "adm.test")?;
+            (shadow["mismatches"] == 2).then_some(shadow)
+        },
+    );
+    assert_eq!(shadow["sent"], 2);
+    assert_eq!(
+        shadow["recent_mismatches"][0],
+        "GET /cart -> active 200, shadow 503 (status differs)"
+    );
+}

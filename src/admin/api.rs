@@ -14,7 +14,8 @@ use super::error::AdminError;
 use super::{json, Admin};
 use crate::observe::window::{Figures, FrontendFigures, RATE_SECS, WINDOW_SECS};
 use crate::policy::{MalformedPolicy, Policy};
-use crate::routing::Route;
+use crate::routing::mirror::{Compare, MirrorSpec};
+use crate::routing::{Balance, Route, RouteOptions};
 use crate::store::{ListedFrontend, RawHash, RawPolicy};
 
 /// The largest request body read (a `PUT` of a frontend).
@@ -170,6 +171,54 @@ fn secret_field(name: &str) -> bool {
     ["secret", "password", "token", "key"]
         .iter()
         .any(|word| name.contains(word))
+}
+
+/// The `route:<key>` options as they apply.
+fn options_json(options: &RouteOptions) -> Value {
+    json!({
+        "strip_prefix": options.strip_prefix,
+        "weights": options.weights.as_deref(),
+        "balance": options.balance.map(|b| match b {
+            Balance::RoundRobin => "round_robin",
+            Balance::Random => "random",
+            Balance::LeastRequest => "least_request",
+        }),
+    })
+}
+
+/// The `mirror:<key>` hash as it applies.
+fn mirror_json(spec: &MirrorSpec) -> Value {
+    let shadows: serde_json::Map<String, Value> = spec
+        .shadows
+        .iter()
+        .map(|(name, url)| (name.clone(), Value::String(url.clone())))
+        .collect();
+    json!({
+        "shadows": shadows,
+        "percent": spec.percent,
+        "timeout_ms": spec.timeout.as_millis() as u64,
+        "max_body": spec.max_body,
+        "concurrency": spec.concurrency,
+        "compare": spec.compare.map(|c| match c {
+            Compare::Status => "status",
+            Compare::Body => "body",
+        }),
+    })
+}
+
+/// One shadow's totals and its last mismatching requests.
+fn shadow_json(report: &crate::mirror::ShadowReport) -> Value {
+    json!({
+        "frontend": report.frontend,
+        "shadow": report.shadow,
+        "url": report.url,
+        "sent": report.sent,
+        "errors": report.errors,
+        "timeouts": report.timeouts,
+        "mismatches": report.mismatches,
+        "in_flight": report.in_flight,
+        "recent_mismatches": report.recent_mismatches,
+    })
 }
 
 /// `{guard, ratelimit, breaker}`, each `null` when the frontend does not configure it.
@@ -334,6 +383,24 @@ impl Admin {
                 None => Value::Null,
             },
         };
+        let (options, mirror) = match self.table() {
+            Some((table, _)) => match table.get(key, key) {
+                Some(route) => (route.options.clone(), route.mirror.clone()),
+                None => (RouteOptions::none(), None),
+            },
+            None => match self.proxy.router.store().lookup_many(&[(key, key)]).await {
+                Ok(mut found) => match found.pop() {
+                    Some(data) => (
+                        RouteOptions::parse(key, data.options),
+                        MirrorSpec::parse(key, data.mirror),
+                    ),
+                    None => (RouteOptions::none(), None),
+                },
+                Err(_) => (RouteOptions::none(), None),
+            },
+        };
+        out["options"] = options_json(&options);
+        out["mirror"] = mirror.as_deref().map_or(Value::Null, mirror_json);
         if let Some(window) = &self.proxy.telemetry.window {
             out["stats"] = frontend_figures_json(&window.frontend(key));
         }
@@ -427,7 +494,8 @@ impl Admin {
         Ok(json(StatusCode::OK, &out))
     }
 
-    /// `GET /api/v1/stats`: the last minute per frontend and backend, from this process's figures.
+    /// `GET /api/v1/stats`: the last minute per frontend and backend, from this process's figures, and each
+    /// mirror shadow's totals since start.
     pub(super) fn stats(&self) -> Response<Full<Bytes>> {
         let (frontends, dropped) = match &self.proxy.telemetry.window {
             Some(window) => (window.frontends(), window.dropped()),
@@ -441,6 +509,7 @@ impl Admin {
                 "rate_window_s": RATE_SECS,
                 "frontends": frontends,
                 "dropped": dropped,
+                "mirrors": self.proxy.mirrors.report().iter().map(shadow_json).collect::<Vec<_>>(),
             }),
         )
     }

@@ -129,6 +129,11 @@ pub struct ShadowReport {
     pub frontend: String,
     pub shadow: String,
     pub url: String,
+    /// Copies sent, failed (gonfork's errors and timeouts) and answered differently, since start.
+    pub sent: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub mismatches: u64,
     pub in_flight: usize,
     pub recent_mismatches: Vec<String>,
 }
@@ -210,10 +215,23 @@ impl Mirrors {
             .iter()
             .map(|entry| {
                 let ((frontend, shadow), state) = entry.pair();
+                let mismatches = ["status", "body"]
+                    .iter()
+                    .map(|kind| {
+                        self.metrics
+                            .mismatches
+                            .with_label_values(&[&**frontend, &**shadow, *kind])
+                            .get()
+                    })
+                    .sum();
                 ShadowReport {
                     frontend: frontend.to_string(),
                     shadow: shadow.to_string(),
                     url: state.url.clone(),
+                    sent: state.counted.requests.get(),
+                    errors: state.counted.errors.get(),
+                    timeouts: state.counted.timeouts.get(),
+                    mismatches,
                     in_flight: state.concurrency - state.slots.available_permits(),
                     recent_mismatches: state
                         .mismatches
