@@ -18,6 +18,7 @@ pub use crate::upstream::split_host_port;
 use crate::upstream::{Target, TargetError};
 
 pub mod balance;
+pub mod cache;
 pub mod etcd;
 pub mod events;
 pub mod health;
@@ -102,7 +103,7 @@ pub struct Router {
     /// One counter per original Host string, port included, created on the first successful lookup.
     counters: DashMap<Box<str>, Arc<AtomicU32>, foldhash::fast::RandomState>,
     /// Successful lookups by Host, for `--backend-cache`.
-    cache: Option<moka::future::Cache<Box<str>, Arc<Route>>>,
+    cache: Option<Arc<cache::RouteCache>>,
     /// Last successful lookup by Host, for Redis outages.
     stale: Option<moka::sync::Cache<Box<str>, StaleRoute>>,
     /// Routes kept fresh by keyspace notifications, for `--backend-cache-events`.
@@ -131,11 +132,7 @@ impl Router {
         });
         let cache = (policy.backend_cache && !policy.events).then(|| {
             let (ttl, size) = policy.backend_cache_limits;
-            let builder = moka::future::Cache::builder().time_to_live(ttl);
-            match size {
-                0 => builder.build(),
-                size => builder.max_capacity(size).build(),
-            }
+            Arc::new(cache::RouteCache::new(ttl, size))
         });
         let stale = policy.stale_routes_ttl.map(|ttl| {
             moka::sync::Cache::builder()
@@ -192,7 +189,7 @@ impl Router {
             events.clear();
         }
         if let Some(cache) = &self.cache {
-            cache.invalidate_all();
+            cache.clear();
         }
     }
 
@@ -257,14 +254,27 @@ impl Router {
         let Some(cache) = &self.cache else {
             return self.read(&request).await;
         };
-        if let Some(route) = cache.get(request.cache_key()).await {
-            return Ok(route);
+        match cache.get(request.cache_key()) {
+            cache::Cached::Fresh(route) => Ok(route),
+            // This request reads Redis ahead of the entry's expiry; the others are served meanwhile. Boxed, as
+            // below: the read's state should not ride along in every request.
+            cache::Cached::Refresh(route, refreshing) => {
+                match Box::pin(self.read(&request)).await {
+                    Ok(fresh) => {
+                        cache.insert(request.cache_key(), fresh.clone());
+                        Ok(fresh)
+                    }
+                    Err(_) => {
+                        refreshing.store(false, std::sync::atomic::Ordering::Release);
+                        Ok(route)
+                    }
+                }
+            }
+            // Boxed: a miss is rare, and the loader's state would otherwise ride along in every request.
+            cache::Cached::Miss => {
+                Box::pin(cache.load(request.cache_key(), self.read(&request))).await
+            }
         }
-        // Boxed: a miss is rare, and the cache's loader state would otherwise ride along in every request.
-        let key: Box<str> = request.cache_key().into();
-        Box::pin(cache.try_get_with(key, self.read(&request)))
-            .await
-            .map_err(|e| (*e).clone())
     }
 
     /// How much of `path` decides the candidates of `host`: the longest path frontend prefix that matches under
@@ -311,8 +321,8 @@ impl Router {
         let (host, key) = (request.cache_key().to_string(), key.to_string());
         async move {
             if let Some(cache) = cache {
-                cache.invalidate(host.as_str()).await;
-                cache.invalidate(key.as_str()).await;
+                cache.invalidate(host.as_str());
+                cache.invalidate(key.as_str());
             }
         }
     }
