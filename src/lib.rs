@@ -10,6 +10,9 @@
 //!   [`run`].
 //! - [`app`]: the composition root: connects Redis, opens logs, loads certificates, binds listeners, starts the
 //!   workers and background tasks ([`app::signals`]), serves, drains.
+//! - [`nfork`]: the gonfork preset (`--nfork-config`, or the binary run as `nforkd`): inbound listeners that copy
+//!   every request to their outbounds and answer from the active one, and gonfork's REST controller. It stands
+//!   beside [`app`] as a composition root of its own and uses no Redis.
 //! - [`server`]: the downstream side: listeners and the accept loop, each connection's lifecycle (parking
 //!   idle HTTP/1 connections, draining) and client timeouts, the TLS terminator ([`server::tls`]) and the SNI
 //!   passthrough ([`server::sni`]).
@@ -57,6 +60,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod mirror;
+pub mod nfork;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
