@@ -12,6 +12,9 @@
 //!   workers and background tasks ([`app::signals`]), serves, drains.
 //! - [`admin`]: the admin listener (`--admin-address`): the JSON API that lists and changes frontends and dead
 //!   marks, the last minute's figures, `/healthz` and `/ready`, and the embedded dashboard.
+//! - [`nfork`]: the gonfork preset (`--nfork-config`, or the binary run as `nforkd`): inbound listeners that copy
+//!   every request to their outbounds and answer from the active one, and gonfork's REST controller. It stands
+//!   beside [`app`] as a composition root of its own and uses no Redis.
 //! - [`server`]: the downstream side: listeners and the accept loop, each connection's lifecycle (parking
 //!   idle HTTP/1 connections, draining) and client timeouts, the TLS terminator ([`server::tls`]) and the SNI
 //!   passthrough ([`server::sni`]).
@@ -60,6 +63,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod mirror;
+pub mod nfork;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

@@ -11,7 +11,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() {
+    // gonfork's binary name: a symlink called `nforkd` takes nforkd's command line.
+    if invoked_as("nforkd") {
+        let cli = hypache::config::flags::NforkdCli::parse_go_style(std::env::args_os());
+        run_nfork(&cli.config, &cli.listen);
+    }
     let cli = hypache::config::flags::Cli::parse();
+    if let Some(path) = &cli.nfork_config {
+        run_nfork(path, &cli.nfork_listen);
+    }
     let fasthttp = cli.engine == "fasthttp";
     let dry = cli.dry;
     let flavor = std::env::var("SETTINGS_FLAVOR").ok();
@@ -72,6 +80,48 @@ fn main() {
     if let Err(e) = result {
         eprintln!("{e}");
         std::process::exit(1);
+    }
+}
+
+/// Whether the program was started under `name` (the basename of argv[0]).
+fn invoked_as(name: &str) -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|path| path.file_name().map(|n| n == name))
+        .unwrap_or(false)
+}
+
+/// The gonfork preset: read the inbounds (a bad file exits 2 naming the problem), serve them and the REST
+/// controller until SIGTERM or SIGINT. No Redis is contacted.
+fn run_nfork(path: &std::path::Path, listen: &str) -> ! {
+    let inbounds = match hypache::config::nfork::load(path) {
+        Ok(inbounds) => inbounds,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("install the ring crypto provider");
+    // Every inbound shares one multi-threaded runtime: the preset has no per-worker state to keep apart.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal();
+        hypache::nfork::run(inbounds, listen, shutdown).await
+    });
+    // Shadow copies still in flight are not waited for.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The layers from the top; the modules of one layer may not refer to each other either.
 const LAYERS: &[&[&str]] = &[
     &["app"],
-    &["admin"],
+    &["admin", "nfork"],
     &["server"],
     &["proxy"],
     &["observe"],

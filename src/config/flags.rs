@@ -31,6 +31,16 @@ pub struct Cli {
     #[arg(short = 'd', long = "dry")]
     pub dry: bool,
 
+    /// gonfork's JSON array of inbounds: run as a drop-in `nforkd` (the gonfork preset, docs/nfork.md): every
+    /// request to an inbound goes to all its outbounds and is answered by the active one. No Redis is used,
+    /// and the other flags are then not used.
+    #[arg(long, env = "HYPACHE_NFORK_CONFIG", value_name = "FILE")]
+    pub nfork_config: Option<PathBuf>,
+
+    /// With --nfork-config: the address of the REST controller (`/v1/nfork`), nforkd's `--listen`.
+    #[arg(long, env = "HYPACHE_NFORK_LISTEN", default_value = crate::config::nfork::DEFAULT_CONTROLLER_LISTEN, value_name = "ADDR")]
+    pub nfork_listen: String,
+
     /// Plain HTTP listen address; `disabled` turns the plain listener off.
     #[arg(
         short = 'l',
@@ -330,6 +340,37 @@ pub struct Cli {
     /// At most this percentage of a frontend's backends is ejected at once.
     #[arg(long, env = "HYPACHE_BREAKER_MAX_EJECTION_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub breaker_max_ejection_percent: u8,
+}
+
+/// The command line of gonfork's `nforkd`, for the binary invoked under that name (a symlink): a gonfork user
+/// swaps the binary and keeps the command line.
+#[derive(Debug, Parser)]
+#[command(name = "nforkd", version, disable_version_flag = true)]
+pub struct NforkdCli {
+    /// The JSON array of inbounds.
+    #[arg(long, default_value = crate::config::nfork::DEFAULT_NFORKD_CONFIG, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The address of the REST controller (`/v1/nfork`).
+    #[arg(long, default_value = crate::config::nfork::DEFAULT_CONTROLLER_LISTEN, value_name = "ADDR")]
+    pub listen: String,
+}
+
+impl NforkdCli {
+    /// Parse `args` (the program name first). Go's flag package takes `-config x` as well as `--config x`, so
+    /// the single-dash forms of nforkd's two flags are accepted too.
+    pub fn parse_go_style(args: impl IntoIterator<Item = std::ffi::OsString>) -> NforkdCli {
+        let args = args.into_iter().map(|arg| {
+            let Some(text) = arg.to_str() else { return arg };
+            for flag in ["config", "listen"] {
+                let single = format!("-{flag}");
+                if text == single || text.starts_with(&format!("{single}=")) {
+                    return format!("-{text}").into();
+                }
+            }
+            arg
+        });
+        NforkdCli::parse_from(args)
+    }
 }
 
 fn parse_breaker_on(text: &str) -> Result<super::breaker::On, String> {

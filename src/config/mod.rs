@@ -7,6 +7,7 @@ pub mod admin;
 pub mod breaker;
 pub mod flags;
 pub mod hipache;
+pub mod nfork;
 pub mod routes;
 
 use std::net::SocketAddr;
