@@ -24,17 +24,6 @@ fn lrange(redis: &RedisServer, key: &str) -> Vec<String> {
     redis.query(&["LRANGE", &format!("frontend:{key}"), "0", "-1"])
 }
 
-/// How many times Redis ran `command` (from `INFO commandstats`).
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis.query(&["INFO", "commandstats"]);
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn backend(frontend: &Value, index: usize) -> &Value {
     &frontend["backends"][index]
 }
@@ -200,8 +189,8 @@ fn lists_frontends_with_backends_dead_marks_and_ttls() {
     assert_eq!(backend(a, 1)["dead"], true);
     let ttl = backend(a, 1)["dead_ttl_ms"].as_u64().unwrap();
     assert!((25_000..=30_000).contains(&ttl), "dead_ttl_ms {ttl}");
-    assert_eq!(calls(&redis, "keys"), 0, "KEYS must never be sent");
-    assert!(calls(&redis, "scan") > 0);
+    assert_eq!(redis.calls("keys"), 0, "KEYS must never be sent");
+    assert!(redis.calls("scan") > 0);
 }
 
 #[test]
@@ -246,7 +235,7 @@ fn scan_pages_through_a_thousand_frontends() {
     }
     assert_eq!(seen.len(), 1000);
     assert!(pages >= 5, "1,000 frontends in {pages} pages of 100");
-    assert_eq!(calls(&redis, "keys"), 0, "KEYS must never be sent");
+    assert_eq!(redis.calls("keys"), 0, "KEYS must never be sent");
     // One big page, and bad paging parameters.
     let all = get_json(admin, "/api/v1/frontends?count=1000");
     assert_eq!(all.status(), 200);
@@ -320,7 +309,7 @@ fn put_writes_the_list_atomically_and_an_invalid_body_changes_nothing() {
         br#"{"identifier": "x", "backends": ["10.0.0.1:80"]}"#,
         br#"{"identifier": "x", "backends": ["http://a"], "extra": true}"#,
     ];
-    let multi_before = calls(&redis, "multi");
+    let multi_before = redis.calls("multi");
     for body in bad_bodies {
         let answer = call(admin, "PUT", "/api/v1/frontends/a.com", None, body);
         assert_eq!(
@@ -333,7 +322,7 @@ fn put_writes_the_list_atomically_and_an_invalid_body_changes_nothing() {
         answer.error();
         assert_eq!(lrange(&redis, "a.com"), before);
     }
-    assert_eq!(calls(&redis, "multi"), multi_before);
+    assert_eq!(redis.calls("multi"), multi_before);
 
     let body = json!({ "identifier": "site-a", "backends": [one.url(), two.url()] }).to_string();
     let answer = call(
@@ -347,8 +336,8 @@ fn put_writes_the_list_atomically_and_an_invalid_body_changes_nothing() {
     assert_eq!(lrange(&redis, "a.com"), ["site-a", &one.url(), &two.url()]);
     // The old list's dead marks went with it.
     assert!(redis.dead_members("a.com").is_empty());
-    assert_eq!(calls(&redis, "multi"), multi_before + 1);
-    assert_eq!(calls(&redis, "exec"), 1);
+    assert_eq!(redis.calls("multi"), multi_before + 1);
+    assert_eq!(redis.calls("exec"), 1);
     // The proxy routes by it at once.
     let answers: BTreeSet<String> = (0..4)
         .map(|_| get(proxy.addr(), "a.com", "/", &[]).body_str())

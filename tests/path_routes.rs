@@ -41,15 +41,6 @@ fn until_served(proxy: &Proxy, host: &str, path: &str, want: &str) {
     );
 }
 
-/// Calls of one Redis command since the server started.
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis.query(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[test]
 fn the_longest_prefix_wins_on_segment_boundaries() {
     for mode in MODES {
@@ -273,11 +264,11 @@ fn a_host_without_path_frontends_is_served_exactly_as_before() {
     assert_eq!(resp.header("x-debug-frontend-key"), Some("plain.test"));
     assert_eq!(b1.requests().last().unwrap().target, "/api/x?y=1");
     // One LRANGE per request: no path candidate is read for it.
-    let before = calls(&redis, "lrange");
+    let before = redis.calls("lrange");
     for _ in 0..10 {
         body(&proxy, "plain.test", "/a/b/c/d");
     }
-    assert_eq!(calls(&redis, "lrange") - before, 10);
+    assert_eq!(redis.calls("lrange") - before, 10);
 }
 
 #[test]

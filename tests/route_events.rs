@@ -20,15 +20,6 @@ fn start(flags: &str) -> (RedisServer, Proxy) {
     (redis, proxy)
 }
 
-/// Calls of one Redis command since the last `CONFIG RESETSTAT`.
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis.query(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[test]
 fn cached_routes_read_no_redis_and_follow_each_change() {
     let (redis, proxy) = start("Kglshx");
@@ -41,14 +32,14 @@ fn cached_routes_read_no_redis_and_follow_each_change() {
     assert_eventually(secs(5), "a request served from the cache", || {
         let _: () = redis.query(&["CONFIG", "RESETSTAT"]);
         assert_eq!(body(&proxy, "events.test"), (200, "one".into()));
-        calls(&redis, "lrange") == 0
+        redis.calls("lrange") == 0
     });
 
     let _: () = redis.query(&["CONFIG", "RESETSTAT"]);
     for _ in 0..20 {
         assert_eq!(body(&proxy, "events.test"), (200, "one".into()));
     }
-    assert_eq!(calls(&redis, "lrange"), 0, "a cached Host read Redis");
+    assert_eq!(redis.calls("lrange"), 0, "a cached Host read Redis");
 
     // Entries live 60 s when the notifications are on; the change shows long before that.
     redis.set_frontend("events.test", &[&two.url()]);

@@ -115,12 +115,7 @@ mod tests {
     use super::*;
 
     fn fields(pairs: &[(&str, &str)]) -> RawHash {
-        RawHash::Fields(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        RawHash::from_pairs(pairs)
     }
 
     #[test]

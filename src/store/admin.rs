@@ -43,18 +43,7 @@ impl RedisClient {
         count: usize,
     ) -> Result<(u64, Vec<ListedFrontend>), StoreError> {
         let pattern = format!("{}frontend:*", glob_escape(&self.prefix));
-        let mut con = self.shared()?;
-        let (next, names): (u64, Vec<Vec<u8>>) = self
-            .call(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut con),
-            )
-            .await?;
+        let (next, names) = self.scan_page(&pattern, cursor, count).await?;
         let strip = format!("{}frontend:", self.prefix);
         let mut keys: Vec<String> = names
             .into_iter()

@@ -376,25 +376,34 @@ impl RedisClient {
         Ok(out)
     }
 
+    /// One `SCAN cursor MATCH pattern COUNT count` (never `KEYS`): the next cursor and the key names.
+    pub async fn scan_page(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+        let mut con = self.shared()?;
+        self.call(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut con),
+        )
+        .await
+    }
+
     /// Every frontend key with a path (`frontend:<host>/<path>`), by `SCAN` (never `KEYS`): the path index.
     pub async fn path_frontends(&self) -> Result<Vec<String>, StoreError> {
-        let mut con = self.shared()?;
         let pattern = format!("{}frontend:*/*", self.prefix);
         let strip = self.prefix.len() + "frontend:".len();
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .call(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut con),
-                )
-                .await?;
+            let (next, keys) = self.scan_page(&pattern, cursor, 1000).await?;
             out.extend(
                 keys.into_iter()
                     .filter_map(|k| String::from_utf8(k).ok())

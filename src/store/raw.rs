@@ -56,6 +56,16 @@ impl RawHash {
         }
     }
 
+    /// A hash from field/value pairs, as a routes file or a test writes it.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> RawHash {
+        RawHash::Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     pub fn is_absent(&self) -> bool {
         matches!(self, RawHash::Absent)
     }

@@ -219,6 +219,17 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
     }
 
+    /// How many times this server ran `command` since it started (from `INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.query(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Replaces `frontend:<host>` with `[id, backends...]`.
     pub fn set_frontend(&self, host: &str, backends: &[&str]) {
         self.set_frontend_db(0, host, backends);

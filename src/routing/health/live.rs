@@ -157,28 +157,10 @@ impl Monitor {
 
     /// Start the prober of one backend unless this process runs one (or PlanB's monitor watches it).
     fn probe_live(self: Arc<Self>, key: String, url: String) {
-        let pair = (key, url);
-        if !self
-            .watching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pair.clone())
-        {
-            return;
-        }
-        tokio::spawn(async move {
-            let (key, url) = &pair;
-            if let Err(e) = self.run_live(key, url).await {
-                self.log(&format!("health check of {url} for {key}: {e}"));
-            }
-            self.watching
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pair);
-        });
+        self.spawn_once(key, url, super::Probe::Live);
     }
 
-    async fn run_live(&self, key: &str, url: &str) -> Result<(), StoreError> {
+    pub(super) async fn run_live(&self, key: &str, url: &str) -> Result<(), StoreError> {
         let mut con = self.redis.dedicated().await?;
         let lock = format!("dead:{key}:{url}");
         if !self.reserve(&mut con, &lock).await? {
@@ -300,25 +282,9 @@ impl Monitor {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let verdict = match (is_dead, failures > 0) {
-            (false, true) if failures >= settings.fall => {
-                pipe.cmd("SADD")
-                    .arg(&dead)
-                    .arg(index)
-                    .cmd("EXPIRE")
-                    .arg(&dead)
-                    .arg(settings.dead_ttl());
-                Verdict::MarkedDead(index, urls.len())
-            }
-            // Still failing: kept dead, as PlanB's monitor renews the set.
-            (true, true) => {
-                pipe.cmd("SADD")
-                    .arg(&dead)
-                    .arg(index)
-                    .cmd("EXPIRE")
-                    .arg(&dead)
-                    .arg(settings.dead_ttl());
-                Verdict::Same
-            }
+            // Failed `fall` times: marked; still failing: kept dead, as PlanB's monitor renews the set.
+            (false, true) if failures >= settings.fall => Verdict::MarkedDead(index, urls.len()),
+            (true, true) => Verdict::Same,
             (true, false) if successes >= settings.rise => {
                 pipe.cmd("SREM").arg(&dead).arg(index);
                 Verdict::Revived
@@ -330,6 +296,14 @@ impl Monitor {
                 return Ok(Verdict::Same);
             }
         };
+        if failures > 0 {
+            pipe.cmd("SADD")
+                .arg(&dead)
+                .arg(index)
+                .cmd("EXPIRE")
+                .arg(&dead)
+                .arg(settings.dead_ttl());
+        }
         let done: Option<redis::Value> = self.redis.call(pipe.query_async(con)).await?;
         Ok(match done {
             Some(_) => verdict,

@@ -70,6 +70,13 @@ pub fn start(redis: RedisClient, id: String, error_log: ErrorLine) -> Arc<Monito
     monitor
 }
 
+/// The two kinds of prober: PlanB's, of a backend marked dead until it answers, and the live check's.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    DeadMark,
+    Live,
+}
+
 enum Update {
     /// Revived: stop watching.
     Revived,
@@ -175,17 +182,29 @@ impl Monitor {
         {
             return;
         }
-        let pair = (host, url);
+        self.spawn_once(host, url, Probe::DeadMark);
+    }
+
+    /// Run a probe of `url` for frontend `key` unless this process already probes it (either kind), and
+    /// forget the pair when it ends.
+    fn spawn_once(self: Arc<Self>, key: String, url: String, probe: Probe) {
+        let pair = (key, url);
+        if !self
+            .watching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pair.clone())
         {
-            let mut watching = self.watching.lock().unwrap_or_else(|p| p.into_inner());
-            if !watching.insert(pair.clone()) {
-                return;
-            }
+            return;
         }
         tokio::spawn(async move {
-            let (host, url) = &pair;
-            if let Err(e) = self.run(host, url).await {
-                self.log(&format!("health check of {url} for {host}: {e}"));
+            let (key, url) = &pair;
+            let ran = match probe {
+                Probe::DeadMark => self.run(key, url).await,
+                Probe::Live => self.run_live(key, url).await,
+            };
+            if let Err(e) = ran {
+                self.log(&format!("health check of {url} for {key}: {e}"));
             }
             self.watching
                 .lock()
