@@ -345,3 +345,35 @@ fn policies_apply_per_path_frontend() {
         }
     }
 }
+
+#[test]
+fn options_added_to_a_frontend_already_served_apply_within_2s() {
+    // The default mode reads route: and mirror: at most once a second for a frontend that has neither.
+    let (redis, proxy) = start(&[]);
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    redis.set_frontend("late.test", &[&a.url(), &b.url()]);
+    for _ in 0..4 {
+        body(&proxy, "late.test", "/");
+    }
+    let lookups = redis.calls("lrange");
+    let hashes = redis.calls("hgetall");
+    for _ in 0..10 {
+        body(&proxy, "late.test", "/");
+    }
+    assert_eq!(redis.calls("lrange") - lookups, 10);
+    // Five hashes a lookup when route: and mirror: are read, three when they are skipped.
+    assert!(
+        redis.calls("hgetall") - hashes < 50,
+        "route: and mirror: were read on every request"
+    );
+    let _: i64 = redis.query(&["HSET", "route:late.test", "weights", "0 1"]);
+    let added = std::time::Instant::now();
+    assert_eventually(Duration::from_secs(3), "the weights apply", || {
+        (0..4).all(|_| body(&proxy, "late.test", "/") == "b")
+    });
+    assert!(
+        added.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        added.elapsed()
+    );
+}

@@ -388,7 +388,17 @@ impl Admin {
                 Some(route) => (route.options.clone(), route.mirror.clone()),
                 None => (RouteOptions::none(), None),
             },
-            None => match self.proxy.router.store().lookup_many(&[(key, key)]).await {
+            None => match self
+                .proxy
+                .router
+                .store()
+                .lookup_many(&[crate::store::Lookup {
+                    key,
+                    dead: key,
+                    options: true,
+                }])
+                .await
+            {
                 Ok(mut found) => match found.pop() {
                     Some(data) => (
                         RouteOptions::parse(key, data.options),

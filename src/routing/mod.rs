@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use crate::config::{DeadSetKey, Extensions, RoutingPolicy, Selection};
 use crate::policy::Policy;
 use crate::rt::workers::PerWorker;
-use crate::store::{FrontendData, RedisClient, StoreError};
+use crate::store::{FrontendData, Lookup, RedisClient, StoreError};
 pub use crate::upstream::split_host_port;
 use crate::upstream::{Target, TargetError};
 
@@ -114,7 +114,15 @@ pub struct Router {
     paths: Arc<paths::PathIndex>,
     /// Per-frontend selection state for weights and least-request (see [`balance`]).
     balancer: balance::Balancer,
+    /// Default mode only: frontend keys seen without `route:` and `mirror:` hashes, and when. Their lookups
+    /// skip those two reads for [`OPTIONS_RECHECK`], so a frontend without options pays for them about once
+    /// a second instead of on every request.
+    absent_options: Option<DashMap<Box<str>, Instant, foldhash::fast::RandomState>>,
 }
+
+/// How long a frontend seen without `route:` and `mirror:` hashes is looked up without reading them (the
+/// default mode): a new hash applies within this, inside the 2 s the options promise.
+pub const OPTIONS_RECHECK: Duration = Duration::from_secs(1);
 
 impl Router {
     pub fn new(
@@ -151,6 +159,38 @@ impl Router {
             table: None,
             paths: Arc::default(),
             balancer: balance::Balancer::default(),
+            absent_options: (!policy.backend_cache && !policy.events).then(DashMap::default),
+        }
+    }
+
+    /// Whether a lookup of `key` reads its `route:` and `mirror:` hashes: always, unless the default mode saw
+    /// neither within [`OPTIONS_RECHECK`].
+    fn read_options(&self, key: &str) -> bool {
+        match &self.absent_options {
+            None => true,
+            Some(seen) => !seen
+                .get(key)
+                .is_some_and(|at| at.elapsed() < OPTIONS_RECHECK),
+        }
+    }
+
+    /// Remember which keys were just read without `route:` and `mirror:` hashes (and forget those with one).
+    fn note_options(&self, lookups: &[Lookup<'_>], found: &[FrontendData]) {
+        let Some(seen) = &self.absent_options else {
+            return;
+        };
+        for (lookup, data) in lookups.iter().zip(found) {
+            if !data.options_read {
+                continue;
+            }
+            if data.options.is_absent() && data.mirror.is_absent() {
+                if seen.len() >= MAX_COUNTERS {
+                    seen.clear();
+                }
+                seen.insert(lookup.key.into(), Instant::now());
+            } else {
+                seen.remove(lookup.key);
+            }
         }
     }
 
@@ -416,11 +456,19 @@ impl Router {
                     (key, dead)
                 })
                 .collect();
-            let refs: Vec<(&str, &str)> = pairs
+            let lookups: Vec<Lookup<'_>> = pairs
                 .iter()
-                .map(|(k, d)| (k.as_str(), d.as_str()))
+                .map(|(key, dead)| Lookup {
+                    key,
+                    dead,
+                    options: self.read_options(key),
+                })
                 .collect();
-            let found = store.lookup_many(&refs).await.map_err(LookupError::Store)?;
+            let found = store
+                .lookup_many(&lookups)
+                .await
+                .map_err(LookupError::Store)?;
+            self.note_options(&lookups, &found);
             Ok::<_, LookupError>(
                 pairs
                     .into_iter()

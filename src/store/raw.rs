@@ -7,6 +7,10 @@ use redis::Value;
 /// fields, then the route options and the mirror.
 pub const HASH_PREFIXES: [&str; 5] = ["guard:", "ratelimit:", "breaker:", "route:", "mirror:"];
 
+/// How many of [`HASH_PREFIXES`] are policies (read for every key); the rest are the route options and the
+/// mirror, which a lookup may skip (`Lookup::options`).
+pub const POLICY_HASHES: usize = 3;
+
 /// The raw policy hashes of one frontend key, as the lookup pipeline read them.
 #[derive(Debug, Clone, Default)]
 pub struct RawPolicy {
