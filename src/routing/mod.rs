@@ -168,9 +168,9 @@ impl Router {
     fn read_options(&self, key: &str) -> bool {
         match &self.absent_options {
             None => true,
-            Some(seen) => !seen
+            Some(seen) => seen
                 .get(key)
-                .is_some_and(|at| at.elapsed() < OPTIONS_RECHECK),
+                .is_none_or(|at| at.elapsed() >= OPTIONS_RECHECK),
         }
     }
 
