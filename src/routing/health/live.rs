@@ -236,10 +236,7 @@ impl Monitor {
                 Err(e) => self.log(&format!("health check of {url} for {key}: {e}")),
             }
         }
-        self.redis
-            .call(redis::cmd("DEL").arg(&lock).query_async::<()>(&mut con))
-            .await?;
-        Ok(())
+        self.release(&mut con, &lock).await
     }
 
     /// Under `WATCH frontend:<key>`: where the URL is and whether it is dead, then mark, renew or revive.
@@ -252,38 +249,16 @@ impl Monitor {
         failures: u32,
         successes: u32,
     ) -> Result<Verdict, StoreError> {
-        let frontend = format!("frontend:{key}");
         let dead = format!("dead:{key}");
-        self.redis
-            .call(redis::cmd("WATCH").arg(&frontend).query_async::<()>(con))
-            .await?;
-        let (urls, members): (Vec<String>, Vec<String>) = self
-            .redis
-            .call(
-                redis::pipe()
-                    .cmd("LRANGE")
-                    .arg(&frontend)
-                    .arg(1)
-                    .arg(-1)
-                    .cmd("SMEMBERS")
-                    .arg(&dead)
-                    .query_async(con),
-            )
-            .await?;
-        let Some(index) = urls.iter().position(|u| u == url) else {
-            self.redis
-                .call(redis::cmd("UNWATCH").query_async::<()>(con))
-                .await?;
+        let Some(watched) = self.watch_position(con, key, url).await? else {
             return Ok(Verdict::Gone);
         };
-        let is_dead = members
-            .iter()
-            .any(|m| crate::routing::dead_index(m) == Some(index));
+        let (index, is_dead) = (watched.index, watched.dead);
         let mut pipe = redis::pipe();
         pipe.atomic();
         let verdict = match (is_dead, failures > 0) {
             // Failed `fall` times: marked; still failing: kept dead, as PlanB's monitor renews the set.
-            (false, true) if failures >= settings.fall => Verdict::MarkedDead(index, urls.len()),
+            (false, true) if failures >= settings.fall => Verdict::MarkedDead(index, watched.count),
             (true, true) => Verdict::Same,
             (true, false) if successes >= settings.rise => {
                 pipe.cmd("SREM").arg(&dead).arg(index);

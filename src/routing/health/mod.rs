@@ -77,6 +77,14 @@ enum Probe {
     Live,
 }
 
+/// Where a watched URL stands in its frontend.
+struct Watched {
+    index: usize,
+    count: usize,
+    /// Its index is in the dead set.
+    dead: bool,
+}
+
 enum Update {
     /// Revived: stop watching.
     Revived,
@@ -236,10 +244,55 @@ impl Monitor {
                 Err(e) => self.log(&format!("health check of {url} for {host}: {e}")),
             }
         }
+        self.release(&mut con, &lock).await
+    }
+
+    /// Delete the lock of a prober that ends.
+    async fn release(&self, con: &mut MultiplexedConnection, lock: &str) -> Result<(), StoreError> {
         self.redis
-            .call(redis::cmd("DEL").arg(&lock).query_async::<()>(&mut con))
+            .call(redis::cmd("DEL").arg(lock).query_async::<()>(con))
+            .await
+    }
+
+    /// Under `WATCH frontend:<key>` (for the transaction that follows): the URL's first position in the
+    /// frontend, its backend count and the dead set's members. `None`, unwatched, when the URL left it.
+    async fn watch_position(
+        &self,
+        con: &mut MultiplexedConnection,
+        key: &str,
+        url: &str,
+    ) -> Result<Option<Watched>, StoreError> {
+        let frontend = format!("frontend:{key}");
+        self.redis
+            .call(redis::cmd("WATCH").arg(&frontend).query_async::<()>(con))
             .await?;
-        Ok(())
+        let (urls, members): (Vec<String>, Vec<String>) = self
+            .redis
+            .call(
+                redis::pipe()
+                    .cmd("LRANGE")
+                    .arg(&frontend)
+                    .arg(1)
+                    .arg(-1)
+                    .cmd("SMEMBERS")
+                    .arg(format!("dead:{key}"))
+                    .query_async(con),
+            )
+            .await?;
+        let Some(index) = urls.iter().position(|u| u == url) else {
+            self.redis
+                .call(redis::cmd("UNWATCH").query_async::<()>(con))
+                .await?;
+            return Ok(None);
+        };
+        let dead = members
+            .iter()
+            .any(|m| crate::routing::dead_index(m) == Some(index));
+        Ok(Some(Watched {
+            index,
+            count: urls.len(),
+            dead,
+        }))
     }
 
     /// Take (or refresh) the lock: under WATCH, set it to our id if it is free or already ours.
@@ -304,27 +357,11 @@ impl Monitor {
         url: &str,
         healthy: bool,
     ) -> Result<Update, StoreError> {
-        let frontend = format!("frontend:{host}");
         let dead = format!("dead:{host}");
-        self.redis
-            .call(redis::cmd("WATCH").arg(&frontend).query_async::<()>(con))
-            .await?;
-        let urls: Vec<String> = self
-            .redis
-            .call(
-                redis::cmd("LRANGE")
-                    .arg(&frontend)
-                    .arg(1)
-                    .arg(-1)
-                    .query_async(con),
-            )
-            .await?;
-        let Some(position) = urls.iter().position(|u| u == url) else {
-            self.redis
-                .call(redis::cmd("UNWATCH").query_async::<()>(con))
-                .await?;
+        let Some(watched) = self.watch_position(con, host, url).await? else {
             return Ok(Update::Gone);
         };
+        let position = watched.index;
         let mut pipe = redis::pipe();
         pipe.atomic();
         if healthy {
