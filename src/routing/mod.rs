@@ -217,13 +217,6 @@ impl Router {
         Ok(())
     }
 
-    /// A notification named frontend key `key`: a path frontend may have been created.
-    pub fn frontend_touched(&self, key: &str) {
-        if self.paths.add(key) {
-            self.paths_changed();
-        }
-    }
-
     fn paths_changed(&self) {
         if let Some(events) = &self.events {
             events.clear();
@@ -415,7 +408,7 @@ impl Router {
         let hosts = self.host_candidates(request.host);
         let mut keys = match request.path.is_empty() {
             true => hosts,
-            false => self.paths().candidates(&hosts, request.path).0,
+            false => self.paths().candidates(&hosts, request.path),
         };
         if self.routing.dead_set == DeadSetKey::RequestHost {
             let host = self.lookup_host(request.host);
@@ -477,10 +470,15 @@ impl Router {
             )
         };
         let planb_key = split_host_port(host).unwrap_or(host).to_string();
-        // The first candidate is the Host's longest matching path frontend, or the Host itself.
-        let first = match self.paths().longest(host, request.path) {
-            Some(depth) if !request.path.is_empty() => format!("{host}{}", &request.path[..depth]),
-            _ => host.to_string(),
+        // The first candidate is the Host's longest matching path frontend, or the Host itself (without a
+        // look at the index when no path frontend decides the request).
+        let depth = match request.path.is_empty() {
+            true => None,
+            false => self.paths().longest(host, request.path),
+        };
+        let first = match depth {
+            Some(depth) => format!("{host}{}", &request.path[..depth]),
+            None => host.to_string(),
         };
         if let Some(route) = read(vec![first.clone()]).await? {
             return Ok(route);
@@ -525,7 +523,6 @@ impl Router {
             true => table
                 .paths()
                 .candidates(&[host], path)
-                .0
                 .iter()
                 .find_map(|key| find(key)),
             false => find(host),
@@ -541,7 +538,6 @@ impl Router {
             (false, true) => table
                 .paths()
                 .candidates(&fallback_candidates(host, self.extensions), path)
-                .0
                 .iter()
                 .find_map(|key| find(key)),
         };

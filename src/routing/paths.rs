@@ -10,7 +10,7 @@
 //! a miss until the next scan, and the request falls back to the next candidate as if it had never existed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,6 @@ pub struct PathIndex {
     /// Whether a path frontend's host is a wildcard or the catch-all: only then can a request's fallback
     /// hosts have path frontends when its Host is already in lookup form.
     any_wildcard: AtomicBool,
-    /// Moves whenever the index changes, so that caches keyed by the candidates drop what they hold.
-    generation: AtomicU64,
 }
 
 impl PathIndex {
@@ -57,7 +55,6 @@ impl PathIndex {
         self.any_wildcard
             .store(hosts.keys().any(|h| h.starts_with('*')), Ordering::Release);
         self.hosts.store(Arc::new(hosts));
-        self.generation.fetch_add(1, Ordering::SeqCst);
         true
     }
 
@@ -104,29 +101,24 @@ impl PathIndex {
             .map(|p| p.len())
     }
 
-    /// Moves whenever the index changes.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
     /// The keys to try for `hosts` (the Host and its fallback candidates, in order) and request path `path`:
-    /// each host's path frontends that match, longest first, then the host itself. Also returns the depth of
-    /// the request path the candidates depend on (the longest matching prefix), for cache keys.
-    pub fn candidates<S: AsRef<str>>(&self, hosts: &[S], path: &str) -> (Vec<String>, usize) {
+    /// each host's path frontends that match, longest first, then the host itself.
+    pub fn candidates<S: AsRef<str>>(&self, hosts: &[S], path: &str) -> Vec<String> {
         let index = self.hosts.load();
         let mut out = Vec::with_capacity(hosts.len() + 1);
-        let mut depth = 0;
         for host in hosts {
             let host = host.as_ref();
             if let Some(paths) = index.get(host) {
-                for p in paths.iter().filter(|p| matches(p, path)) {
-                    depth = depth.max(p.len());
-                    out.push(format!("{host}{p}"));
-                }
+                out.extend(
+                    paths
+                        .iter()
+                        .filter(|p| matches(p, path))
+                        .map(|p| format!("{host}{p}")),
+                );
             }
             out.push(host.to_string());
         }
-        (out, depth)
+        out
     }
 }
 
@@ -193,13 +185,15 @@ mod tests {
             "a.com/api/v1/x/y"
         ]));
         assert!(index.any());
-        let (keys, depth) = index.candidates(&["a.com", "*.com"], "/api/v1/z");
+        let keys = index.candidates(&["a.com", "*.com"], "/api/v1/z");
         assert_eq!(keys, vec!["a.com/api/v1", "a.com/api", "a.com", "*.com"]);
-        assert_eq!(depth, "/api/v1".len());
-        let (keys, depth) = index.candidates(&["x.a.com", "*.a.com"], "/apix");
+        assert_eq!(index.longest("a.com", "/api/v1/z"), Some("/api/v1".len()));
+        assert_eq!(index.longest("*.com", "/api/v1/z"), None);
+        let keys = index.candidates(&["x.a.com", "*.a.com"], "/apix");
         assert_eq!(keys, vec!["x.a.com", "*.a.com"]);
-        assert_eq!(depth, 0);
-        let (keys, _) = index.candidates(&["a.com"], "/api/v1/x/y/z");
+        assert_eq!(index.longest("x.a.com", "/apix"), None);
+        assert_eq!(index.longest("*.a.com", "/apix"), None);
+        let keys = index.candidates(&["a.com"], "/api/v1/x/y/z");
         assert_eq!(
             keys,
             vec!["a.com/api/v1/x/y", "a.com/api/v1", "a.com/api", "a.com"]
