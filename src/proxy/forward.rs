@@ -12,7 +12,7 @@ use super::reject::Reject;
 use super::response::ProxyBody;
 use super::select::Exchange;
 use super::{Ctx, Downstream, Proxy};
-use crate::body::{RequestBody, Tee};
+use crate::body::RequestBody;
 use crate::config::ForwardingPolicy;
 use crate::mirror::{ActiveOutcome, Head};
 use crate::observe::access_log::AccessEntry;
@@ -100,10 +100,8 @@ impl Proxy {
             headers::join_cookies(req.headers_mut());
         }
         *req.version_mut() = Version::HTTP_11;
-        // A path frontend with `strip_prefix` mounts its application at `/`.
-        if let Some(prefix) = route.path_prefix().filter(|_| route.options.strip_prefix) {
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let stripped = crate::routing::paths::strip(prefix, target);
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Some(stripped) = route.stripped_target(target) {
             *req.uri_mut() = stripped.parse().unwrap_or_default();
         }
         // The backend gets origin form; most requests are in it already (HTTP/2 and absolute-form ones are not).
@@ -121,22 +119,15 @@ impl Proxy {
         let (mut resp, backend_time) = self.send_to_backends(req, ctx, route, pass).await;
         if let Some(mirrored) = mirrored {
             let status = resp.status().as_u16();
-            let outcome = match (mirrored.hash_active_body, resp.body_mut()) {
-                (Some(cap), ProxyBody::Upstream(_)) => {
-                    let ProxyBody::Upstream(body) =
-                        std::mem::replace(resp.body_mut(), ProxyBody::Full(None))
-                    else {
-                        unreachable!("matched just above")
-                    };
-                    use http_body::Body;
-                    let (tee, copy) = Tee::new(&body.size_hint(), body.is_end_stream(), cap);
-                    *resp.body_mut() = match tee {
-                        Some(tee) => ProxyBody::Teed(body, Box::new(tee)),
-                        None => ProxyBody::Upstream(body),
-                    };
-                    ActiveOutcome::WithBody(status, copy)
-                }
-                _ => ActiveOutcome::Status(status),
+            let copy = mirrored.hash_active_body.and_then(|cap| {
+                let (body, copy) =
+                    std::mem::replace(resp.body_mut(), ProxyBody::Full(None)).teed(cap);
+                *resp.body_mut() = body;
+                copy
+            });
+            let outcome = match copy {
+                Some(copy) => ActiveOutcome::WithBody(status, copy),
+                None => ActiveOutcome::Status(status),
             };
             mirrored.active.answered(outcome);
         }

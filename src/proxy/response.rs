@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::Tee;
+use crate::body::{CopyReceiver, Tee};
 use crate::upstream::UpstreamBody;
 
 /// What the proxy sends back to a client.
@@ -23,6 +23,20 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         let bytes = bytes.into();
         ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// Copy a backend's body as it streams to the client, up to `cap` bytes (a mirror's `compare body`); the
+    /// copy arrives on the receiver. An answer of the proxy's own is not copied (`None`).
+    pub fn teed(self, cap: usize) -> (ProxyBody, Option<CopyReceiver>) {
+        let ProxyBody::Upstream(body) = self else {
+            return (self, None);
+        };
+        let (tee, copy) = Tee::new(&body.size_hint(), body.is_end_stream(), cap);
+        let body = match tee {
+            Some(tee) => ProxyBody::Teed(body, Box::new(tee)),
+            None => ProxyBody::Upstream(body),
+        };
+        (body, Some(copy))
     }
 }
 

@@ -61,14 +61,10 @@ impl Proxy {
                 headers::set_forwarded_if_absent(req.headers_mut(), down.peer.ip(), down.tls);
             }
         }
-        let mut path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        if let Some(prefix) = route.path_prefix().filter(|_| route.options.strip_prefix) {
-            path_and_query = crate::routing::paths::strip(prefix, &path_and_query);
-        }
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path_and_query = route
+            .stripped_target(path_and_query)
+            .unwrap_or_else(|| path_and_query.to_string());
         let client_upgrade = hyper::upgrade::on(&mut req);
         let attempt = |target: Arc<Target>, ()| async move {
             match self.upstream.open(&target, target.authority()).await {

@@ -660,6 +660,13 @@ impl Route {
         paths::split_key(&self.key).map(|(_, path)| path)
     }
 
+    /// The request target (`path?query`) a backend of this route gets when it differs from the client's: a
+    /// path frontend with `strip_prefix` mounts its application at `/`.
+    pub fn stripped_target(&self, path_and_query: &str) -> Option<String> {
+        let prefix = self.path_prefix().filter(|_| self.options.strip_prefix)?;
+        Some(paths::strip(prefix, path_and_query))
+    }
+
     /// Apply the route options: a backend weighted 0 is out of rotation, as a dead one is.
     pub fn with_options(mut self, options: Arc<RouteOptions>) -> Route {
         if options.weights.is_some() {
