@@ -441,10 +441,7 @@ impl Admin {
         store
             .put_frontend(key, &put.identifier, &put.backends)
             .await?;
-        {
-            let (host, path) = crate::routing::paths::split_key(key).unwrap_or((key, ""));
-            self.proxy.router.forget(host, path, key).await;
-        }
+        self.proxy.router.forget_key(key).await;
         tracing::info!(
             "admin: frontend {key:?} set to {} backend(s): {}",
             put.backends.len(),
@@ -462,10 +459,7 @@ impl Admin {
             return Err(AdminError::ReadOnly(source));
         }
         let existed = self.proxy.write.delete_frontend(key).await?;
-        {
-            let (host, path) = crate::routing::paths::split_key(key).unwrap_or((key, ""));
-            self.proxy.router.forget(host, path, key).await;
-        }
+        self.proxy.router.forget_key(key).await;
         if !existed {
             return Err(AdminError::NotFound(format!("no frontend {key:?}")));
         }

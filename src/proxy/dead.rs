@@ -138,11 +138,7 @@ impl Proxy {
         self.write
             .mark_dead(&route.dead_key, index, &url, count, ttl, publish_only)
             .await?;
-        {
-            let (host, path) =
-                crate::routing::paths::split_key(&route.key).unwrap_or((&route.key, ""));
-            self.router.forget(host, path, &route.key).await;
-        }
+        self.router.forget_key(&route.key).await;
         Ok(!publish_only)
     }
 
@@ -157,11 +153,7 @@ impl Proxy {
             return Ok(table.revive(&route.dead_key, index));
         }
         let revived = self.write.revive(&route.dead_key, index).await?;
-        {
-            let (host, path) =
-                crate::routing::paths::split_key(&route.key).unwrap_or((&route.key, ""));
-            self.router.forget(host, path, &route.key).await;
-        }
+        self.router.forget_key(&route.key).await;
         Ok(revived)
     }
 }

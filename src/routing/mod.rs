@@ -360,6 +360,13 @@ impl Router {
         }
     }
 
+    /// [`Router::forget`] for a frontend key changed from outside a request (an operator's mark or edit): the
+    /// key's own host and path stand for the request's.
+    pub fn forget_key(&self, key: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (host, path) = paths::split_key(key).unwrap_or((key, ""));
+        self.forget(host, path, key)
+    }
+
     async fn read(&self, request: &Request<'_>) -> Result<Arc<Route>, LookupError> {
         self.read_marked(request).await.map(|(route, _)| route)
     }
