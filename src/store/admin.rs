@@ -22,7 +22,7 @@ pub struct ListedFrontend {
 }
 
 /// `text` with Redis's glob characters escaped, for a `MATCH` pattern.
-fn glob_escape(text: &str) -> String {
+pub(super) fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -43,11 +43,10 @@ impl RedisClient {
         count: usize,
     ) -> Result<(u64, Vec<ListedFrontend>), StoreError> {
         let pattern = format!("{}frontend:*", glob_escape(&self.prefix));
-        let (next, names) = self.scan_page(&pattern, cursor, count).await?;
+        let (next, names) = self.scan_page(&pattern, None, cursor, count).await?;
         let strip = format!("{}frontend:", self.prefix);
         let mut keys: Vec<String> = names
             .into_iter()
-            .filter_map(|name| String::from_utf8(name).ok())
             .filter_map(|name| name.strip_prefix(&strip).map(str::to_string))
             .collect();
         keys.sort_unstable();

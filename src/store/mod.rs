@@ -387,37 +387,41 @@ impl RedisClient {
         Ok(out)
     }
 
-    /// One `SCAN cursor MATCH pattern COUNT count` (never `KEYS`): the next cursor and the key names.
+    /// One `SCAN cursor MATCH pattern [TYPE kind] COUNT count` (never `KEYS`): the next cursor and the key
+    /// names that are text (a key that is not UTF-8 names nothing hypache reads).
     pub async fn scan_page(
         &self,
         pattern: &str,
+        kind: Option<&str>,
         cursor: u64,
         count: usize,
-    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+    ) -> Result<(u64, Vec<String>), StoreError> {
         let mut con = self.shared()?;
-        self.call(
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut con),
-        )
-        .await
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(pattern);
+        if let Some(kind) = kind {
+            scan.arg("TYPE").arg(kind);
+        }
+        let (next, names): (u64, Vec<Vec<u8>>) = self
+            .call(scan.arg("COUNT").arg(count).query_async(&mut con))
+            .await?;
+        let names = names
+            .into_iter()
+            .filter_map(|name| String::from_utf8(name).ok())
+            .collect();
+        Ok((next, names))
     }
 
     /// Every frontend key with a path (`frontend:<host>/<path>`), by `SCAN` (never `KEYS`): the path index.
     pub async fn path_frontends(&self) -> Result<Vec<String>, StoreError> {
-        let pattern = format!("{}frontend:*/*", self.prefix);
+        let pattern = format!("{}frontend:*/*", admin::glob_escape(&self.prefix));
         let strip = self.prefix.len() + "frontend:".len();
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
-            let (next, keys) = self.scan_page(&pattern, cursor, 1000).await?;
+            let (next, keys) = self.scan_page(&pattern, None, cursor, 1000).await?;
             out.extend(
                 keys.into_iter()
-                    .filter_map(|k| String::from_utf8(k).ok())
                     .filter(|k| k.len() > strip)
                     .map(|k| k[strip..].to_string()),
             );

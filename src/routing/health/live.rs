@@ -103,19 +103,9 @@ impl Monitor {
         let mut cursor: u64 = 0;
         let mut live = HashSet::new();
         loop {
-            let (next, keys): (u64, Vec<String>) = self
+            let (next, keys) = self
                 .redis
-                .call(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg("healthcheck:*")
-                        .arg("TYPE")
-                        .arg("hash")
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut con),
-                )
+                .scan_page("healthcheck:*", Some("hash"), cursor, 500)
                 .await?;
             for hash in keys {
                 let key = hash["healthcheck:".len()..].to_string();

@@ -137,19 +137,9 @@ impl Monitor {
         let mut con = self.redis.shared()?;
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
+            let (next, keys) = self
                 .redis
-                .call(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg("dead:*")
-                        .arg("TYPE")
-                        .arg("set")
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut con),
-                )
+                .scan_page("dead:*", Some("set"), cursor, 500)
                 .await?;
             for key in keys {
                 let host = &key["dead:".len()..];
