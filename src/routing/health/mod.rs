@@ -157,8 +157,9 @@ impl Monitor {
                     )
                     .await?;
                 for member in members {
-                    let index = member.trim().parse::<usize>().unwrap_or(0);
-                    if let Some(url) = urls.get(index) {
+                    // Read as the proxy reads the set, so the monitor watches the backend requests skip.
+                    let index = crate::routing::dead_index(&member);
+                    if let Some(url) = index.and_then(|i| urls.get(i)) {
                         self.clone().watch(host.to_string(), url.clone());
                     }
                 }
