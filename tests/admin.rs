@@ -580,25 +580,14 @@ fn a_routes_file_is_listed_and_marked_but_not_written() {
         "[frontends.\"a.com\"]\nidentifier = \"site-a\"\nbackends = [\"http://10.0.0.1:80\", \"http://10.0.0.2:80\"]\n",
     )
     .unwrap();
-    let nothing = refused_addr().port().to_string();
-    let proxy = Proxy::start_custom(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-address",
-            "127.0.0.1:0",
-            "--routes",
-            routes.to_str().unwrap(),
-            "--read-redis-port",
-            &nothing,
-            "--write-redis-port",
-            &nothing,
-            "--access-log",
-            "none",
-        ],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::start_without_redis(&[
+        "--admin-address",
+        "127.0.0.1:0",
+        "--routes",
+        routes.to_str().unwrap(),
+        "--access-log",
+        "none",
+    ]);
     let admin = admin_addr(&proxy);
     let listed = get_json(admin, "/api/v1/frontends");
     assert_eq!(listed.status(), 200, "{}", listed.resp.body_str());

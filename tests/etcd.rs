@@ -13,28 +13,17 @@ fn start(etcd: &EtcdServer) -> Proxy {
 }
 
 fn start_api(etcd: &EtcdServer, api: &str) -> Proxy {
-    let nothing = refused_addr().port().to_string();
     let url = etcd.url();
-    Proxy::start_custom(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--etcdurl",
-            &url,
-            "--etcdkey",
-            "/domains",
-            "--etcd-api",
-            api,
-            "--read-redis-port",
-            &nothing,
-            "--write-redis-port",
-            &nothing,
-            "--access-log",
-            "none",
-        ],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    Proxy::start_without_redis(&[
+        "--etcdurl",
+        &url,
+        "--etcdkey",
+        "/domains",
+        "--etcd-api",
+        api,
+        "--access-log",
+        "none",
+    ])
 }
 
 fn body(proxy: &Proxy, host: &str) -> (u16, String) {

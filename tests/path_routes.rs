@@ -295,21 +295,7 @@ fn the_routes_file_has_path_frontends_and_options() {
         ),
     )
     .unwrap();
-    let nothing = refused_addr().port().to_string();
-    let proxy = Proxy::start_custom(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--routes",
-            file.to_str().unwrap(),
-            "--read-redis-port",
-            &nothing,
-            "--write-redis-port",
-            &nothing,
-        ],
-        &[],
-    )
-    .unwrap();
+    let proxy = Proxy::start_without_redis(&["--routes", file.to_str().unwrap()]);
     assert_eq!(body(&proxy, "f.test", "/api/x?q=1"), "api");
     assert_eq!(api.requests().last().unwrap().target, "/x?q=1");
     assert_eq!(body(&proxy, "f.test", "/apix"), "site");

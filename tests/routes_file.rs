@@ -11,22 +11,15 @@ use support::*;
 
 /// A proxy on a routes file, pointed at a Redis port where nothing listens: any Redis use would show.
 fn start(routes: &Path, extra: &[&str]) -> Proxy {
-    let nothing = refused_addr().port().to_string();
     let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
         "--routes",
         routes.to_str().unwrap(),
-        "--read-redis-port",
-        &nothing,
-        "--write-redis-port",
-        &nothing,
         // Relative to the proxy's own directory, where the harness looks for it.
         "--access-log",
         "access.log",
     ];
     args.extend_from_slice(extra);
-    Proxy::start_custom(&args, &[]).unwrap_or_else(|e| panic!("{e}"))
+    Proxy::start_without_redis(&args)
 }
 
 fn write_routes(dir: &Path, text: &str) -> PathBuf {

@@ -162,6 +162,22 @@ impl Proxy {
         Self::launch(args, env, dir, access_log, want).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts on `127.0.0.1:0` with `args`, pointed at a Redis port where nothing listens: for a source that
+    /// needs no Redis (a routes file, etcd), where any Redis use would show.
+    pub fn start_without_redis(args: &[&str]) -> Proxy {
+        let nothing = super::refused_addr().port().to_string();
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--read-redis-port",
+            &nothing,
+            "--write-redis-port",
+            &nothing,
+        ];
+        all.extend_from_slice(args);
+        Self::start_custom(&all, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts with exactly `args` (nothing added) and waits for the listening line.
     pub fn start_custom(args: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
