@@ -22,8 +22,9 @@ use crate::upstream::{Target, Upstream};
 
 /// Mismatching request lines kept per shadow for the admin API.
 const RECENT_MISMATCHES: usize = 10;
-/// Shadows whose state is kept; past it the map starts over (a flood of mirrored frontends cannot grow it).
-const MAX_SHADOWS: usize = 10_000;
+/// Mirrored frontends whose state is kept; past it the map starts over (a flood of mirrored frontends cannot
+/// grow it).
+const MAX_FRONTENDS: usize = 10_000;
 /// How long the comparison waits for the active answer's body to be sent to the client.
 const ACTIVE_WAIT: Duration = Duration::from_secs(60);
 
@@ -51,8 +52,9 @@ impl ActiveSide {
     }
 }
 
-/// One shadow of one frontend: its limit, its counters' labels and its last mismatches.
+/// One shadow of one frontend: its limit, its counters and its last mismatches.
 struct Shadow {
+    name: String,
     url: String,
     target: Option<Arc<Target>>,
     slots: Arc<Semaphore>,
@@ -67,6 +69,31 @@ struct Counted {
     errors: prometheus::IntCounter,
     timeouts: prometheus::IntCounter,
     latency: prometheus::Histogram,
+    /// `dropped` by reason.
+    sampling: prometheus::IntCounter,
+    full: prometheus::IntCounter,
+    too_large: prometheus::IntCounter,
+    /// `mismatches` by kind.
+    status_differs: prometheus::IntCounter,
+    body_differs: prometheus::IntCounter,
+}
+
+/// The shadows of one frontend, as made for the spec they came from (reused while it stays the same).
+struct Frontend {
+    shadows: Vec<Arc<Shadow>>,
+    concurrency: usize,
+}
+
+impl Frontend {
+    fn made_for(&self, spec: &MirrorSpec) -> bool {
+        self.concurrency == spec.concurrency
+            && self.shadows.len() == spec.shadows.len()
+            && self
+                .shadows
+                .iter()
+                .zip(&spec.shadows)
+                .all(|(shadow, (name, url))| shadow.name == *name && shadow.url == *url)
+    }
 }
 
 /// The metrics of every shadow, labelled by frontend key and shadow name (registered by `observe`).
@@ -142,7 +169,8 @@ pub struct ShadowReport {
 pub struct Mirrors {
     /// The shadows' own connection pool: their connections never mix with the backends'.
     upstream: Arc<Upstream>,
-    shadows: DashMap<(Box<str>, Box<str>), Arc<Shadow>, foldhash::fast::RandomState>,
+    /// By frontend key: a request looks its frontend's shadows up without building a key.
+    frontends: DashMap<Box<str>, Arc<Frontend>, foldhash::fast::RandomState>,
     pub metrics: MirrorMetrics,
 }
 
@@ -157,7 +185,7 @@ impl Mirrors {
     pub fn new(upstream: Upstream) -> Mirrors {
         Mirrors {
             upstream: Arc::new(upstream),
-            shadows: DashMap::default(),
+            frontends: DashMap::default(),
             metrics: MirrorMetrics::new(),
         }
     }
@@ -167,11 +195,8 @@ impl Mirrors {
     pub fn sampled(&self, key: &str, spec: &MirrorSpec) -> bool {
         let keep = spec.percent >= 100 || fastrand::u8(..100) < spec.percent;
         if !keep {
-            for (name, _) in &spec.shadows {
-                self.metrics
-                    .dropped
-                    .with_label_values(&[key, name, "sampling"])
-                    .inc();
+            for shadow in &self.frontend(key, spec).shadows {
+                shadow.counted.sampling.inc();
             }
         }
         keep
@@ -192,11 +217,7 @@ impl Mirrors {
         );
         let (tx, active) = oneshot::channel();
         let hash_active_body = (spec.compare == Some(Compare::Body)).then_some(spec.max_body);
-        let shadows: Vec<(String, Arc<Shadow>)> = spec
-            .shadows
-            .iter()
-            .map(|(name, url)| (name.clone(), self.shadow(key, name, url, spec.concurrency)))
-            .collect();
+        let shadows = self.frontend(key, &spec);
         let mirrors = self.clone();
         let key = key.to_string();
         tokio::spawn(async move {
@@ -210,28 +231,18 @@ impl Mirrors {
 
     /// What the admin API shows of each shadow.
     pub fn report(&self) -> Vec<ShadowReport> {
-        let mut out: Vec<ShadowReport> = self
-            .shadows
-            .iter()
-            .map(|entry| {
-                let ((frontend, shadow), state) = entry.pair();
-                let mismatches = ["status", "body"]
-                    .iter()
-                    .map(|kind| {
-                        self.metrics
-                            .mismatches
-                            .with_label_values(&[&**frontend, &**shadow, *kind])
-                            .get()
-                    })
-                    .sum();
-                ShadowReport {
-                    frontend: frontend.to_string(),
-                    shadow: shadow.to_string(),
+        let mut out: Vec<ShadowReport> = Vec::new();
+        for entry in self.frontends.iter() {
+            for state in &entry.value().shadows {
+                let counted = &state.counted;
+                out.push(ShadowReport {
+                    frontend: entry.key().to_string(),
+                    shadow: state.name.clone(),
                     url: state.url.clone(),
-                    sent: state.counted.requests.get(),
-                    errors: state.counted.errors.get(),
-                    timeouts: state.counted.timeouts.get(),
-                    mismatches,
+                    sent: counted.requests.get(),
+                    errors: counted.errors.get(),
+                    timeouts: counted.timeouts.get(),
+                    mismatches: counted.status_differs.get() + counted.body_differs.get(),
                     in_flight: state.concurrency - state.slots.available_permits(),
                     recent_mismatches: state
                         .mismatches
@@ -240,40 +251,70 @@ impl Mirrors {
                         .iter()
                         .cloned()
                         .collect(),
-                }
-            })
-            .collect();
+                });
+            }
+        }
         out.sort_by(|a, b| (&a.frontend, &a.shadow).cmp(&(&b.frontend, &b.shadow)));
         out
     }
 
-    /// The state of shadow `name` of frontend `key`, made anew when its URL or limit changed.
-    fn shadow(&self, key: &str, name: &str, url: &str, concurrency: usize) -> Arc<Shadow> {
-        let id = (Box::<str>::from(key), Box::<str>::from(name));
-        if let Some(shadow) = self.shadows.get(&id) {
-            if shadow.url == url && shadow.concurrency == concurrency {
-                return shadow.clone();
-            }
+    /// The shadows of frontend `key` as `spec` names them: those already made are kept (their counters, slots
+    /// and copies in flight), and the set is made anew only when a shadow or the limit changed.
+    fn frontend(&self, key: &str, spec: &MirrorSpec) -> Arc<Frontend> {
+        let known = self.frontends.get(key).map(|f| f.clone());
+        if let Some(frontend) = known.as_ref().filter(|f| f.made_for(spec)) {
+            return frontend.clone();
         }
-        if self.shadows.len() >= MAX_SHADOWS {
-            self.shadows.clear();
+        let shadows = spec
+            .shadows
+            .iter()
+            .map(|(name, url)| {
+                let same = known.as_ref().and_then(|f| {
+                    f.shadows.iter().find(|s| {
+                        s.name == *name && s.url == *url && s.concurrency == spec.concurrency
+                    })
+                });
+                match same {
+                    Some(shadow) => shadow.clone(),
+                    None => Arc::new(self.new_shadow(key, name, url, spec.concurrency)),
+                }
+            })
+            .collect();
+        let frontend = Arc::new(Frontend {
+            shadows,
+            concurrency: spec.concurrency,
+        });
+        if self.frontends.len() >= MAX_FRONTENDS && known.is_none() {
+            self.frontends.clear();
         }
+        self.frontends.insert(key.into(), frontend.clone());
+        frontend
+    }
+
+    fn new_shadow(&self, key: &str, name: &str, url: &str, concurrency: usize) -> Shadow {
+        let m = &self.metrics;
         let labels = [key, name];
-        let shadow = Arc::new(Shadow {
+        let dropped = |reason: &str| m.dropped.with_label_values(&[key, name, reason]);
+        let differs = |kind: &str| m.mismatches.with_label_values(&[key, name, kind]);
+        Shadow {
+            name: name.to_string(),
             url: url.to_string(),
             target: Target::parse(url).ok().map(Arc::new),
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             mismatches: Mutex::default(),
             counted: Counted {
-                requests: self.metrics.requests.with_label_values(&labels),
-                errors: self.metrics.errors.with_label_values(&labels),
-                timeouts: self.metrics.timeouts.with_label_values(&labels),
-                latency: self.metrics.latency.with_label_values(&labels),
+                requests: m.requests.with_label_values(&labels),
+                errors: m.errors.with_label_values(&labels),
+                timeouts: m.timeouts.with_label_values(&labels),
+                latency: m.latency.with_label_values(&labels),
+                sampling: dropped("sampling"),
+                full: dropped("full"),
+                too_large: dropped("body_too_large"),
+                status_differs: differs("status"),
+                body_differs: differs("body"),
             },
-        });
-        self.shadows.insert(id, shadow.clone());
-        shadow
+        }
     }
 
     async fn run(
@@ -282,17 +323,14 @@ impl Mirrors {
         spec: Arc<MirrorSpec>,
         head: Head,
         copy: CopyReceiver,
-        shadows: Vec<(String, Arc<Shadow>)>,
+        frontend: Arc<Frontend>,
         active: oneshot::Receiver<ActiveOutcome>,
     ) {
         let body = match copy.await {
             Ok(Copied::Body(body)) => body,
             Ok(Copied::TooLarge) => {
-                for (name, _) in &shadows {
-                    self.metrics
-                        .dropped
-                        .with_label_values(&[&key, name, "body_too_large"])
-                        .inc();
+                for shadow in &frontend.shadows {
+                    shadow.counted.too_large.inc();
                 }
                 return;
             }
@@ -304,22 +342,19 @@ impl Mirrors {
             _ => 0,
         };
         let timeout = spec.timeout;
-        let sends = shadows.into_iter().filter_map(|(name, shadow)| {
+        let sends = frontend.shadows.iter().filter_map(|shadow| {
             let Ok(permit) = shadow.slots.clone().try_acquire_owned() else {
-                self.metrics
-                    .dropped
-                    .with_label_values(&[&key, &name, "full"])
-                    .inc();
+                shadow.counted.full.inc();
                 return None;
             };
             let (head, body, key) = (&head, body.clone(), &key);
             let mirrors = &self;
             Some(async move {
                 let answer = mirrors
-                    .send_one(key, &name, &shadow, head, body, timeout, hash_cap)
+                    .send_one(key, shadow, head, body, timeout, hash_cap)
                     .await;
                 drop(permit);
-                (name, shadow, answer)
+                (shadow, answer)
             })
         });
         let answers = futures_util::future::join_all(sends).await;
@@ -340,23 +375,20 @@ impl Mirrors {
                 ActiveAnswer { status, body_hash }
             }
         };
-        for (name, shadow, answer) in answers {
+        for (shadow, answer) in answers {
             let Some(answer) = answer else { continue };
             let kind = if answer.status != active.status {
-                Some("status")
+                Some(("status", &shadow.counted.status_differs))
             } else if compare == Compare::Body
                 && active.body_hash.is_some()
                 && answer.body_hash != active.body_hash
             {
-                Some("body")
+                Some(("body", &shadow.counted.body_differs))
             } else {
                 None
             };
-            if let Some(kind) = kind {
-                self.metrics
-                    .mismatches
-                    .with_label_values(&[&key, &name, kind])
-                    .inc();
+            if let Some((kind, counter)) = kind {
+                counter.inc();
                 let line = format!(
                     "{} {} -> active {}, shadow {} ({kind} differs)",
                     head.method, head.uri, active.status, answer.status
@@ -371,11 +403,9 @@ impl Mirrors {
     }
 
     /// One copy to one shadow, counted.
-    #[allow(clippy::too_many_arguments)]
     async fn send_one(
         &self,
         key: &str,
-        name: &str,
         shadow: &Shadow,
         head: &Head,
         body: Bytes,
@@ -399,7 +429,8 @@ impl Mirrors {
                     Failure::Error => counted.errors.inc(),
                 }
                 tracing::debug!(
-                    "mirror {name} of {key}: {} ({:?})",
+                    "mirror {} of {key}: {} ({:?})",
+                    shadow.name,
                     failed.message,
                     failed.latency
                 );
