@@ -667,44 +667,10 @@ fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| "no address".to_string())
 }
 
-/// Parse a Go duration (`300ms`, `1.5s`, `1m30s`, `2h`, `0`), as PlanB's duration flags take.
+/// Parse a Go duration (`300ms`, `1.5s`, `1m30s`, `2h`, `0`), as PlanB's duration flags take: Go's own rules
+/// ([`super::go_duration::parse`]), around blanks, with the text in the message.
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit in duration {text:?}"))?;
-        if num_len == 0 {
-            return Err(format!("invalid duration {text:?}"));
-        }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
-        };
-        total += value * scale;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("invalid duration {text:?}"))
+    super::go_duration::parse(text.trim()).map_err(|e| format!("{e} in duration {text:?}"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod flags;
+pub mod go_duration;
 pub mod hipache;
 pub mod nfork;
 pub mod routes;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::go_duration;
+
 /// gonfork's timeout when an inbound has none (`DefaultInboundTimeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// gonfork's status for an active outbound that failed or timed out.
@@ -82,7 +84,7 @@ impl Inbound {
         let timeout = match raw.timeout.as_deref().map(str::trim) {
             // gonfork failed on a missing timeout (an empty string does not parse); hypache takes the default.
             None | Some("") => DEFAULT_TIMEOUT,
-            Some(text) => match parse_go_duration(text)
+            Some(text) => match go_duration::parse(text)
                 .map_err(|e| format!("invalid timeout {text:?}: {e}"))?
             {
                 Duration::ZERO => DEFAULT_TIMEOUT,
@@ -153,7 +155,7 @@ impl Inbound {
             listen: self.listen.clone(),
             active: self.active.clone(),
             out: self.out.clone(),
-            timeout: Some(go_duration(self.timeout)),
+            timeout: Some(go_duration::format(self.timeout)),
             timeout_code: Some(self.timeout_code),
             idle_conn: Some(self.idle_conn),
             max_body: Some(self.max_body),
@@ -215,157 +217,9 @@ pub fn listen_address(listen: &str) -> String {
     }
 }
 
-/// Go's `time.ParseDuration`, exact to the nanosecond: `1.5s`, `100ms`, `1m30s`, `2h`, `0`. Negative
-/// durations are refused (a timeout cannot be negative).
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let mut rest = text.strip_prefix('+').unwrap_or(text);
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    if rest.starts_with('-') {
-        return Err("negative duration".into());
-    }
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let int_len = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let int = &rest[..int_len];
-        rest = &rest[int_len..];
-        let mut frac = "";
-        if let Some(after) = rest.strip_prefix('.') {
-            let frac_len = after
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(after.len());
-            frac = &after[..frac_len];
-            rest = &after[frac_len..];
-        }
-        if int.is_empty() && frac.is_empty() {
-            return Err("expected a number".into());
-        }
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale: u128 = match &rest[..unit_len] {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err("missing unit".into()),
-            unit => return Err(format!("unknown unit {unit:?}")),
-        };
-        rest = &rest[unit_len..];
-        let whole: u128 = match int {
-            "" => 0,
-            digits => digits.parse().map_err(|_| "number too large".to_string())?,
-        };
-        let mut part = whole * scale;
-        // The fraction, digit by digit, truncated below a nanosecond as Go does.
-        let mut unit = scale;
-        for digit in frac.bytes() {
-            unit /= 10;
-            part += u128::from(digit - b'0') * unit;
-        }
-        total += part;
-        if total > u128::from(i64::MAX as u64) {
-            return Err("duration too large".into());
-        }
-    }
-    Ok(Duration::from_nanos(total as u64))
-}
-
-/// Go's `time.Duration.String()`: `0s`, `350µs`, `1.2ms`, `1.5s`, `2m30s`, `1h0m0s`.
-pub fn go_duration(d: Duration) -> String {
-    let nanos = d.as_nanos().min(i64::MAX as u128) as u64;
-    if nanos == 0 {
-        return "0s".into();
-    }
-    if nanos < 1_000_000_000 {
-        let (unit, prec) = match nanos {
-            n if n < 1_000 => ("ns", 0),
-            n if n < 1_000_000 => ("µs", 3),
-            _ => ("ms", 6),
-        };
-        return format!("{}{unit}", with_fraction(nanos, prec));
-    }
-    let secs = nanos / 1_000_000_000;
-    let seconds = with_fraction(secs % 60 * 1_000_000_000 + nanos % 1_000_000_000, 9);
-    let (minutes, hours) = ((secs / 60) % 60, secs / 3600);
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, m) => format!("{m}m{seconds}s"),
-        (h, m) => format!("{h}h{m}m{seconds}s"),
-    }
-}
-
-/// `value / 10^prec` with its fraction, trailing zeros (and a bare point) left out.
-fn with_fraction(value: u64, prec: u32) -> String {
-    let scale = 10u64.pow(prec);
-    let (int, frac) = (value / scale, value % scale);
-    if frac == 0 {
-        return int.to_string();
-    }
-    let digits = format!("{frac:0width$}", width = prec as usize);
-    format!("{int}.{}", digits.trim_end_matches('0'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_print_as_go_does() {
-        let cases = [
-            (0, "0s"),
-            (1, "1ns"),
-            (999, "999ns"),
-            (1_000, "1µs"),
-            (350_000, "350µs"),
-            (1_500, "1.5µs"),
-            (1_200_000, "1.2ms"),
-            (1_234_567, "1.234567ms"),
-            (100_000_000, "100ms"),
-            (1_000_000_000, "1s"),
-            (1_500_000_000, "1.5s"),
-            (60_000_000_000, "1m0s"),
-            (150_000_000_000, "2m30s"),
-            (3_600_000_000_000, "1h0m0s"),
-            (3_661_000_000_001, "1h1m1.000000001s"),
-        ];
-        for (nanos, text) in cases {
-            assert_eq!(go_duration(Duration::from_nanos(nanos)), text, "{nanos}ns");
-        }
-    }
-
-    #[test]
-    fn durations_parse_as_go_does() {
-        let ok = [
-            ("0", 0),
-            ("100ms", 100_000_000),
-            ("1.5s", 1_500_000_000),
-            ("1m30s", 90_000_000_000),
-            ("2h", 7_200_000_000_000),
-            ("350µs", 350_000),
-            ("10us", 10_000),
-            (".5s", 500_000_000),
-            ("1.0000000019s", 1_000_000_001),
-        ];
-        for (text, nanos) in ok {
-            assert_eq!(
-                parse_go_duration(text),
-                Ok(Duration::from_nanos(nanos)),
-                "{text}"
-            );
-        }
-        for bad in ["", "1", "s", "1x", "-1s", "1.s5", "."] {
-            assert!(parse_go_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn an_inbound_takes_gonforks_defaults() {

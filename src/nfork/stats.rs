@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::nfork::go_duration;
+use crate::config::go_duration;
 use crate::mirror::Failure;
 
 /// gonfork's window (datacratic's `DefaultSampleRate`).
@@ -148,7 +148,7 @@ impl Window {
                 n => self.samples[(n * p / 100).min(n - 1)],
             }
         };
-        let text = |nanos: u64| go_duration(Duration::from_nanos(nanos));
+        let text = |nanos: u64| go_duration::format(Duration::from_nanos(nanos));
         Stats {
             requests: self.requests,
             errors: self.errors,
