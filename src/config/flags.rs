@@ -654,14 +654,18 @@ fn sentinel(addrs: &str, name: String) -> Option<SentinelConfig> {
     })
 }
 
+/// A listen address as Go takes it: `:9080` is every interface.
+pub fn listen_address(listen: &str) -> String {
+    match listen.starts_with(':') {
+        true => format!("0.0.0.0{listen}"),
+        false => listen.to_string(),
+    }
+}
+
 /// Parse a listen address the way Go does: `:80` means every interface, a host name is resolved.
 fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_string()
-    };
-    full.to_socket_addrs()
+    listen_address(addr)
+        .to_socket_addrs()
         .map_err(|e| e.to_string())?
         .next()
         .ok_or_else(|| "no address".to_string())

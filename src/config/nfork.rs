@@ -209,14 +209,6 @@ pub fn load(path: &Path) -> Result<Vec<Inbound>, String> {
     parse(&text).map_err(|e| format!("unable to parse config '{}': {e}", path.display()))
 }
 
-/// A listen address as Go takes it: `:9080` is every interface.
-pub fn listen_address(listen: &str) -> String {
-    match listen.starts_with(':') {
-        true => format!("0.0.0.0{listen}"),
-        false => listen.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::nfork::{listen_address, Inbound};
+use crate::config::flags::listen_address;
+use crate::config::nfork::Inbound;
 use crate::upstream::Upstream;
 use inbound::{InboundState, NforkBody, SharedByName};
 

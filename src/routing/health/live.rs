@@ -47,7 +47,7 @@ impl LiveSettings {
         let Some(interval) = fields.get("interval") else {
             return Ok(None);
         };
-        let interval = crate::config::flags::parse_go_duration(interval.trim())
+        let interval = crate::config::flags::parse_go_duration(interval)
             .map_err(|e| format!("field \"interval\": {e}"))?;
         if interval < MIN_INTERVAL {
             return Err(format!(
