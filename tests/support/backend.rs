@@ -398,11 +398,17 @@ fn serve_conn(
     }
 }
 
-/// An address where nothing listens: bind 127.0.0.1:0, note the port, close the listener.
+/// An address where nothing listens: a socket bound to 127.0.0.1:0 and never listening, so a connection is
+/// refused. The socket is kept for the life of the test process, so that no listener of a test running beside
+/// gets the port (closing it left the port free for the kernel to hand out again); it is bound with
+/// SO_REUSEADDR, so a test that brings a backend or Redis back on that port (`Backend::start_on`) still can.
 pub fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
     addr
 }
 
