@@ -5,17 +5,20 @@
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::gate::Gated;
-use super::timeouts::{ConnState, Phase, TimedIo};
+use super::timeouts::head_limit;
+use super::timeouts::{watchdog, ConnState, Phase, TimedIo};
+use crate::config::{Config, Timeouts};
 use crate::rt::clock::{instant_at, now_ms};
 
 /// A keep-alive connection idle for this long is parked: hyper's connection and its buffers (about 20 KB)
@@ -57,14 +60,18 @@ impl Drop for Http1Open {
 }
 
 /// HTTP/1: serve with hyper while requests come, park while the connection is idle, repeat.
+///
+/// This future is what a parked connection holds, so it keeps only the socket, the service and references:
+/// hyper's connection, the served stretch's watchdog and its parking timer live in [`serve_stretch`]'s box,
+/// which exists only while requests come, and the first bytes after a pause are read into a buffer on the
+/// stack of the poll that finds them.
 pub(super) async fn serve_http1<IO, S>(
-    mut io: TimedIo<IO>,
-    builder: &hyper::server::conn::http1::Builder,
-    service: S,
-    state: Arc<ConnState>,
-    metrics: Arc<crate::observe::metrics::Metrics>,
-    watchdog: impl Future<Output = ()>,
-    mut stop: watch::Receiver<bool>,
+    slot: &mut Option<TimedIo<IO>>,
+    service: &S,
+    state: &ConnState,
+    metrics: &crate::observe::metrics::Metrics,
+    config: &Config,
+    stop: &mut watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming> + Clone + Unpin + Send + 'static,
@@ -74,96 +81,159 @@ pub(super) async fn serve_http1<IO, S>(
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     <S::ResBody as http_body::Body>::Data: Send,
 {
-    let mut watchdog = pin!(watchdog);
     let _open = Http1Open::new();
-    loop {
+    while let Some(io) = slot.as_mut() {
         if io.prefix.is_empty() {
             // Parked (or nothing sent yet): hold no more than the socket until bytes arrive.
-            let mut first = [0u8; 256];
             let counted =
                 (state.requests.load(Ordering::Acquire) > 0).then(|| metrics.connection_parked());
-            let read = tokio::select! {
-                read = io.inner.read(&mut first) => read,
-                _ = &mut watchdog => return,
-                _ = stopped(&mut stop) => return,
-            };
+            let read = parked(&mut io.inner, state, &config.timeouts, stop).await;
             drop(counted);
             match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
+                Some(first) => {
                     // Seen now, so the head timer starts with these bytes and the parking timer stops.
-                    io.saw(&first[..n]);
-                    io.prefix = Bytes::copy_from_slice(&first[..n]);
+                    io.saw(&first);
+                    io.prefix = first;
                     io.prefix_scanned = true;
                 }
+                None => return,
             }
         }
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service.clone())
-            .with_upgrades();
-        let mut conn = Box::pin(conn);
-        let event = {
-            // The timers and the shutdown signal are polled only when one of them fired (see `gate`), not on
-            // every socket event of the connection.
-            let aux = pin!(async {
-                tokio::select! {
-                    biased;
-                    _ = &mut watchdog => Aux::Watchdog,
-                    _ = stopped(&mut stop) => Aux::Stop,
-                    () = idle_for(&state, park_after()) => Aux::Park,
-                }
-            });
-            let mut aux = Gated::new(aux);
+        let Some(io) = slot.take() else { return };
+        *slot = Box::pin(serve_stretch(io, service.clone(), state, config, stop)).await;
+    }
+}
+
+/// A parked connection's wait: its first bytes (see [`first_bytes`]), or `None` when it closed, its timeout
+/// passed (the head timeout before a first request, the idle timeout after one) or shutdown began.
+async fn parked<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    state: &ConnState,
+    timeouts: &Timeouts,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Bytes> {
+    // Nothing moves the connection's phase while it is parked, so one deadline holds for the whole wait.
+    let limit = match state.requests.load(Ordering::Acquire) {
+        0 => Some(head_limit(timeouts)),
+        _ => timeouts.client_idle,
+    };
+    let deadline =
+        limit.map(|limit| state.since.load(Ordering::Relaxed) + limit.as_millis() as u64);
+    let timer = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(instant_at(deadline)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        read = first_bytes(io) => read,
+        () = timer => None,
+        _ = stop.wait_for(|stopping| *stopping) => None,
+    }
+}
+
+/// The first bytes a parked connection receives, read into a buffer that lives only during the poll that
+/// finds them (a parked connection's future holds no buffer); `None` at the end of the stream or on an error.
+async fn first_bytes<IO: AsyncRead + Unpin>(io: &mut IO) -> Option<Bytes> {
+    std::future::poll_fn(|cx| {
+        let mut buf = [0u8; 512];
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *io).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                Poll::Ready(Some(Bytes::copy_from_slice(read.filled())))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    })
+    .await
+}
+
+/// Serve requests with hyper until the connection has been idle long enough to park (the socket comes back,
+/// with whatever hyper read but did not use as its prefix) or ends (`None`: closed, timed out, upgraded,
+/// stopped).
+async fn serve_stretch<IO, S>(
+    io: TimedIo<IO>,
+    service: S,
+    state: &ConnState,
+    config: &Config,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<TimedIo<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Data: Send,
+{
+    let mut watchdog = pin!(watchdog(state, &config.timeouts, false));
+    // Unpin (so it can be taken apart when parked), and inside this stretch's box already.
+    let mut conn = super::http1_builder(&config.limits)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let event = {
+        // The timers and the shutdown signal are polled only when one of them fired (see `gate`), not on
+        // every socket event of the connection.
+        let aux = pin!(async {
             tokio::select! {
                 biased;
-                _ = conn.as_mut() => return,
-                event = &mut aux => event,
+                _ = &mut watchdog => Aux::Watchdog,
+                _ = stopped(stop) => Aux::Stop,
+                () = idle_for(state, park_after()) => Aux::Park,
             }
-        };
-        let parked_at = match event {
-            Aux::Watchdog => return,
-            Aux::Stop => {
-                // Finish the request in flight (the watchdog still applies), then close.
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = &mut watchdog => {}
-                }
-                return;
-            }
-            Aux::Park => {
-                state.parking.store(true, Ordering::Release);
-                let parked_at = state.requests.load(Ordering::Acquire);
-                conn.as_mut().graceful_shutdown();
-                parked_at
-            }
-        };
-        // hyper lets go of an idle connection at once; a request that slipped in is answered first.
-        let finished = tokio::select! {
-            finished = conn.as_mut() => finished.is_ok(),
-            _ = &mut watchdog => false,
-        };
-        state.parking.store(false, Ordering::Release);
-        let slipped_in = state.requests.load(Ordering::Acquire) != parked_at;
-        let Some(parts) = Pin::into_inner(conn).into_parts() else {
-            return; // upgraded: the tunnel owns the socket now
-        };
-        if !finished || slipped_in {
-            // That request was answered with `Connection: close`.
-            return;
+        });
+        let mut aux = Gated::new(aux);
+        tokio::select! {
+            biased;
+            _ = Pin::new(&mut conn) => return None,
+            event = &mut aux => event,
         }
-        io = parts.io.into_inner();
-        // What hyper read but did not use comes before what it never read (both were scanned already).
-        if !parts.read_buf.is_empty() {
-            io.prefix = match io.prefix.is_empty() {
-                true => parts.read_buf,
-                false => [parts.read_buf, std::mem::take(&mut io.prefix)]
-                    .concat()
-                    .into(),
-            };
+    };
+    let parked_at = match event {
+        Aux::Watchdog => return None,
+        Aux::Stop => {
+            // Finish the request in flight (the watchdog still applies), then close.
+            Pin::new(&mut conn).graceful_shutdown();
+            tokio::select! {
+                _ = Pin::new(&mut conn) => {}
+                _ = &mut watchdog => {}
+            }
+            return None;
         }
-        io.prefix_scanned = true;
+        Aux::Park => {
+            state.parking.store(true, Ordering::Release);
+            let parked_at = state.requests.load(Ordering::Acquire);
+            Pin::new(&mut conn).graceful_shutdown();
+            parked_at
+        }
+    };
+    // hyper lets go of an idle connection at once; a request that slipped in is answered first.
+    let finished = tokio::select! {
+        finished = Pin::new(&mut conn) => finished.is_ok(),
+        _ = &mut watchdog => false,
+    };
+    state.parking.store(false, Ordering::Release);
+    let slipped_in = state.requests.load(Ordering::Acquire) != parked_at;
+    if !finished || slipped_in {
+        // That request was answered with `Connection: close` (or the connection was upgraded).
+        return None;
     }
+    // Upgraded: the tunnel owns the socket now.
+    let parts = conn.into_parts()?;
+    let mut io = parts.io.into_inner();
+    // What hyper read but did not use comes before what it never read (both were scanned already).
+    if !parts.read_buf.is_empty() {
+        io.prefix = match io.prefix.is_empty() {
+            true => parts.read_buf,
+            false => [parts.read_buf, std::mem::take(&mut io.prefix)]
+                .concat()
+                .into(),
+        };
+    }
+    io.prefix_scanned = true;
+    Some(io)
 }
 
 /// What ended a served stretch of an HTTP/1 connection, other than the connection itself.

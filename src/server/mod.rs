@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::Guarded;
+use crate::config::Limits;
 use crate::proxy::{Downstream, Proxy};
 use crate::rt::tracker::Tracker;
 use crate::rt::workers::Workers;
@@ -264,7 +265,7 @@ async fn serve_connection<IO>(
     stream: IO,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     protocol: Protocol,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -280,12 +281,10 @@ async fn serve_connection<IO>(
         prefix_scanned: false,
     };
     let tls = !matches!(protocol, Protocol::Http1 { tls: false });
-    let timeouts = proxy.config.timeouts.clone();
-    let limits = proxy.config.limits;
     let service_state = state.clone();
-    let proxy_metrics = proxy.telemetry.metrics.clone();
+    let service_proxy = proxy.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let proxy = proxy.clone();
+        let proxy = service_proxy.clone();
         let (guard, conflicting_length) = RequestGuard::begin(service_state.clone());
         let down = Downstream {
             peer,
@@ -303,38 +302,40 @@ async fn serve_connection<IO>(
             )
         })
     });
-    let state_for_park = state.clone();
-    let watchdog = watchdog(state, timeouts, h2);
-    // One boxed future per protocol, so an HTTP/1 connection does not carry HTTP/2's state.
     if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        Box::pin(drive(conn, |c| c.graceful_shutdown(), watchdog, stop)).await;
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            // Bounds what is queued for the client too: with hyper's default (about 400 KB), a client that
-            // does not read held megabytes of a backend's response.
-            .max_buf_size(CLIENT_WRITE_BUFFER.max(limits.max_header_bytes))
-            .max_header_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers)
-            .keep_alive(true);
-        Box::pin(serve_http1(
-            io,
-            &builder,
-            service,
-            state_for_park,
-            proxy_metrics,
-            watchdog,
-            stop,
-        ))
+        // Boxed, with everything HTTP/2 needs, so an HTTP/1 connection does not carry HTTP/2's state.
+        return Box::pin(async move {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new()).max_header_list_size(
+                u32::try_from(proxy.config.limits.max_header_bytes).unwrap_or(u32::MAX),
+            );
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            let watchdog = watchdog(&state, &proxy.config.timeouts, true);
+            drive(conn, |c| c.graceful_shutdown(), watchdog, stop).await;
+        })
         .await;
     }
+    // Not boxed on its own: while parked, this future is most of what a connection holds. Borrowed, not
+    // moved: what an async fn moves into a future it awaits takes room in both.
+    let mut io = Some(io);
+    let (metrics, config) = (&proxy.telemetry.metrics, &proxy.config);
+    serve_http1(&mut io, &service, &state, metrics, config, &mut stop).await;
+}
+
+/// hyper's HTTP/1 server settings, made for each served stretch of a connection (a few stores) rather than
+/// kept in every parked connection.
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        // Bounds what is queued for the client too: with hyper's default (about 400 KB), a client that
+        // does not read held megabytes of a backend's response.
+        .max_buf_size(CLIENT_WRITE_BUFFER.max(limits.max_header_bytes))
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
 }
 
 /// What an HTTP/1 connection buffers towards its client before it stops reading the backend (see

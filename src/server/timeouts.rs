@@ -172,16 +172,24 @@ impl Drop for RequestGuard {
     }
 }
 
+/// How long a request head may take: the read-header timeout, or Go's ReadTimeout when that is shorter.
+pub(super) fn head_limit(t: &Timeouts) -> std::time::Duration {
+    match t.client_read {
+        Some(read) => read.min(t.client_read_header),
+        None => t.client_read_header,
+    }
+}
+
 /// Resolves when the connection has overstayed the limit of its current phase.
 ///
 /// An HTTP/2 connection has no "reading a head" phase the proxy can see (frames of several streams interleave),
 /// so while no request is in flight it gets the idle limit, or the head limit when no idle limit is set: an
 /// h2 connection that never sends a complete request is closed like a slow HTTP/1 head.
-pub(super) async fn watchdog(state: Arc<ConnState>, t: Timeouts, h2: bool) {
-    let head_limit = match t.client_read {
-        Some(read) => read.min(t.client_read_header),
-        None => t.client_read_header,
-    };
+///
+/// It borrows what it reads, so its future is a timer and little else: an HTTP/1 connection runs one while it
+/// is served and another while it is parked, and a parked connection should hold as few bytes as possible.
+pub(super) async fn watchdog(state: &ConnState, t: &Timeouts, h2: bool) {
+    let head_limit = head_limit(t);
     let idle_limit = match h2 {
         true => Some(t.client_idle.unwrap_or(head_limit)),
         false => t.client_idle,
