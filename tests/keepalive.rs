@@ -60,6 +60,27 @@ fn an_idle_connection_is_parked_and_its_next_request_is_served() {
 }
 
 #[test]
+fn pipelined_heads_longer_than_the_first_read_after_parking_are_answered_in_order() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &[]);
+    let (backend, mut conn) = parked_connection(&redis, &proxy);
+    // A parked socket's first read takes at most 512 bytes; hyper reads the rest of these two heads.
+    let long = "x".repeat(3000);
+    let mut bytes =
+        format!("GET /two HTTP/1.1\r\nHost: ka.test\r\nX-Long: {long}\r\n\r\n").into_bytes();
+    bytes.extend_from_slice(&request("ka.test", "/three"));
+    conn.send(&bytes).unwrap();
+    for _ in 0..2 {
+        let resp = conn.read_response();
+        assert_eq!((resp.status, resp.body_str().as_str()), (200, "kept"));
+    }
+    let seen = backend.requests();
+    let paths: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(paths, ["/one", "/two", "/three"]);
+    assert_eq!(seen[1].header("x-long"), Some(long.as_str()));
+}
+
+#[test]
 fn a_parked_connection_still_gets_the_idle_timeout_and_closes_on_shutdown() {
     let redis = RedisServer::start();
     let proxy = start(&redis, &["--client-idle-timeout", "2s"]);

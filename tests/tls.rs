@@ -215,6 +215,36 @@ fn http1_over_tls_is_routed_with_x_forwarded_proto_https() {
     assert_eq!(get(proxy.addr(), "www.tls.test", "/", &[]).body_str(), "B1");
 }
 
+#[test]
+fn a_parked_http1_connection_over_tls_is_served_again() {
+    let redis = RedisServer::start();
+    let ca = TestCa::new();
+    let backend = Backend::named("B1");
+    redis.set_frontend("www.tls.test", &[&backend.url()]);
+    set_cert(&redis, "www.tls.test", &ca.issue(&["www.tls.test"]));
+    let proxy = start_tls(&redis, &["--metrics-address", "127.0.0.1:0"]);
+    let parked =
+        || support::metrics::scrape(proxy.metrics_addr()).value("hypache_connections_parked");
+    let mut conn = tls_connect(
+        proxy.tls_addr(),
+        Some("www.tls.test"),
+        ca.client_config(&[b"http/1.1"]),
+    )
+    .unwrap();
+    for path in ["/one", "/two", "/three"] {
+        let resp = conn.request("www.tls.test", path, &[("Connection", "keep-alive")]);
+        assert_eq!(resp.body_str(), "B1");
+        // Parked between requests: the next one arrives as TLS records on a socket hyper let go of.
+        assert_eventually(secs(5), "the TLS connection parked", || parked() == 1.0);
+    }
+    let paths: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(paths, ["/one", "/two", "/three"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_through_alpn_is_routed_by_authority() {
     let redis = RedisServer::start();

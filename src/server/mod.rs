@@ -174,7 +174,8 @@ async fn accept_loop(
                 }
             };
             // Each kind boxed on its own: the TLS handshake's state is several KB that a plain connection,
-            // idle or not, should not carry.
+            // idle or not, should not carry (and inlining the plain kind in the task made it larger: the
+            // task then held both the arguments and the future they were moved into).
             match speaks {
                 Speaks::Http => {
                     Box::pin(serve_connection(

@@ -249,6 +249,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for TimedIo<IO> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // An emptied `Bytes` still holds its allocation, for as long as the connection lives.
+                this.prefix = Bytes::new();
+            }
             (Poll::Ready(Ok(())), this.prefix_scanned)
         };
         if !scanned {

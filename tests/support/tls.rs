@@ -147,8 +147,14 @@ impl TlsConn {
         self.stream.conn.alpn_protocol().map(|p| p.to_vec())
     }
 
-    /// Send one HTTP/1.1 request (`Connection: close`) and read the response to the end.
+    /// Send one HTTP/1.1 GET (`Connection: close` unless `headers` has a `Connection`) and read its response.
     pub fn get(mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request(host, path, headers)
+    }
+
+    /// Send one HTTP/1.1 GET and read its response, keeping the connection (with `Connection: keep-alive` in
+    /// `headers`) for the next one.
+    pub fn request(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
         let bytes = build_request("GET", Some(host), path, headers, b"");
         self.stream.write_all(&bytes).unwrap();
         self.stream.flush().unwrap();
