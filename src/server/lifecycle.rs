@@ -59,6 +59,35 @@ impl Drop for Http1Open {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What hyper's HTTP/1 server (with upgrades) needs of the service a connection is served with.
+pub(super) trait Http1Service:
+    hyper::service::HttpService<
+        Incoming,
+        Future: Send + 'static,
+        ResBody: Send + 'static + http_body::Body<Data: Send, Error: Into<BoxError>>,
+        Error: Into<BoxError>,
+    > + Clone
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<S> Http1Service for S where
+    S: hyper::service::HttpService<
+            Incoming,
+            Future: Send + 'static,
+            ResBody: Send + 'static + http_body::Body<Data: Send, Error: Into<BoxError>>,
+            Error: Into<BoxError>,
+        > + Clone
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// HTTP/1: serve with hyper while requests come, park while the connection is idle, repeat.
 ///
 /// This future is what a parked connection holds, so it keeps only the socket, the service and references:
@@ -74,12 +103,7 @@ pub(super) async fn serve_http1<IO, S>(
     stop: &mut watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Data: Send,
+    S: Http1Service,
 {
     let _open = Http1Open::new();
     while let Some(io) = slot.as_mut() {
@@ -161,12 +185,7 @@ async fn serve_stretch<IO, S>(
 ) -> Option<TimedIo<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Data: Send,
+    S: Http1Service,
 {
     let mut watchdog = pin!(watchdog(state, &config.timeouts, false));
     // Unpin (so it can be taken apart when parked), and inside this stretch's box already.
