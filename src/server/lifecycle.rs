@@ -149,10 +149,14 @@ async fn parked<IO: AsyncRead + Unpin>(
             None => std::future::pending().await,
         }
     };
+    if *stop.borrow_and_update() {
+        return None;
+    }
     tokio::select! {
         read = first_bytes(io) => read,
         () = timer => None,
-        _ = stop.wait_for(|stopping| *stopping) => None,
+        // The one change there is, shutdown (or the server gone); smaller than `wait_for`'s future.
+        _ = stop.changed() => None,
     }
 }
 
