@@ -17,6 +17,7 @@ use crate::proxy::Proxy;
 use crate::routing::{CachePolicy, Router};
 use crate::rt::tracker::Tracker;
 use crate::rt::workers::{PerWorker, Workers};
+pub use crate::rt::StartError;
 use crate::server::tls::{CertStore, DirectoryCerts, RedisCerts, TlsTerminator};
 use crate::server::Listener;
 use crate::store::RedisClient;
@@ -44,18 +45,6 @@ async fn scan_paths(proxy: std::sync::Weak<Proxy>) {
         }
     }
 }
-
-/// A start-up failure: the process exits 1 with this message, as PlanB does.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// A proxy that has connected to Redis, opened its logs, loaded its certificates and bound its listeners, ready
 /// to serve.

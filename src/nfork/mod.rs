@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::config::flags::listen_address;
 use crate::config::nfork::Inbound;
+pub use crate::rt::StartError;
 use crate::upstream::Upstream;
 use inbound::{InboundState, NforkBody, SharedByName};
 
@@ -51,18 +52,6 @@ impl Drop for InboundServer {
         let _ = self.close.send(true);
     }
 }
-
-/// Why the preset could not start.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// Serve `inbounds` and the controller on `controller_listen` until `shutdown` completes.
 pub async fn run(
