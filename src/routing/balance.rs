@@ -108,24 +108,31 @@ impl Balancer {
     }
 
     fn smooth(&self, route: &Route, live: &[usize]) -> usize {
-        let key = format!("{}\n{}", route.key, route.dead_key);
-        let state = match self.smooth.get(key.as_str()) {
-            Some(state) => state.clone(),
-            None => {
-                if self.smooth.len() >= MAX_ENTRIES {
-                    self.smooth.clear();
+        // The map's key is built in a buffer of the thread's, so a pick allocates only for a new frontend.
+        thread_local!(static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+        let state = KEY.with_borrow_mut(|key| {
+            key.clear();
+            key.push_str(&route.key);
+            key.push('\n');
+            key.push_str(&route.dead_key);
+            match self.smooth.get(key.as_str()) {
+                Some(state) => state.clone(),
+                None => {
+                    if self.smooth.len() >= MAX_ENTRIES {
+                        self.smooth.clear();
+                    }
+                    self.smooth.entry(key.as_str().into()).or_default().clone()
                 }
-                self.smooth.entry(key.into()).or_default().clone()
             }
-        };
+        });
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        let weights: Vec<u32> = (0..route.backends.len())
-            .map(|i| route.options.weight(i))
-            .collect();
-        if state.weights != weights {
+        let n = route.backends.len();
+        let same =
+            state.weights.len() == n && (0..n).all(|i| state.weights[i] == route.options.weight(i));
+        if !same {
             // New weights or a new list: start over, as nginx does on a reload.
-            state.current = vec![0; weights.len()];
-            state.weights = weights;
+            state.weights = (0..n).map(|i| route.options.weight(i)).collect();
+            state.current = vec![0; n];
         }
         let mut total = 0i64;
         let mut best = live[0];
