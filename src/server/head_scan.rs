@@ -8,10 +8,10 @@
 const PREFIX: usize = 18;
 
 /// A line-by-line scanner over the bytes of one request head.
-#[derive(Debug, Default)]
 ///
 /// Every connection carries one, parked or not, so its counts are as small as what they must tell: a line's
 /// length only as far as "empty, a lone CR, or longer", and only whether a line was seen.
+#[derive(Debug, Default)]
 pub struct HeadScan {
     active: bool,
     prefix: [u8; PREFIX],

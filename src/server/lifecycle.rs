@@ -5,19 +5,17 @@
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use std::task::Poll;
-
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::gate::Gated;
-use super::timeouts::head_limit;
-use super::timeouts::{watchdog, ConnState, Phase, TimedIo};
+use super::timeouts::{watchdog, ConnState, Phase, PhaseLimits, TimedIo};
 use crate::config::{Config, Timeouts};
 use crate::rt::clock::{instant_at, now_ms};
 
@@ -136,11 +134,9 @@ async fn parked<IO: AsyncRead + Unpin>(
     timeouts: &Timeouts,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Bytes> {
-    // Nothing moves the connection's phase while it is parked, so one deadline holds for the whole wait.
-    let limit = match state.requests.load(Ordering::Acquire) {
-        0 => Some(head_limit(timeouts)),
-        _ => timeouts.client_idle,
-    };
+    // The watchdog's limits; nothing moves the connection's phase while it is parked, so one deadline holds
+    // for the whole wait.
+    let limit = PhaseLimits::new(timeouts, false).now(state);
     let deadline =
         limit.map(|limit| state.since.load(Ordering::Relaxed) + limit.as_millis() as u64);
     let timer = async {

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -172,44 +173,61 @@ impl Drop for RequestGuard {
     }
 }
 
-/// How long a request head may take: the read-header timeout, or Go's ReadTimeout when that is shorter.
-pub(super) fn head_limit(t: &Timeouts) -> std::time::Duration {
-    match t.client_read {
-        Some(read) => read.min(t.client_read_header),
-        None => t.client_read_header,
+/// The client timeout of each phase, with Go's meanings (`None`: no limit).
+pub(super) struct PhaseLimits {
+    /// A request head: the read-header timeout, or Go's ReadTimeout when that is shorter.
+    head: Duration,
+    idle: Option<Duration>,
+    write: Option<Duration>,
+}
+
+impl PhaseLimits {
+    /// An HTTP/2 connection has no "reading a head" phase the proxy can see (frames of several streams
+    /// interleave), so while no request is in flight it gets the idle limit, or the head limit when no idle
+    /// limit is set: an h2 connection that never sends a complete request is closed like a slow HTTP/1 head.
+    pub(super) fn new(t: &Timeouts, h2: bool) -> PhaseLimits {
+        let head = match t.client_read {
+            Some(read) => read.min(t.client_read_header),
+            None => t.client_read_header,
+        };
+        let idle = match h2 {
+            true => Some(t.client_idle.unwrap_or(head)),
+            false => t.client_idle,
+        };
+        PhaseLimits {
+            head,
+            idle,
+            write: t.client_write,
+        }
+    }
+
+    /// The limit of the phase the connection is in now, counted from `state.since`.
+    pub(super) fn now(&self, state: &ConnState) -> Option<Duration> {
+        match state.phase() {
+            // Nothing received yet: the head timeout runs from accept, so a client that never sends a byte is
+            // closed like a slow one (it would otherwise hold the socket for as long as it likes).
+            Phase::Idle if state.requests.load(Ordering::Acquire) == 0 => Some(self.head),
+            Phase::Idle => self.idle,
+            Phase::Head => Some(self.head),
+            Phase::Busy => self.write,
+        }
     }
 }
 
-/// Resolves when the connection has overstayed the limit of its current phase.
+/// Resolves when the connection has overstayed the limit of its current phase ([`PhaseLimits`]).
 ///
-/// An HTTP/2 connection has no "reading a head" phase the proxy can see (frames of several streams interleave),
-/// so while no request is in flight it gets the idle limit, or the head limit when no idle limit is set: an
-/// h2 connection that never sends a complete request is closed like a slow HTTP/1 head.
-///
-/// It borrows what it reads, so its future is a timer and little else: an HTTP/1 connection runs one while it
-/// is served and another while it is parked, and a parked connection should hold as few bytes as possible.
+/// It borrows what it reads, so its future is a timer and little else: an HTTP/1 connection runs one only
+/// while it is served (a parked connection waits on one deadline of the same limits instead).
 pub(super) async fn watchdog(state: &ConnState, t: &Timeouts, h2: bool) {
-    let head_limit = head_limit(t);
-    let idle_limit = match h2 {
-        true => Some(t.client_idle.unwrap_or(head_limit)),
-        false => t.client_idle,
-    };
-    let recheck = [Some(head_limit), idle_limit, t.client_write]
+    let limits = PhaseLimits::new(t, h2);
+    let recheck = [Some(limits.head), limits.idle, limits.write]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(head_limit);
+        .unwrap_or(limits.head);
     loop {
         let since = state.since.load(Ordering::Relaxed);
-        let limit = match state.phase() {
-            // Nothing received yet: the head timeout runs from accept, so a client that never sends a byte is
-            // closed like a slow one (it would otherwise hold the socket for as long as it likes).
-            Phase::Idle if state.requests.load(Ordering::Acquire) == 0 => Some(head_limit),
-            Phase::Idle => idle_limit,
-            Phase::Head => Some(head_limit),
-            Phase::Busy => t.client_write,
-        };
-        match limit {
+        match limits.now(state) {
             Some(limit) => {
                 let deadline = since + limit.as_millis() as u64;
                 if now_ms() >= deadline {
