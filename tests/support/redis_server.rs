@@ -202,10 +202,17 @@ impl RedisServer {
     }
 
     pub fn con_db(&self, db: u32) -> redis::Connection {
-        redis::Client::open(self.url_db(db))
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to test redis")
+        self.try_con_db(db).expect("connect to test redis")
+    }
+
+    /// A connection that may fail, for a server that is closing its clients on purpose (a Sentinel
+    /// failover demoting it): the caller asks again instead of panicking.
+    pub fn try_con(&self) -> redis::RedisResult<redis::Connection> {
+        self.try_con_db(0)
+    }
+
+    fn try_con_db(&self, db: u32) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url_db(db))?.get_connection_with_timeout(Duration::from_secs(5))
     }
 
     /// Runs one command on DB 0, e.g. `redis.query(&["SADD", "dead:a.com", "0"])`.
