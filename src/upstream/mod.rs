@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,8 +15,6 @@ use dashmap::DashMap;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,10 +22,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+mod h1;
 pub mod once;
 mod target;
 pub mod tls;
 
+pub use h1::BodyError;
 pub use target::{split_host_port, Target, TargetError};
 
 use crate::rt::workers::PerWorker;
@@ -100,7 +100,8 @@ impl std::fmt::Display for UpstreamError {
 
 /// One backend's idle connections, at most `max` of them.
 struct PoolInner {
-    idle: Mutex<Vec<SendRequest<RequestBody>>>,
+    /// Bare sockets: an idle connection holds no buffer and no task.
+    idle: Mutex<Vec<BackendStream>>,
     max: usize,
 }
 
@@ -141,29 +142,19 @@ impl Upstream {
     pub async fn send(
         &self,
         target: &Target,
-        mut req: Box<Request<RequestBody>>,
+        req: Box<Request<RequestBody>>,
     ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<RequestBody>>)> {
-        let authority = target.authority();
         let pool = self.pool(&target.pool_key);
-        // Reuse an idle connection; if the backend closed it meanwhile, the request comes back unsent.
-        while let Some(mut sender) = checkout(&pool) {
-            match sender.try_send_request(*req).await {
-                Ok(resp) => return Ok(wrap(resp, sender, pool)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => *req = back,
-                    None => return Err((request_failed(e.error()), None)),
-                },
-            }
-        }
-        // Boxed: dialing (and a TLS handshake) is rare next to reusing a connection.
-        let mut sender = match Box::pin(self.dial(target, authority)).await {
-            Ok(sender) => sender,
-            Err(e) => return Err((e, Some(*req))),
+        // Reuse an idle connection the backend has not closed meanwhile.
+        let io = match checkout(&pool) {
+            Some(io) => io,
+            // Boxed: dialing (and a TLS handshake) is rare next to reusing a connection.
+            None => match Box::pin(self.open(target, target.authority())).await {
+                Ok(io) => io,
+                Err(e) => return Err((e, Some(*req))),
+            },
         };
-        match sender.send_request(*req).await {
-            Ok(resp) => Ok(wrap(resp, sender, pool)),
-            Err(e) => Err((request_failed(&e), None)),
-        }
+        h1::exchange(io, *req, pool).await.map_err(|e| (e, None))
     }
 
     fn pool(&self, key: &str) -> Pool {
@@ -181,15 +172,6 @@ impl Upstream {
                 })
             })
             .clone()
-    }
-
-    async fn dial(
-        &self,
-        target: &Target,
-        authority: &str,
-    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
-        let stream = self.open(target, authority).await?;
-        handshake(stream).await
     }
 
     /// A connection that speaks the backend's scheme: TCP, plus TLS for `https://` with SNI = the backend host,
@@ -269,19 +251,6 @@ fn no_such_host(target: &Target) -> UpstreamError {
     UpstreamError::Resolve(format!("dial tcp: lookup {}: no such host", target.host))
 }
 
-async fn handshake(stream: BackendStream) -> Result<SendRequest<RequestBody>, UpstreamError> {
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .title_case_headers(true)
-        .max_buf_size(BACKEND_READ_BUFFER)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| request_failed(&e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 fn timeout_error(authority: &str, started: Instant) -> UpstreamError {
     UpstreamError::ConnectTimeout(format!(
         "dial timeout after {:?}: dial tcp {authority}: i/o timeout",
@@ -314,73 +283,21 @@ pub fn is_local_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// A request that failed on an open connection: the client's body ([`crate::body::ClientBodyError`] somewhere in
-/// the error's sources) or the backend.
-fn request_failed(e: &hyper::Error) -> UpstreamError {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<crate::body::ClientBodyError>() {
-            return UpstreamError::Client(request_error(e));
-        }
-        source = s.source();
-    }
-    UpstreamError::Request(request_error(e))
-}
-
-fn request_error(e: &hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-fn checkout(pool: &Pool) -> Option<SendRequest<RequestBody>> {
+fn checkout(pool: &Pool) -> Option<BackendStream> {
     let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some(sender) = idle.pop() {
-        if sender.is_ready() {
-            return Some(sender);
+    while let Some(mut io) = idle.pop() {
+        if h1::alive(&mut io) {
+            return Some(io);
         }
     }
     None
 }
 
-fn checkin(pool: Pool, mut sender: SendRequest<RequestBody>) {
-    if sender.is_ready() {
-        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < pool.max {
-            idle.push(sender);
-        }
-        return;
+fn checkin(pool: &Pool, io: BackendStream) {
+    let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < pool.max {
+        idle.push(io);
     }
-    if sender.is_closed() {
-        return;
-    }
-    // The connection is still finishing the previous message; return it once it can take another.
-    tokio::spawn(async move {
-        if sender.ready().await.is_ok() {
-            checkin(pool, sender);
-        }
-    });
-}
-
-fn wrap(
-    resp: Response<Incoming>,
-    sender: SendRequest<RequestBody>,
-    pool: Pool,
-) -> Response<UpstreamBody> {
-    resp.map(|inner| {
-        let lease = if inner.is_end_stream() {
-            checkin(pool, sender);
-            None
-        } else {
-            Some((sender, pool))
-        };
-        UpstreamBody { inner, lease }
-    })
 }
 
 /// A connection to a backend, in clear or TLS.
@@ -449,47 +366,97 @@ impl AsyncWrite for BackendStream {
 
 /// A backend's response body; the connection goes back to the pool when the body has been read to the end.
 pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<(SendRequest<RequestBody>, Pool)>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Nothing (more) to read.
+    Empty,
+    /// Read from a pooled connection by the proxy's own client.
+    Wire(h1::Reading),
+    /// Read by hyper's client (a refused upgrade's answer).
+    Detached(Incoming),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.lease = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let reading = match &mut self.inner {
+            Inner::Empty => return Poll::Ready(None),
+            Inner::Detached(body) => {
+                return Pin::new(body)
+                    .poll_frame(cx)
+                    .map_err(|e| BodyError(e.to_string()))
+            }
+            Inner::Wire(reading) => reading,
+        };
+        match ready!(reading.poll_step(cx)) {
+            Ok(h1::Step::Frame(frame)) => {
+                if reading.is_done() {
+                    self.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Ok(h1::Step::End) => {
+                self.release();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                // The connection is closed with the body.
+                self.inner = Inner::Empty;
+                Poll::Ready(Some(Err(e)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Empty => true,
+            Inner::Wire(reading) => reading.is_done(),
+            Inner::Detached(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Wire(reading) => match reading.remaining() {
+                Some(left) => SizeHint::with_exact(left),
+                None => SizeHint::default(),
+            },
+            Inner::Detached(body) => body.size_hint(),
+        }
     }
 }
 
 impl UpstreamBody {
     /// A body whose connection is not pooled (a refused upgrade's answer).
     pub fn detached(inner: Incoming) -> UpstreamBody {
-        UpstreamBody { inner, lease: None }
+        UpstreamBody {
+            inner: Inner::Detached(inner),
+        }
+    }
+
+    fn empty() -> UpstreamBody {
+        UpstreamBody {
+            inner: Inner::Empty,
+        }
+    }
+
+    fn wire(reading: h1::Reading) -> UpstreamBody {
+        UpstreamBody {
+            inner: Inner::Wire(reading),
+        }
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.lease.take() {
-            checkin(pool, sender);
+        if let Inner::Wire(reading) = std::mem::replace(&mut self.inner, Inner::Empty) {
+            reading.finish();
         }
     }
 }
