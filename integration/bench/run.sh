@@ -5,6 +5,8 @@
 #          [--idle-conns 10000] [--stream-size 1G]
 # Scenarios: plain backend-cache tls tls-resume websocket idle stream policy instructions paths mirror (default: all).
 # The instructions scenario also counts a routes-file mode (--routes) beside the three Redis modes.
+# Environment: HYPACHE_BIN=path runs that binary instead of building one; BENCH_CALLGRIND_DIR=dir keeps each
+# callgrind count's profile there as NAME.callgrind.
 # See integration/bench/README.md for what each scenario and column means.
 set -euo pipefail
 
@@ -15,7 +17,7 @@ load_py=(python3 "$here/load.py")
 HOST=bench.test
 ALL_SCENARIOS=(plain backend-cache tls tls-resume websocket idle stream policy instructions paths mirror)
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # ------------------------------------------------------------------------------------------- arguments
 smoke=0 duration='' rounds='' out='' conns_arg='' proxies_arg='' warmup='' scenario_arg='' idle_conns='' stream_size=''
@@ -618,6 +620,8 @@ callgrind_count() { # NAME: prints "<requests> <instructions>"
     [ $SECONDS -lt $deadline ] || { echo "0 0"; return; }
     sleep 0.1
   done
+  # Kept for reading with callgrind_annotate (docs/benchmark.md#where-a-requests-instructions-go).
+  [ -z "${BENCH_CALLGRIND_DIR:-}" ] || cp "$dump" "$BENCH_CALLGRIND_DIR/$name.callgrind"
   echo "$(awk '/requests in/ {print $1}' <<<"$out") $(awk '/^totals:/ {print $2}' "$dump")"
 }
 

@@ -7,12 +7,12 @@
 //! of known length gets a `Content-Length`, and one of unknown length is chunked, except on `GET`, `HEAD` and
 //! `CONNECT`, which are sent without a body.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Version};
 use http_body::Body;
 
-use super::decode::content_length;
+use super::decode::content_length_value;
 use crate::body::RequestBody;
 
 /// How the request body goes on the wire.
@@ -27,8 +27,20 @@ pub enum Encode {
 pub fn head(req: &Request<RequestBody>, out: &mut BytesMut) -> Option<Encode> {
     let headers = req.headers();
     let body = req.body();
-    let has_te = headers.contains_key(TRANSFER_ENCODING);
-    let existing = content_length(headers).and_then(Result::ok);
+    // One pass for both framing headers (comparing standard names is cheap; two map lookups were not).
+    let mut has_te = false;
+    let mut existing: Option<Result<u64, ()>> = None;
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING {
+            has_te = true;
+        } else if name == CONTENT_LENGTH && existing != Some(Err(())) {
+            existing = Some(content_length_value(
+                value.as_bytes(),
+                existing.and_then(Result::ok),
+            ));
+        }
+    }
+    let existing = existing.and_then(Result::ok);
     // What the body needs: (encoding, skip the request's TE, skip its CL, the header line to add).
     let (encode, skip_te, skip_cl, add): (Option<Encode>, bool, bool, Option<Added>) =
         if body.is_end_stream() {
@@ -94,15 +106,19 @@ fn write_headers(headers: &HeaderMap, skip_te: bool, skip_cl: bool, out: &mut By
     }
 }
 
-/// `x-forwarded-for` → `X-Forwarded-For`: the first letter and every letter after a dash in upper case.
+/// `x-forwarded-for` → `X-Forwarded-For`: the first letter and every letter after a dash in upper case. The name
+/// is copied whole and the few letters fixed in place (a byte at a time was a fifth of writing the head).
 fn title_case(name: &[u8], out: &mut BytesMut) {
-    let mut prev = b'-';
-    for &c in name {
-        out.put_u8(match prev {
-            b'-' => c.to_ascii_uppercase(),
-            _ => c,
-        });
-        prev = c;
+    let start = out.len();
+    out.extend_from_slice(name);
+    let written = &mut out[start..];
+    if let Some(first) = written.first_mut() {
+        first.make_ascii_uppercase();
+    }
+    for at in memchr::memchr_iter(b'-', name) {
+        if let Some(next) = written.get_mut(at + 1) {
+            next.make_ascii_uppercase();
+        }
     }
 }
 
