@@ -49,6 +49,7 @@ pub async fn exchange(
     let mut wire = Box::new(Wire {
         io,
         rbuf: BytesMut::new(),
+        read_size: READ_SIZE,
         upload: Upload {
             out: VecDeque::from([head.freeze()]),
             unflushed: true,
@@ -79,6 +80,8 @@ struct Wire {
     io: BackendStream,
     /// What has been read and not consumed: empty between exchanges, and released then.
     rbuf: BytesMut,
+    /// How much the next read asks for (see `poll_read`).
+    read_size: usize,
     upload: Upload,
 }
 
@@ -256,17 +259,31 @@ impl Wire {
         }
     }
 
+    /// Read what the backend sent. Reads start at [`READ_SIZE`] and double, up to [`BACKEND_READ_BUFFER`], each
+    /// time one fills the space it had: a large body moves in few, large reads (and frames), a small answer
+    /// never gets a large buffer.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_SIZE);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size {
+            self.rbuf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        let space = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n == space && self.read_size < BACKEND_READ_BUFFER {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// The response is over: the socket goes back to the pool when both directions ended cleanly and the
     /// backend sent nothing more; otherwise it is closed.
     fn finish(self: Box<Self>, keep_alive: bool, pool: &Pool) {
-        let Wire { io, rbuf, upload } = *self;
+        let Wire {
+            io, rbuf, upload, ..
+        } = *self;
         if keep_alive && upload.done() && upload.failed.is_none() && rbuf.is_empty() {
             super::checkin(pool, io);
         }
