@@ -35,6 +35,16 @@ fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) -> bool 
     true
 }
 
+/// A backend that accepts one connection, reads one request head and writes `reply` as it is.
+fn answering(listener: &TcpListener, reply: impl Into<Vec<u8>>) -> JoinHandle<()> {
+    let reply = reply.into();
+    one_connection(listener, move |mut s| {
+        let mut buf = Vec::new();
+        assert!(read_until(&mut s, &mut buf, b"\r\n\r\n"));
+        s.write_all(&reply).unwrap();
+    })
+}
+
 fn backend_for(redis: &RedisServer, host: &str) -> TcpListener {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -49,13 +59,12 @@ fn a_pooled_connection_the_backend_closed_is_not_used_again() {
     let proxy = Proxy::start(&redis, &["--workers", "1"]);
     for i in 0..3 {
         // Each connection answers once, keep-alive by the protocol, and is then closed by the backend.
-        let backend = one_connection(&listener, move |mut s| {
-            let mut buf = Vec::new();
-            assert!(read_until(&mut s, &mut buf, b"\r\n\r\n"));
-            let body = format!("answer {i}");
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-            s.write_all(format!("{head}{body}").as_bytes()).unwrap();
-        });
+        let body = format!("answer {i}");
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let backend = answering(&listener, reply);
         let resp = get(proxy.addr(), "closing.test", "/", &[]);
         assert_eq!(resp.status, 200, "request {i}: {}", resp.head_text());
         assert_eq!(resp.body_str(), format!("answer {i}"));
@@ -115,14 +124,11 @@ fn informational_answers_are_skipped_and_the_final_one_relayed() {
     let redis = RedisServer::start();
     let listener = backend_for(&redis, "hints.test");
     let proxy = Proxy::start(&redis, &[]);
-    let backend = one_connection(&listener, |mut s| {
-        let mut buf = Vec::new();
-        assert!(read_until(&mut s, &mut buf, b"\r\n\r\n"));
-        s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
-            .unwrap();
-        s.write_all(b"HTTP/1.1 200 Fine\r\nContent-Length: 5\r\n\r\nfinal")
-            .unwrap();
-    });
+    let backend = answering(
+        &listener,
+        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+         HTTP/1.1 200 Fine\r\nContent-Length: 5\r\n\r\nfinal",
+    );
     let resp = get(proxy.addr(), "hints.test", "/", &[]);
     backend.join().unwrap();
     assert_eq!(resp.status, 200);
@@ -140,12 +146,10 @@ fn a_response_with_conflicting_lengths_is_refused_and_blamed_on_the_backend() {
     let redis = RedisServer::start();
     let listener = backend_for(&redis, "lengths.test");
     let proxy = Proxy::start(&redis, &[]);
-    let backend = one_connection(&listener, |mut s| {
-        let mut buf = Vec::new();
-        assert!(read_until(&mut s, &mut buf, b"\r\n\r\n"));
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
-            .unwrap();
-    });
+    let backend = answering(
+        &listener,
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    );
     let resp = get(proxy.addr(), "lengths.test", "/", &[]);
     backend.join().unwrap();
     // PlanB's answer to a backend that failed the request.
@@ -160,15 +164,11 @@ fn a_chunked_response_with_extensions_and_trailers_arrives_whole() {
     let redis = RedisServer::start();
     let listener = backend_for(&redis, "chunks.test");
     let proxy = Proxy::start(&redis, &[]);
-    let backend = one_connection(&listener, |mut s| {
-        let mut buf = Vec::new();
-        assert!(read_until(&mut s, &mut buf, b"\r\n\r\n"));
-        s.write_all(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-              3;ext=1\r\nabc\r\nA \r\n0123456789\r\n0\r\nX-Sum: 13\r\n\r\n",
-        )
-        .unwrap();
-    });
+    let backend = answering(
+        &listener,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3;ext=1\r\nabc\r\nA \r\n0123456789\r\n0\r\nX-Sum: 13\r\n\r\n",
+    );
     let resp = get(proxy.addr(), "chunks.test", "/", &[]);
     backend.join().unwrap();
     assert_eq!(resp.status, 200);
