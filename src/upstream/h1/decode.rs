@@ -73,8 +73,8 @@ pub fn parse_head(
         let mut framing_headers = FramingHeaders::default();
         let count = parsed.headers.len();
         for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
+            let name = offset(h.name.as_bytes(), base);
+            let value = offset(h.value, base);
             // A head is at most `limit` (16 KB) long, so every offset fits.
             *span = (
                 name as u16,
@@ -87,7 +87,7 @@ pub fn parse_head(
         let reason = parsed
             .reason
             .filter(|r| Some(*r) != status.canonical_reason())
-            .map(|r| (r.as_ptr() as usize - base, r.len()));
+            .map(|r| (offset(r.as_bytes(), base), r.len()));
         let framing = framing_headers.framing(status, version, head_request)?;
         let keep_alive = !matches!(framing, Framing::Close) && framing_headers.keep_alive(version);
         let head = buf.split_to(len).freeze();
@@ -113,6 +113,16 @@ pub fn parse_head(
             framing,
             keep_alive,
         }));
+    }
+}
+
+/// Where `part`, a slice httparse returned, starts in the buffer at `base`. An empty part may be a static empty
+/// slice that lies nowhere in the buffer (an empty value, an empty reason phrase): it is read as the empty
+/// range at 0, never as an address difference.
+fn offset(part: &[u8], base: usize) -> usize {
+    match part.is_empty() {
+        true => 0,
+        false => part.as_ptr() as usize - base,
     }
 }
 
@@ -572,6 +582,20 @@ mod tests {
         assert!(name_is(b"CONTENT-Length", b"content-length"));
         assert!(!name_is(b"content_length", b"content-length"));
         assert!(!name_is(b"content-lengt", b"content-length"));
+    }
+
+    #[test]
+    fn empty_values_and_a_reason_phrase_httparse_reads_as_empty_are_read() {
+        // A reason phrase with obs-text comes back from httparse as a static "", outside the buffer: the
+        // differential test found that its address was once taken as an offset.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 Caf\xe9\r\nX-Empty:\r\nX-Also: \r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let h = parse_head(&mut buf, false, 1024).unwrap().unwrap();
+        assert_eq!(h.response.headers()["x-empty"], "");
+        assert_eq!(h.response.headers()["x-also"], "");
+        let phrase = h.response.extensions().get::<hyper::ext::ReasonPhrase>();
+        assert_eq!(phrase.map(|p| p.as_bytes()), Some(&b""[..]));
     }
 
     #[test]

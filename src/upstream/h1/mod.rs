@@ -21,6 +21,8 @@ use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
 mod decode;
+#[cfg(test)]
+mod differential;
 mod encode;
 
 use decode::{Decoded, Framing};
