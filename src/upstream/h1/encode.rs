@@ -8,11 +8,11 @@
 //! `CONNECT`, which are sent without a body.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Version};
 use http_body::Body;
 
-use super::decode::content_length_value;
+use super::decode::{content_length_value, ends_chunked};
 use crate::body::RequestBody;
 
 /// How the request body goes on the wire.
@@ -26,43 +26,7 @@ pub enum Encode {
 /// Write `req`'s head into `out` and say how its body is framed; `None` when no body is sent.
 pub fn head(req: &Request<RequestBody>, out: &mut BytesMut) -> Option<Encode> {
     let headers = req.headers();
-    let body = req.body();
-    // One pass for both framing headers (comparing standard names is cheap; two map lookups were not).
-    let mut has_te = false;
-    let mut existing: Option<Result<u64, ()>> = None;
-    for (name, value) in headers {
-        if name == TRANSFER_ENCODING {
-            has_te = true;
-        } else if name == CONTENT_LENGTH && existing != Some(Err(())) {
-            existing = Some(content_length_value(
-                value.as_bytes(),
-                existing.and_then(Result::ok),
-            ));
-        }
-    }
-    let existing = existing.and_then(Result::ok);
-    // What the body needs: (encoding, skip the request's TE, skip its CL, the header line to add).
-    let (encode, skip_te, skip_cl, add): (Option<Encode>, bool, bool, Option<Added>) =
-        if body.is_end_stream() {
-            (None, true, false, None)
-        } else if has_te {
-            (Some(Encode::Chunked), false, existing.is_some(), None)
-        } else if let Some(len) = existing {
-            (Some(Encode::Length(len)), false, false, None)
-        } else if let Some(len) = body.size_hint().exact() {
-            (
-                Some(Encode::Length(len)),
-                false,
-                false,
-                Some(Added::Length(len)),
-            )
-        } else if matches!(*req.method(), Method::GET | Method::HEAD | Method::CONNECT) {
-            // Almost never a body: hyper sent none rather than an empty chunked one.
-            (None, false, false, None)
-        } else {
-            (Some(Encode::Chunked), false, false, Some(Added::Chunked))
-        };
-
+    let plan = plan(req);
     let uri = req.uri();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -74,18 +38,81 @@ pub fn head(req: &Request<RequestBody>, out: &mut BytesMut) -> Option<Encode> {
         Version::HTTP_10 => b" HTTP/1.0\r\n",
         _ => b" HTTP/1.1\r\n",
     });
-    write_headers(headers, skip_te, skip_cl, out);
-    match add {
-        Some(Added::Length(len)) => {
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(itoa(len, &mut [0; 20]));
-            out.extend_from_slice(b"\r\n");
-        }
+    write_headers(headers, &plan, out);
+    match plan.add {
+        Some(Added::Length(len)) => write_length(len, out),
         Some(Added::Chunked) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         None => {}
     }
     out.extend_from_slice(b"\r\n");
-    encode
+    plan.encode
+}
+
+/// What the head's framing headers become, decided once from one pass over the headers (comparing standard
+/// names is cheap; map lookups were not).
+struct Plan {
+    encode: Option<Encode>,
+    /// A framing header hyper's client removed from its map; the map's last name then took its place.
+    removed: Option<HeaderName>,
+    /// Append `, chunked` to this (1-based) `Transfer-Encoding` line, the last one.
+    chunked_after_te_line: Option<usize>,
+    /// The request's `Content-Length` lines are invalid and become this one, where the first one was.
+    replace_length: Option<u64>,
+    /// A framing line added after the others.
+    add: Option<Added>,
+}
+
+fn plan(req: &Request<RequestBody>) -> Plan {
+    let body = req.body();
+    let (mut te_lines, mut te_chunked, mut cl_lines) = (0usize, false, 0usize);
+    let mut existing: Option<Result<u64, ()>> = None;
+    for (name, value) in req.headers() {
+        if name == TRANSFER_ENCODING {
+            te_lines += 1;
+            te_chunked = ends_chunked(value.as_bytes());
+        } else if name == CONTENT_LENGTH {
+            cl_lines += 1;
+            if existing != Some(Err(())) {
+                existing = Some(content_length_value(
+                    value.as_bytes(),
+                    existing.and_then(Result::ok),
+                ));
+            }
+        }
+    }
+    let existing = existing.and_then(Result::ok);
+    let mut plan = Plan {
+        encode: None,
+        removed: None,
+        chunked_after_te_line: None,
+        replace_length: None,
+        add: None,
+    };
+    if body.is_end_stream() {
+        // No body: no coding either; a Content-Length the request carries stays.
+        plan.removed = (te_lines > 0).then_some(TRANSFER_ENCODING);
+    } else if te_lines > 0 {
+        // The request's own coding wins over any Content-Length, and ends in chunked.
+        plan.encode = Some(Encode::Chunked);
+        plan.removed = (cl_lines > 0).then_some(CONTENT_LENGTH);
+        plan.chunked_after_te_line = (!te_chunked).then_some(te_lines);
+    } else if let Some(len) = existing {
+        plan.encode = Some(Encode::Length(len));
+    } else if let Some(len) = body.size_hint().exact() {
+        plan.encode = Some(Encode::Length(len));
+        match cl_lines {
+            0 => plan.add = Some(Added::Length(len)),
+            _ => plan.replace_length = Some(len),
+        }
+    } else if !matches!(*req.method(), Method::GET | Method::HEAD | Method::CONNECT) {
+        // Of unknown length: chunked. (hyper also dropped invalid Content-Length lines here, after adding its
+        // coding, which then took their place; the proxy never gets here with one, hyper's server refuses it.)
+        plan.encode = Some(Encode::Chunked);
+        plan.add = Some(Added::Chunked);
+        plan.removed = (cl_lines > 0).then_some(CONTENT_LENGTH);
+    }
+    // Otherwise a GET, HEAD or CONNECT of unknown length: almost never a body, and hyper sent none.
+    plan
 }
 
 /// A framing header the request did not carry and its body needs.
@@ -94,14 +121,60 @@ enum Added {
     Chunked,
 }
 
-fn write_headers(headers: &HeaderMap, skip_te: bool, skip_cl: bool, out: &mut BytesMut) {
-    for (name, value) in headers {
-        if (skip_te && name == TRANSFER_ENCODING) || (skip_cl && name == CONTENT_LENGTH) {
-            continue;
+fn write_length(len: u64, out: &mut BytesMut) {
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(itoa(len, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_headers(headers: &HeaderMap, plan: &Plan, out: &mut BytesMut) {
+    let mut lines = Lines::default();
+    let Some(removed) = &plan.removed else {
+        for (name, value) in headers {
+            lines.write(name, value, plan, out);
+        }
+        return;
+    };
+    // hyper's client removed the header from its map, which moves the map's last name into its place: the
+    // same order is kept, so that a backend sees the bytes it saw before (rare: a framing header to drop).
+    let mut names: Vec<&HeaderName> = headers.keys().collect();
+    if let Some(at) = names.iter().position(|n| *n == removed) {
+        names.swap_remove(at);
+    }
+    for name in names {
+        for value in headers.get_all(name) {
+            lines.write(name, value, plan, out);
+        }
+    }
+}
+
+/// The framing lines written so far.
+#[derive(Default)]
+struct Lines {
+    te: usize,
+    cl: usize,
+}
+
+impl Lines {
+    fn write(&mut self, name: &HeaderName, value: &HeaderValue, plan: &Plan, out: &mut BytesMut) {
+        if name == CONTENT_LENGTH {
+            if let Some(len) = plan.replace_length {
+                self.cl += 1;
+                if self.cl == 1 {
+                    write_length(len, out);
+                }
+                return;
+            }
         }
         title_case(name.as_str().as_bytes(), out);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        if name == TRANSFER_ENCODING {
+            self.te += 1;
+            if plan.chunked_after_te_line == Some(self.te) {
+                out.extend_from_slice(b", chunked");
+            }
+        }
         out.extend_from_slice(b"\r\n");
     }
 }
