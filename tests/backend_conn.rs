@@ -174,3 +174,68 @@ fn a_chunked_response_with_extensions_and_trailers_arrives_whole() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body_str(), "abc0123456789");
 }
+
+/// A backend whose first connection answers one request, keep-alive, then reads the next request's head and
+/// closes without answering: the close a pooled connection may meet at the very moment a request is written
+/// to it. With `then_answer`, its second connection answers `again`.
+fn closing_under_the_second_request(listener: &TcpListener, then_answer: bool) -> JoinHandle<()> {
+    let listener = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        assert!(read_until(&mut first, &mut buf, b"\r\n\r\n"));
+        first
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            .unwrap();
+        let mut buf = Vec::new();
+        assert!(read_until(&mut first, &mut buf, b"\r\n\r\n"));
+        drop(first);
+        if !then_answer {
+            return;
+        }
+        let (mut second, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        assert!(read_until(&mut second, &mut buf, b"\r\n\r\n"));
+        second
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain")
+            .unwrap();
+    })
+}
+
+#[test]
+fn a_get_meeting_a_pooled_connection_closed_under_it_is_sent_again_on_a_new_one() {
+    let redis = RedisServer::start();
+    let listener = backend_for(&redis, "replay.test");
+    // One worker, so that the second request takes the first one's pooled connection.
+    let proxy = Proxy::start(&redis, &["--workers", "1"]);
+    let backend = closing_under_the_second_request(&listener, true);
+    assert_eq!(
+        get(proxy.addr(), "replay.test", "/", &[]).body_str(),
+        "first"
+    );
+    let again = get(proxy.addr(), "replay.test", "/", &[]);
+    assert_eq!(again.status, 200, "{}", again.head_text());
+    assert_eq!(again.body_str(), "again");
+    backend.join().unwrap();
+}
+
+#[test]
+fn a_post_meeting_a_pooled_connection_closed_under_it_is_not_sent_again() {
+    let redis = RedisServer::start();
+    let listener = backend_for(&redis, "noreplay.test");
+    let proxy = Proxy::start(&redis, &["--workers", "1"]);
+    let backend = closing_under_the_second_request(&listener, false);
+    assert_eq!(
+        get(proxy.addr(), "noreplay.test", "/", &[]).body_str(),
+        "first"
+    );
+    let post = request(proxy.addr(), "POST", "noreplay.test", "/", &[], b"x");
+    // It may have been acted on: the client hears of the failure instead.
+    assert_eq!(post.status, 503, "{}", post.head_text());
+    backend.join().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "the POST was sent again on a new connection"
+    );
+}

@@ -146,15 +146,26 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let pool = self.pool(&target.pool_key);
         // Reuse an idle connection the backend has not closed meanwhile.
-        let io = match checkout(&pool) {
-            Some(io) => io,
+        let (io, reused) = match checkout(&pool) {
+            Some(io) => (io, true),
             // Boxed: dialing (and a TLS handshake) is rare next to reusing a connection.
             None => match Box::pin(self.open(target, target.authority())).await {
-                Ok(io) => io,
+                Ok(io) => (io, false),
                 Err(e) => return Err((e, Some(*req))),
             },
         };
-        h1::exchange(io, *req, pool).await.map_err(|e| (e, None))
+        match h1::exchange(io, *req, pool, reused).await {
+            Ok(response) => Ok(response),
+            // The backend closed the pooled connection under the request, before any answer: a request Go's
+            // transport would send again goes once more, on a new connection (docs/backends.md).
+            Err((_, Some(replay))) => {
+                let io = Box::pin(self.open(target, target.authority()))
+                    .await
+                    .map_err(|e| (e, None))?;
+                h1::replay(io, replay).await.map_err(|e| (e, None))
+            }
+            Err((e, None)) => Err((e, None)),
+        }
     }
 
     fn pool(&self, key: &str) -> Pool {

@@ -39,27 +39,101 @@ const MAX_QUEUED: usize = 64 * 1024;
 
 /// Send `req` over `io` and read the response head. The body of the response keeps the connection and puts it
 /// back in `pool` when it has been read to the end.
+///
+/// `reused`: `io` came from the pool. If such a connection turns out to have been closed under the request
+/// before any answer came, a request without a body and with an idempotent method comes back as a [`Replay`],
+/// to be sent again on a new connection (see [`replay`]).
 pub async fn exchange(
     io: BackendStream,
     req: Request<RequestBody>,
     pool: Pool,
-) -> Result<Response<super::UpstreamBody>, UpstreamError> {
+    reused: bool,
+) -> Result<Response<super::UpstreamBody>, (UpstreamError, Option<Replay>)> {
     let mut head = BytesMut::with_capacity(512);
     let encode = encode::head(&req, &mut head);
     let head_request = req.method() == Method::HEAD;
+    let replayable = reused && encode.is_none() && idempotent(&req);
     let (_, body) = req.into_parts();
+    let head = head.freeze();
+    let again = replayable.then(|| head.clone());
+    run(io, head, encode.map(|e| (body, e)), head_request, pool)
+        .await
+        .map_err(|failed| {
+            let replay = match (failed.unanswered, again) {
+                (true, Some(head)) => Some(Replay {
+                    head,
+                    head_request,
+                    pool: failed.pool,
+                }),
+                _ => None,
+            };
+            (failed.error, replay)
+        })
+}
+
+/// A request to send again: its head (it has no body), and where its connection goes back.
+pub struct Replay {
+    head: Bytes,
+    head_request: bool,
+    pool: Pool,
+}
+
+/// Send a [`Replay`] over a new connection.
+pub async fn replay(
+    io: BackendStream,
+    replay: Replay,
+) -> Result<Response<super::UpstreamBody>, UpstreamError> {
+    run(io, replay.head, None, replay.head_request, replay.pool)
+        .await
+        .map_err(|failed| failed.error)
+}
+
+/// Go's transport sends again what it may: `GET`, `HEAD`, `OPTIONS`, `TRACE`, or a request with an idempotency key.
+fn idempotent(req: &Request<RequestBody>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || req.headers().contains_key("idempotency-key")
+        || req.headers().contains_key("x-idempotency-key")
+}
+
+/// An exchange that failed before its answer's head: the error, whether nothing at all came back, and the
+/// pool (which the answer would have taken).
+struct Failed {
+    error: UpstreamError,
+    unanswered: bool,
+    pool: Pool,
+}
+
+async fn run(
+    io: BackendStream,
+    head: Bytes,
+    body: Option<(RequestBody, Encode)>,
+    head_request: bool,
+    pool: Pool,
+) -> Result<Response<super::UpstreamBody>, Failed> {
     let mut wire = Box::new(Wire {
         io,
         rbuf: BytesMut::new(),
         read_size: READ_SIZE,
+        received: false,
         upload: Upload {
-            out: VecDeque::from([head.freeze()]),
+            out: VecDeque::from([head]),
             unflushed: true,
-            body: encode.map(|e| (body, e)),
+            body,
             failed: None,
         },
     });
-    let parsed = poll_fn(|cx| wire.poll_head(cx, head_request)).await?;
+    let parsed = match poll_fn(|cx| wire.poll_head(cx, head_request)).await {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            return Err(Failed {
+                error,
+                unanswered: !wire.received,
+                pool,
+            })
+        }
+    };
     let body = match parsed.framing.is_done() {
         true => {
             // Nothing to read: the connection is free now, if the upload is over as well.
@@ -84,6 +158,8 @@ struct Wire {
     rbuf: BytesMut,
     /// How much the next read asks for (see `poll_read`).
     read_size: usize,
+    /// Some byte of an answer came back on this exchange.
+    received: bool,
     upload: Upload,
 }
 
@@ -274,6 +350,7 @@ impl Wire {
             cx,
             &mut self.rbuf
         ))?;
+        self.received |= n > 0;
         if n == space && self.read_size < BACKEND_READ_BUFFER {
             self.read_size *= 2;
         }
