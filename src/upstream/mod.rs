@@ -158,14 +158,22 @@ impl Upstream {
             Ok(response) => Ok(response),
             // The backend closed the pooled connection under the request, before any answer: a request Go's
             // transport would send again goes once more, on a new connection (docs/backends.md).
-            Err((_, Some(replay))) => {
-                let io = Box::pin(self.open(target, target.authority()))
-                    .await
-                    .map_err(|e| (e, None))?;
-                h1::replay(io, replay).await.map_err(|e| (e, None))
-            }
+            // Boxed: rare, and its state would otherwise be part of every request's future.
+            Err((_, Some(replay))) => Box::pin(self.send_again(target, replay))
+                .await
+                .map_err(|e| (e, None)),
             Err((e, None)) => Err((e, None)),
         }
+    }
+
+    /// A [`h1::Replay`] over a new connection.
+    async fn send_again(
+        &self,
+        target: &Target,
+        replay: h1::Replay,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let io = self.open(target, target.authority()).await?;
+        h1::replay(io, replay).await
     }
 
     fn pool(&self, key: &str) -> Pool {

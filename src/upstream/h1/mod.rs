@@ -43,12 +43,16 @@ const MAX_QUEUED: usize = 64 * 1024;
 /// `reused`: `io` came from the pool. If such a connection turns out to have been closed under the request
 /// before any answer came, a request without a body and with an idempotent method comes back as a [`Replay`],
 /// to be sent again on a new connection (see [`replay`]).
-pub async fn exchange(
+pub fn exchange(
     io: BackendStream,
     req: Request<RequestBody>,
     pool: Pool,
     reused: bool,
-) -> Result<Response<super::UpstreamBody>, (UpstreamError, Option<Replay>)> {
+) -> impl std::future::Future<
+    Output = Result<Response<super::UpstreamBody>, (UpstreamError, Option<Replay>)>,
+> {
+    // Written before the exchange starts, so that its future holds only what the exchange needs (a larger
+    // future costs its size in copies on every request).
     let mut head = BytesMut::with_capacity(512);
     let encode = encode::head(&req, &mut head);
     let head_request = req.method() == Method::HEAD;
@@ -56,19 +60,14 @@ pub async fn exchange(
     let (_, body) = req.into_parts();
     let head = head.freeze();
     let again = replayable.then(|| head.clone());
-    run(io, head, encode.map(|e| (body, e)), head_request, pool)
-        .await
-        .map_err(|failed| {
-            let replay = match (failed.unanswered, again) {
-                (true, Some(head)) => Some(Replay {
-                    head,
-                    head_request,
-                    pool: failed.pool,
-                }),
-                _ => None,
-            };
-            (failed.error, replay)
-        })
+    run(
+        io,
+        head,
+        encode.map(|e| (body, e)),
+        head_request,
+        pool,
+        again,
+    )
 }
 
 /// A request to send again: its head (it has no body), and where its connection goes back.
@@ -83,9 +82,16 @@ pub async fn replay(
     io: BackendStream,
     replay: Replay,
 ) -> Result<Response<super::UpstreamBody>, UpstreamError> {
-    run(io, replay.head, None, replay.head_request, replay.pool)
-        .await
-        .map_err(|failed| failed.error)
+    run(
+        io,
+        replay.head,
+        None,
+        replay.head_request,
+        replay.pool,
+        None,
+    )
+    .await
+    .map_err(|(error, _)| error)
 }
 
 /// Go's transport sends again what it may: `GET`, `HEAD`, `OPTIONS`, `TRACE`, or a request with an idempotency key.
@@ -97,21 +103,15 @@ fn idempotent(req: &Request<RequestBody>) -> bool {
         || req.headers().contains_key("x-idempotency-key")
 }
 
-/// An exchange that failed before its answer's head: the error, whether nothing at all came back, and the
-/// pool (which the answer would have taken).
-struct Failed {
-    error: UpstreamError,
-    unanswered: bool,
-    pool: Pool,
-}
-
+/// `again`: the head to send once more if the connection turns out to have been closed under it.
 async fn run(
     io: BackendStream,
     head: Bytes,
     body: Option<(RequestBody, Encode)>,
     head_request: bool,
     pool: Pool,
-) -> Result<Response<super::UpstreamBody>, Failed> {
+    again: Option<Bytes>,
+) -> Result<Response<super::UpstreamBody>, (UpstreamError, Option<Replay>)> {
     let mut wire = Box::new(Wire {
         io,
         rbuf: BytesMut::new(),
@@ -127,11 +127,13 @@ async fn run(
     let parsed = match poll_fn(|cx| wire.poll_head(cx, head_request)).await {
         Ok(parsed) => parsed,
         Err(error) => {
-            return Err(Failed {
-                error,
-                unanswered: !wire.received,
+            // Sent again only when nothing at all came back on this connection.
+            let replay = again.filter(|_| !wire.received).map(|head| Replay {
+                head,
+                head_request,
                 pool,
-            })
+            });
+            return Err((error, replay));
         }
     };
     let body = match parsed.framing.is_done() {
