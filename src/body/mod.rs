@@ -128,7 +128,8 @@ async fn read_frames(
 }
 
 /// The client's body failed while it was streamed to a backend: malformed framing, or the client went away
-/// mid-body. A distinct type so that the upstream side can tell the client's fault from the backend's.
+/// mid-body. Its text says so in the error log; the backend client counts any error of a [`RequestBody`] as the
+/// client's (`UpstreamError::Client`), never the backend's.
 #[derive(Debug)]
 pub struct ClientBodyError(pub hyper::Error);
 

@@ -69,18 +69,18 @@ pub fn parse_head(
         // One pass over the raw lines: where each lies (so that the head is frozen once and sliced), and what
         // the framing headers say, read here rather than looked up in the map afterwards.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut framing_headers = FramingHeaders::default();
         let count = parsed.headers.len();
         for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
             let name = offset(h.name.as_bytes(), base);
             let value = offset(h.value, base);
-            // A head is at most `limit` (16 KB) long, so every offset fits.
+            // A read buffer is far below 4 GB, so every offset fits.
             *span = (
-                name as u16,
-                (name + h.name.len()) as u16,
-                value as u16,
-                (value + h.value.len()) as u16,
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
             );
             framing_headers.see(h.name.as_bytes(), h.value);
         }

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame};
 use tokio::io::AsyncWrite;
 
@@ -248,7 +248,7 @@ impl Upload {
             if self.out.is_empty() {
                 if self.unflushed {
                     if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
-                        self.fail(write_error(e));
+                        self.fail(connection_error(e));
                         return Poll::Ready(());
                     }
                     self.unflushed = false;
@@ -284,7 +284,7 @@ impl Upload {
                     }
                 }
                 Err(e) => {
-                    self.fail(write_error(e));
+                    self.fail(connection_error(e));
                     return Poll::Ready(());
                 }
             }
@@ -299,7 +299,8 @@ impl Upload {
     }
 }
 
-fn write_error(e: io::Error) -> UpstreamError {
+/// The socket failed (reading or writing), in hyper's words.
+fn connection_error(e: io::Error) -> UpstreamError {
     UpstreamError::Request(format!("connection error: {e}"))
 }
 
@@ -330,11 +331,7 @@ impl Wire {
                     return Poll::Ready(Err(e));
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    return Poll::Ready(Err(UpstreamError::Request(format!(
-                        "connection error: {e}"
-                    ))))
-                }
+                Err(e) => return Poll::Ready(Err(connection_error(e))),
             }
         }
     }
@@ -398,21 +395,23 @@ fn body_error(why: impl std::fmt::Display) -> BodyError {
 /// One step of a body being read.
 pub enum Step {
     Frame(Frame<Bytes>),
-    /// The body is over; the connection was let go.
+    /// The body is over.
     End,
 }
 
 impl Reading {
     pub fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, BodyError>> {
         let wire = &mut *self.wire;
-        if wire.upload.body.is_some() || !wire.upload.out.is_empty() || wire.upload.unflushed {
+        if !wire.upload.done() {
             // The backend answered before the upload ended (a streaming echo, an early error): keep sending.
             let _ = wire.upload.poll(&mut wire.io, cx);
         }
         loop {
             match self.framing.decode(&mut wire.rbuf, BACKEND_READ_BUFFER) {
                 Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Step::Frame(Frame::data(data)))),
-                Ok(Decoded::Trailers(t)) => return Poll::Ready(Ok(Step::Frame(trailers(t)))),
+                Ok(Decoded::Trailers(t)) => {
+                    return Poll::Ready(Ok(Step::Frame(Frame::trailers(t))))
+                }
                 Ok(Decoded::End) => return Poll::Ready(Ok(Step::End)),
                 Ok(Decoded::NeedMore) => {}
                 Err(e) => return Poll::Ready(Err(body_error(e))),
@@ -447,10 +446,6 @@ impl Reading {
         let keep = self.keep_alive && self.framing.is_done();
         self.wire.finish(keep, &self.pool);
     }
-}
-
-fn trailers(t: HeaderMap) -> Frame<Bytes> {
-    Frame::trailers(t)
 }
 
 /// Whether a pooled connection can be used: still open, and the backend sent nothing unasked. Polled once with
