@@ -123,7 +123,7 @@ enum Added {
 
 fn write_length(len: u64, out: &mut BytesMut) {
     out.extend_from_slice(b"Content-Length: ");
-    out.extend_from_slice(itoa(len, &mut [0; 20]));
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -203,19 +203,6 @@ pub fn chunk_size_line(len: usize) -> Bytes {
 /// The end of a chunked body (no trailers: the request's `Trailer` header never reaches a backend).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,8 +266,9 @@ mod tests {
 
     #[test]
     fn numbers_are_written_in_decimal_and_hex() {
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+        let mut out = BytesMut::new();
+        write_length(u64::MAX, &mut out);
+        assert_eq!(&out[..], b"Content-Length: 18446744073709551615\r\n");
         assert_eq!(&chunk_size_line(255)[..], b"FF\r\n");
     }
 }
