@@ -18,14 +18,56 @@ pub mod tee;
 
 pub use tee::{Copied, CopyReceiver, Tee};
 
+/// A client's request body as the server read it: hyper's, or none at all (a request the proxy's own HTTP/1
+/// engine took, which takes only requests without a body: `crate::server`'s `h1`).
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(body: Incoming) -> ClientBody {
+        ClientBody::Hyper(body)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// What the proxy sends to a backend.
 pub enum RequestBody {
     /// The client's body, streamed frame by frame as it arrives (every frontend without `sign_body`).
-    Streaming(Incoming),
+    Streaming(ClientBody),
     /// The same, noting when a frame last arrived (milliseconds of `crate::rt::clock::now_ms`), for a backend
     /// timeout that counts inactivity rather than the whole exchange (Hipache's `tcpTimeout`): a long upload
     /// that keeps moving is never cut.
-    Watched(Incoming, Arc<AtomicU64>),
+    Watched(ClientBody, Arc<AtomicU64>),
     /// A body read whole before anything was sent (a guard with `sign_body` had to hash it). The frames are
     /// kept as they arrived, so the bytes are never copied: hashing reads them, sending hands them on.
     Buffered(Buffered),
@@ -91,7 +133,7 @@ pub enum BufferError {
 /// Read `body` whole, at most `max` bytes, within `timeout`; `each` sees every chunk once as it arrives (to hash
 /// it). Trailers are dropped: a buffered body is sent with a Content-Length, which leaves no place for them.
 pub async fn buffer(
-    body: Incoming,
+    body: ClientBody,
     max: u64,
     timeout: Duration,
     each: impl FnMut(&[u8]),
@@ -105,7 +147,7 @@ pub async fn buffer(
 }
 
 async fn read_frames(
-    mut body: Incoming,
+    mut body: ClientBody,
     max: u64,
     mut each: impl FnMut(&[u8]),
 ) -> Result<Buffered, BufferError> {

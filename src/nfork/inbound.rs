@@ -142,7 +142,7 @@ impl InboundState {
         remove_connection_headers(&mut headers);
         headers.insert(X_NFORK, HeaderValue::from_static("true"));
         let uri = origin_form(&parts.uri);
-        let mut body = RequestBody::Streaming(body);
+        let mut body = RequestBody::Streaming(body.into());
         if !self.shadows.is_empty() {
             let (teed, copy) = body.teed(self.config.max_body);
             body = teed;

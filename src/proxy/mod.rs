@@ -18,9 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::config::{Config, ResponseStyle};
 use crate::observe::access_log::{AccessEntry, Log, PendingEntry};
 use crate::observe::inflight::InflightGuard;
@@ -98,7 +97,7 @@ impl Proxy {
     /// Handle one request and produce its response. Never fails: every failure is a [`Reject`].
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         down: Downstream,
     ) -> (
         Response<ProxyBody>,

@@ -1,4 +1,5 @@
-//! The life of a connection once accepted: HTTP/1 is served with hyper while requests come, parked (hyper's
+//! The life of a connection once accepted: HTTP/1 is served by the proxy's own engine (`h1`), or with hyper
+//! for the requests it leaves to hyper, while requests come, parked (hyper's
 //! connection and buffers dropped) while idle, and asked to finish on shutdown; HTTP/2 is driven until it ends,
 //! its watchdog fires or shutdown asks for a GOAWAY.
 
@@ -15,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::gate::Gated;
+use super::h1::{self, Handed};
 use super::timeouts::{watchdog, ConnState, Phase, PhaseLimits, TimedIo};
+use super::Handler;
 use crate::config::{Config, Timeouts};
 use crate::rt::clock::{instant_at, now_ms};
 
@@ -94,8 +97,8 @@ impl<S> Http1Service for S where
 /// stack of the poll that finds them.
 pub(super) async fn serve_http1<IO, S>(
     slot: &mut Option<TimedIo<IO>>,
+    handler: &Handler,
     service: &S,
-    state: &ConnState,
     metrics: &crate::observe::metrics::Metrics,
     config: &Config,
     stop: &mut watch::Receiver<bool>,
@@ -104,6 +107,7 @@ pub(super) async fn serve_http1<IO, S>(
     S: Http1Service,
 {
     let _open = Http1Open::new();
+    let state = handler.state();
     while let Some(io) = slot.as_mut() {
         if io.prefix.is_empty() {
             // Parked (or nothing sent yet): hold no more than the socket until bytes arrive.
@@ -120,6 +124,23 @@ pub(super) async fn serve_http1<IO, S>(
                 }
                 None => return,
             }
+        }
+        // The engine of our own first; what it does not take, hyper serves. Boxed: a parked connection's
+        // future does not carry the engine's state.
+        let handle = |req| handler.call(req);
+        match Box::pin(h1::serve(
+            io,
+            state,
+            handle,
+            &config.timeouts,
+            &config.limits,
+            stop,
+        ))
+        .await
+        {
+            Handed::Closed => return,
+            Handed::Idle => continue,
+            Handed::Hyper => {}
         }
         let Some(io) = slot.take() else { return };
         *slot = Box::pin(serve_stretch(io, service.clone(), state, config, stop)).await;

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::body::Guarded;
+use crate::body::{ClientBody, Guarded};
 use crate::config::Limits;
+use crate::observe::inflight::InflightGuard;
+use crate::proxy::response::ProxyBody;
 use crate::proxy::{Downstream, Proxy};
 use crate::rt::tracker::Tracker;
 use crate::rt::workers::Workers;
@@ -27,6 +30,7 @@ use crate::server::head_scan::HeadScan;
 use crate::server::tls::{handshake_error, TlsTerminator};
 
 mod gate;
+mod h1;
 pub mod head_scan;
 mod lifecycle;
 mod timeouts;
@@ -281,27 +285,16 @@ async fn serve_connection<IO>(
         prefix: Bytes::new(),
         prefix_scanned: false,
     };
-    let tls = !matches!(protocol, Protocol::Http1 { tls: false });
-    let service_state = state.clone();
-    let service_proxy = proxy.clone();
+    let handler = Handler {
+        proxy: proxy.clone(),
+        state: state.clone(),
+        peer,
+        tls: !matches!(protocol, Protocol::Http1 { tls: false }),
+    };
+    let hyper_handler = handler.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let proxy = service_proxy.clone();
-        let (guard, conflicting_length) = RequestGuard::begin(service_state.clone());
-        let down = Downstream {
-            peer,
-            tls,
-            conflicting_length,
-        };
-        // Boxed: hyper keeps a slot the size of this future for every connection, busy or idle, and the
-        // request pipeline's future is about 3 KB; boxed, idle keep-alive connections do not pay for it.
-        Box::pin(async move {
-            // The request stays in the in-flight registry until its body is written out.
-            let (resp, inflight, pending) = proxy.handle(req, down).await;
-            let pending = pending.map(|entry| guard.log_when_sent(entry));
-            Ok::<_, std::convert::Infallible>(
-                resp.map(|body| Guarded::new(body, (guard, inflight, pending))),
-            )
-        })
+        let answer = hyper_handler.call(req.map(ClientBody::Hyper));
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
     if h2 {
         // Boxed, with everything HTTP/2 needs, so an HTTP/1 connection does not carry HTTP/2's state.
@@ -320,7 +313,58 @@ async fn serve_connection<IO>(
     // moved: what an async fn moves into a future it awaits takes room in both.
     let mut io = Some(io);
     let (metrics, config) = (&proxy.telemetry.metrics, &proxy.config);
-    serve_http1(&mut io, &service, &state, metrics, config, &mut stop).await;
+    serve_http1(&mut io, &handler, &service, metrics, config, &mut stop).await;
+}
+
+/// A response on its way to a client: its body holds the request's guards (in flight, the access-log record)
+/// until it has been written out.
+type Answer = hyper::Response<
+    Guarded<
+        ProxyBody,
+        (
+            RequestGuard,
+            Option<InflightGuard>,
+            Option<timeouts::LogWhenSent>,
+        ),
+    >,
+>;
+
+/// What answers a connection's requests, whichever HTTP/1 engine read them (hyper's or `h1`), and HTTP/2's.
+#[derive(Clone)]
+struct Handler {
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+    peer: SocketAddr,
+    /// The connection is TLS (for X-Forwarded-Proto).
+    tls: bool,
+}
+
+impl Handler {
+    /// Handle one request. Boxed: hyper keeps a slot the size of its service's future for every connection,
+    /// busy or idle, and the request pipeline's future is about 3 KB; boxed, idle keep-alive connections do
+    /// not pay for it.
+    fn call(
+        &self,
+        req: hyper::Request<ClientBody>,
+    ) -> Pin<Box<impl Future<Output = Answer> + Send + 'static>> {
+        let proxy = self.proxy.clone();
+        let (guard, conflicting_length) = RequestGuard::begin(self.state.clone());
+        let down = Downstream {
+            peer: self.peer,
+            tls: self.tls,
+            conflicting_length,
+        };
+        Box::pin(async move {
+            // The request stays in the in-flight registry until its body is written out.
+            let (resp, inflight, pending) = proxy.handle(req, down).await;
+            let pending = pending.map(|entry| guard.log_when_sent(entry));
+            resp.map(|body| Guarded::new(body, (guard, inflight, pending)))
+        })
+    }
+
+    fn state(&self) -> &ConnState {
+        &self.state
+    }
 }
 
 /// hyper's HTTP/1 server settings, made for each served stretch of a connection (a few stores) rather than

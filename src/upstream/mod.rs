@@ -23,6 +23,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 mod h1;
+
+/// Chunked framing, shared with the server's own HTTP/1 engine.
+pub use h1::{chunk_size_line, LAST_CHUNK};
 pub mod once;
 mod target;
 pub mod tls;

@@ -25,6 +25,8 @@ mod decode;
 mod differential;
 mod encode;
 
+pub use encode::{chunk_size_line, LAST_CHUNK};
+
 use decode::{Decoded, Framing};
 use encode::Encode;
 

@@ -1,0 +1,341 @@
+//! The engine against hyper's HTTP/1 server, as the proxy configures it: the same request bytes, answered with
+//! the same responses by both. The requests each one hands to its service must be equal (method, target,
+//! version, headers in order), and the bytes written back identical, the `date` value aside.
+//!
+//! Requests are generated inside and outside what the engine takes (bodies, upgrades, HTTP/1.0 are left to
+//! hyper, and then only that is checked); responses cover the framing decisions: statuses without bodies,
+//! HEAD, HTTP/1.0 versions, custom reasons, `content-length` given or not, bodies of known and unknown length
+//! (some ending short or long of their header), `transfer-encoding`, `connection` and `trailer` headers.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::{serve, Handed};
+use crate::body::ClientBody;
+use crate::config::{Limits, Timeouts};
+use crate::server::head_scan::HeadScan;
+use crate::server::timeouts::{ConnState, TimedIo};
+
+/// The request that ends every exchange, so that both servers close the connection once it is answered.
+const END: &[u8] = b"GET /end HTTP/1.1\r\nHost: end.test\r\nConnection: close\r\n\r\n";
+
+/// A response as the generator describes it; both servers get one built from it.
+#[derive(Clone, Debug)]
+struct Spec {
+    status: u16,
+    version: Version,
+    reason: Option<&'static [u8]>,
+    headers: Vec<(&'static str, String)>,
+    frames: Vec<Bytes>,
+    exact: bool,
+}
+
+impl Spec {
+    fn response(&self) -> Response<TestBody> {
+        let total: u64 = self.frames.iter().map(|f| f.len() as u64).sum();
+        let mut resp = Response::new(TestBody {
+            frames: self.frames.iter().cloned().collect(),
+            exact: self.exact.then_some(total),
+        });
+        *resp.status_mut() = StatusCode::from_u16(self.status).unwrap();
+        *resp.version_mut() = self.version;
+        for (name, value) in &self.headers {
+            resp.headers_mut()
+                .append(*name, http::HeaderValue::from_str(value).unwrap());
+        }
+        if let Some(reason) = self.reason {
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(reason));
+        }
+        resp
+    }
+}
+
+fn end_response() -> Response<TestBody> {
+    Response::new(TestBody {
+        frames: VecDeque::from([Bytes::from_static(b"end")]),
+        exact: Some(3),
+    })
+}
+
+struct TestBody {
+    frames: VecDeque<Bytes>,
+    exact: Option<u64>,
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.frames.pop_front().map(|f| Ok(Frame::data(f))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact {
+            Some(len) => SizeHint::with_exact(len),
+            None => SizeHint::new(),
+        }
+    }
+}
+
+/// What a service was handed: method, target, version, headers in order.
+type Seen = Vec<(String, String, Version, Vec<(String, Vec<u8>)>)>;
+
+fn note<B>(seen: &Mutex<Seen>, req: &Request<B>) {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    seen.lock().unwrap().push((
+        req.method().to_string(),
+        req.uri().to_string(),
+        req.version(),
+        headers,
+    ));
+}
+
+fn answer<B>(spec: &Spec, seen: &Mutex<Seen>, req: &Request<B>) -> Response<TestBody> {
+    note(seen, req);
+    match req.uri().path() == "/end" {
+        true => end_response(),
+        false => spec.response(),
+    }
+}
+
+async fn read_all(mut client: tokio::io::DuplexStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    out
+}
+
+async fn theirs(bytes: &[u8], spec: &Spec) -> (Vec<u8>, Seen) {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let seen = Arc::new(Mutex::new(Seen::new()));
+    let (spec, noted) = (spec.clone(), seen.clone());
+    let service = service_fn(move |req: Request<Incoming>| {
+        let resp = answer(&spec, &noted, &req);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let conn = crate::server::http1_builder(&Limits::default())
+        .serve_connection(TokioIo::new(server), service);
+    let task = tokio::spawn(conn);
+    client.write_all(bytes).await.unwrap();
+    let out = read_all(client).await;
+    let _ = task.await;
+    let seen = seen.lock().unwrap().clone();
+    (out, seen)
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        request: None,
+        request_is_inactivity: false,
+        dial: Duration::from_secs(10),
+        client_read: None,
+        client_read_header: Duration::from_secs(60),
+        client_write: None,
+        client_idle: None,
+        shutdown: Duration::from_secs(30),
+        websocket_idle: None,
+    }
+}
+
+/// `None` when the engine left the first request to hyper.
+async fn ours(bytes: &[u8], spec: &Spec) -> Option<(Vec<u8>, Seen)> {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let state = Arc::new(ConnState::new());
+    let mut io = TimedIo {
+        inner: server,
+        state: state.clone(),
+        scan: Some(HeadScan::default()),
+        prefix: Bytes::copy_from_slice(bytes),
+        prefix_scanned: false,
+    };
+    io.saw(bytes);
+    let seen = Mutex::new(Seen::new());
+    let (_stop_tx, mut stop) = watch::channel(false);
+    let handle = |req: Request<ClientBody>| {
+        let resp = answer(spec, &seen, &req);
+        async move { resp }
+    };
+    let handed = serve(
+        &mut io,
+        &state,
+        handle,
+        &timeouts(),
+        &Limits::default(),
+        &mut stop,
+    )
+    .await;
+    if handed == Handed::Hyper && seen.lock().unwrap().is_empty() {
+        return None;
+    }
+    assert_ne!(
+        handed,
+        Handed::Hyper,
+        "the engine took the first request but not the one after it"
+    );
+    drop(io);
+    let out = read_all(client).await;
+    Some((out, seen.into_inner().unwrap()))
+}
+
+/// Every `date: ` value (29 bytes) blanked out: the two servers may write theirs in different seconds.
+fn without_dates(mut out: Vec<u8>) -> Vec<u8> {
+    let mut at = 0;
+    while let Some(found) = memchr::memmem::find(&out[at..], b"\r\ndate: ") {
+        let start = at + found + 8;
+        let end = (start + 29).min(out.len());
+        out[start..end].fill(b'X');
+        at = end;
+    }
+    out
+}
+
+fn request(rng: &mut fastrand::Rng) -> Vec<u8> {
+    let method = ["GET", "GET", "HEAD", "DELETE", "OPTIONS", "POST", "get"][rng.usize(0..7)];
+    let target = ["/", "/a?b=c", "http://x.test/abs?q", "*", "/%7Euser/p;x"][rng.usize(0..5)];
+    let version = if rng.usize(0..12) == 0 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let mut head = format!("{method} {target} {version}\r\nHost: x.test\r\n");
+    let lines = [
+        "Connection: close",
+        "connection: keep-alive",
+        "Connection: foo, CLOSE",
+        "Content-Length: 0",
+        "Content-Length: 3",
+        "X-Multi: a",
+        "x-multi: b",
+        "User-Agent: t/1",
+        "Empty:",
+        "Accept:  spaced  ",
+        "Upgrade: websocket",
+        "Expect: 100-continue",
+        "TE: trailers",
+        "Transfer-Encoding: chunked",
+        "Cookie: a=1; b=2",
+    ];
+    for _ in 0..rng.usize(0..5) {
+        // Mostly the ordinary ones; the engine's refusals are rarer.
+        let line = match rng.usize(0..10) {
+            0 => lines[rng.usize(10..lines.len())],
+            _ => lines[rng.usize(0..10)],
+        };
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    if bytes.windows(17).any(|w| w == b"Content-Length: 3") {
+        bytes.extend_from_slice(b"abc");
+    }
+    bytes
+}
+
+fn response(rng: &mut fastrand::Rng) -> Spec {
+    let status = [200, 200, 200, 201, 204, 301, 304, 404, 500, 503][rng.usize(0..10)];
+    let version = if rng.usize(0..8) == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let reason = match rng.usize(0..8) {
+        0 => Some(&b"Fine Indeed"[..]),
+        1 => Some(&b""[..]),
+        _ => None,
+    };
+    let frames: Vec<Bytes> = (0..rng.usize(0..4))
+        .map(|_| Bytes::from(vec![b'a' + rng.u8(0..26); rng.usize(0..40)]))
+        .collect();
+    let exact = rng.bool();
+    let total: usize = frames.iter().map(|f| f.len()).sum();
+    let mut headers = Vec::new();
+    for _ in 0..rng.usize(0..5) {
+        let header = match rng.usize(0..12) {
+            0 => ("content-type", "text/plain".to_string()),
+            1 | 2 => ("x-multi", format!("v{}", rng.u8(0..9))),
+            3 => ("date", "Tue, 01 Jan 2030 00:00:00 GMT".to_string()),
+            4 => (
+                "connection",
+                ["close", "keep-alive", "x-foo"][rng.usize(0..3)].to_string(),
+            ),
+            5 => (
+                "transfer-encoding",
+                ["chunked", "gzip"][rng.usize(0..2)].to_string(),
+            ),
+            6 => ("trailer", "x-t".to_string()),
+            7 => ("server", "s".to_string()),
+            // A length that matches a body of known size (hyper asserts it in debug builds), or any.
+            _ if exact => ("content-length", total.to_string()),
+            _ => ("content-length", rng.usize(0..60).to_string()),
+        };
+        headers.push(header);
+    }
+    Spec {
+        status,
+        version,
+        reason,
+        headers,
+        frames,
+        exact,
+    }
+}
+
+#[tokio::test]
+async fn the_engine_answers_as_hypers_server_did() {
+    let mut rng = fastrand::Rng::with_seed(0x5e7e);
+    let (mut taken, mut compared) = (0, 0);
+    for case in 0..2_000 {
+        let mut bytes = request(&mut rng);
+        bytes.extend_from_slice(END);
+        let spec = response(&mut rng);
+        let (their_out, their_seen) = theirs(&bytes, &spec).await;
+        compared += 1;
+        let Some((our_out, our_seen)) = ours(&bytes, &spec).await else {
+            continue;
+        };
+        taken += 1;
+        assert_eq!(
+            our_seen,
+            their_seen,
+            "case {case}: the requests handed to the service differ\n{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&without_dates(our_out)),
+            String::from_utf8_lossy(&without_dates(their_out)),
+            "case {case}: {}\n{spec:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    // The generator mostly writes requests the engine takes; the rest were left to hyper.
+    assert!(taken > compared / 2, "taken {taken} of {compared}");
+}

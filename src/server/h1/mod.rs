@@ -1,0 +1,366 @@
+//! The proxy's own HTTP/1 server, for the requests most traffic is made of: an HTTP/1.1 head without a body,
+//! an upgrade or an expectation. It reads the head into one buffer, builds the request from slices of it, runs
+//! the same [`Handler`] hyper's server runs, and writes the response head and body itself in as few writes as
+//! the body allows (head and a body that is already there go out in one `writev`).
+//!
+//! Whatever it does not take goes to hyper with its bytes untouched: the connection's buffered bytes become the
+//! socket's prefix and `lifecycle` serves it with hyper from there, so every refusal (400, 431, 414, the HTTP/2
+//! preface), request bodies, `Expect: 100-continue`, WebSocket upgrades and HTTP/1.0 keep hyper's behaviour
+//! byte for byte. The responses it writes follow hyper's server encoding (`respond`), checked against hyper
+//! by `differential`.
+//!
+//! Between requests it holds nothing: once a response is written and no pipelined bytes wait, the connection
+//! goes back to `lifecycle`'s parked wait, which holds only the socket.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::timeouts::{watchdog, ConnState, TimedIo};
+#[cfg(doc)]
+use super::Handler;
+use crate::body::ClientBody;
+use crate::config::{Limits, Timeouts};
+use parse::Parsed;
+use respond::{BodyLength, Framing};
+
+mod date;
+#[cfg(test)]
+mod differential;
+mod parse;
+mod respond;
+
+/// How the engine left a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Handed {
+    /// Closed (the client asked, a timeout, shutdown, an error): drop the socket.
+    Closed,
+    /// Idle between requests, nothing buffered: park it.
+    Idle,
+    /// A request the engine does not take; its bytes are the socket's prefix for hyper.
+    Hyper,
+}
+
+/// What is queued towards the client before the engine stops reading the response body (as hyper's
+/// `max_buf_size` bounds its write buffer).
+const WRITE_QUEUE: usize = 64 * 1024;
+
+/// Serve requests from the bytes in `io.prefix` on, until the connection idles, closes, or meets a request for
+/// hyper.
+///
+/// `handle` is the connection's [`Handler`] (`Handler::call`); tests give their own.
+pub(super) async fn serve<IO, F, Fut, B>(
+    io: &mut TimedIo<IO>,
+    state: &ConnState,
+    mut handle: F,
+    timeouts: &Timeouts,
+    limits: &Limits,
+    stop: &mut watch::Receiver<bool>,
+) -> Handed
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<ClientBody>) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut watchdog = pin!(watchdog(state, timeouts, false));
+    let mut buf = BytesMut::from(std::mem::take(&mut io.prefix));
+    loop {
+        let head = loop {
+            match parse::head(&buf, limits.max_headers, limits.max_header_bytes) {
+                Parsed::Request(head) => break head,
+                Parsed::Partial if buf.len() < limits.max_header_bytes => {
+                    buf.reserve(4096);
+                    // A first head is finished even during shutdown (hyper's rule); a later one is not begun.
+                    let later = state.requests.load(std::sync::atomic::Ordering::Acquire) > 0;
+                    tokio::select! {
+                        biased;
+                        _ = &mut watchdog => return Handed::Closed,
+                        _ = stopped(stop), if later => return Handed::Closed,
+                        read = tokio_util::io::read_buf(io, &mut buf) => {
+                            if !matches!(read, Ok(n) if n > 0) {
+                                // hyper sees the same end after the same bytes.
+                                return to_hyper(io, buf, Bytes::new());
+                            }
+                        }
+                    }
+                }
+                Parsed::Partial | Parsed::Other => return to_hyper(io, buf, Bytes::new()),
+            }
+        };
+        let raw = buf.split_to(head.len).freeze();
+        let Some(request) = head.request(&raw) else {
+            return to_hyper(io, buf, raw);
+        };
+        let head_request = request.method() == Method::HEAD;
+        let answer = handle(request);
+        // hyper drops a request whose client closed its side while it waits (no half-close).
+        let response = tokio::select! {
+            biased;
+            response = answer => response,
+            () = client_gone(io, &mut buf) => return Handed::Closed,
+            _ = &mut watchdog => return Handed::Closed,
+        };
+        let keep_alive = !head.close && !*stop.borrow();
+        let written = tokio::select! {
+            biased;
+            written = respond(io, &mut buf, response, head_request, keep_alive) => written,
+            _ = &mut watchdog => return Handed::Closed,
+        };
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = io.shutdown().await;
+                return Handed::Closed;
+            }
+            Err(Aborted) => return Handed::Closed,
+        }
+        if buf.is_empty() {
+            return Handed::Idle;
+        }
+    }
+}
+
+/// Give the connection to hyper: what was read and not used (`head` first, when a head was taken apart)
+/// becomes the socket's prefix, already scanned.
+fn to_hyper<IO>(io: &mut TimedIo<IO>, rest: BytesMut, head: Bytes) -> Handed {
+    io.prefix = match head.is_empty() {
+        true => rest.freeze(),
+        false => [&head[..], &rest[..]].concat().into(),
+    };
+    io.prefix_scanned = true;
+    Handed::Hyper
+}
+
+/// Resolves when shutdown has begun.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Resolves when the client closed its side (or its socket failed) while nothing of its next request is
+/// buffered; bytes it sends meanwhile are kept in `buf` for the next request.
+async fn client_gone<IO: AsyncRead + Unpin>(io: &mut TimedIo<IO>, buf: &mut BytesMut) {
+    std::future::poll_fn(|cx| poll_gone(io, buf, cx)).await
+}
+
+fn poll_gone<IO: AsyncRead + Unpin>(
+    io: &mut TimedIo<IO>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if !buf.is_empty() {
+        return Poll::Pending;
+    }
+    buf.reserve(1024);
+    match tokio_util::io::poll_read_buf(Pin::new(io), cx, buf) {
+        Poll::Ready(Ok(n)) if n > 0 => Poll::Pending,
+        Poll::Ready(_) => Poll::Ready(()),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// The response could not be written whole: the connection is dropped.
+#[derive(Debug)]
+struct Aborted;
+
+/// Write a response; `Ok(true)` when the connection may serve another request.
+async fn respond<IO, B>(
+    io: &mut TimedIo<IO>,
+    buf: &mut BytesMut,
+    response: Response<B>,
+    head_request: bool,
+    keep_alive: bool,
+) -> Result<bool, Aborted>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let (mut parts, body) = response.into_parts();
+    let reason = parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    let length = match body.is_end_stream() {
+        true => None,
+        false => Some(match body.size_hint().exact() {
+            Some(len) => BodyLength::Known(len),
+            None => BodyLength::Unknown,
+        }),
+    };
+    let mut head = Vec::new();
+    let encoded = respond::head(
+        &mut parts,
+        reason.as_ref().map(|r| r.as_bytes()),
+        length,
+        head_request,
+        keep_alive,
+        &mut head,
+    )
+    .map_err(|_| Aborted)?;
+    let mut out = Outgoing {
+        queue: std::collections::VecDeque::with_capacity(4),
+        queued: 0,
+        framing: encoded.framing,
+        body: Some(body),
+        finished: false,
+    };
+    out.push(Bytes::from(head));
+    if length.is_none() || encoded.framing == Framing::Length(0) {
+        // Nothing to write: the body is dropped unread, as hyper drops it.
+        out.end(false)?;
+    }
+    let whole = std::future::poll_fn(|cx| out.poll(io, buf, cx)).await?;
+    // Flushing the socket also writes the access-log records of responses that left whole.
+    io.flush().await.map_err(|_| Aborted)?;
+    Ok(whole && !encoded.last)
+}
+
+/// A response on its way out: what is queued, and the body still to read.
+struct Outgoing<B> {
+    queue: std::collections::VecDeque<Bytes>,
+    queued: usize,
+    framing: Framing,
+    /// `None` once the body is done (or has none to write: it is dropped unread, as hyper drops it).
+    body: Option<B>,
+    /// The body ended as its framing says (`false` for a body that ended short of its length).
+    finished: bool,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    /// Write until the response is out; `Ok(false)` when it ended short and the connection must close.
+    fn poll<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut TimedIo<IO>,
+        buf: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, Aborted>> {
+        loop {
+            // Gather what the body has ready, so the head and a body already there leave in one write.
+            while let Some(body) = self.body.as_mut() {
+                if self.queued >= WRITE_QUEUE {
+                    break;
+                }
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else {
+                            // Trailers: not sent (the request did not offer `TE: trailers`); the body ends.
+                            if let Err(aborted) = self.end(false) {
+                                return Poll::Ready(Err(aborted));
+                            }
+                            continue;
+                        };
+                        let empty = data.is_empty();
+                        self.data(data);
+                        if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            if let Err(aborted) = self.end(!empty) {
+                                return Poll::Ready(Err(aborted));
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(Aborted)),
+                    Poll::Ready(None) => {
+                        if let Err(aborted) = self.end(false) {
+                            return Poll::Ready(Err(aborted));
+                        }
+                    }
+                    Poll::Pending => {
+                        if self.queue.is_empty() && poll_gone(io, buf, cx).is_ready() {
+                            return Poll::Ready(Err(Aborted));
+                        }
+                        break;
+                    }
+                }
+            }
+            if self.queue.is_empty() {
+                return match self.body {
+                    Some(_) => Poll::Pending,
+                    None => Poll::Ready(Ok(self.finished)),
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); 8];
+            let count = self.queue.len().min(slices.len());
+            for (slice, bytes) in slices.iter_mut().zip(self.queue.iter()) {
+                *slice = IoSlice::new(bytes);
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(Aborted)),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Pending => return Poll::Pending,
+            };
+            self.advance(written);
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.queue.push_back(bytes);
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if front.len() > written {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.queue.pop_front();
+        }
+    }
+
+    /// Queue one frame of data in the response's framing.
+    fn data(&mut self, mut data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match &mut self.framing {
+            Framing::Length(remaining) => {
+                if (data.len() as u64) >= *remaining {
+                    // What is owed and no more; the rest of the body is not read (hyper's rule).
+                    data.truncate(*remaining as usize);
+                    *remaining = 0;
+                    self.push(data);
+                    self.body = None;
+                    self.finished = true;
+                    return;
+                }
+                *remaining -= data.len() as u64;
+                self.push(data);
+            }
+            Framing::Chunked => {
+                self.push(crate::upstream::chunk_size_line(data.len()));
+                self.push(data);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+            Framing::Close => self.push(data),
+        }
+    }
+
+    /// The body ended: close the framing. A body short of its length is written and the connection closed
+    /// when its last frame carried data (`with_data`), and aborted unwritten otherwise: hyper's two cases.
+    fn end(&mut self, with_data: bool) -> Result<(), Aborted> {
+        self.body = None;
+        self.finished = match self.framing {
+            Framing::Length(0) => true,
+            Framing::Length(_) if with_data => false,
+            Framing::Length(_) => return Err(Aborted),
+            Framing::Chunked => {
+                self.push(Bytes::from_static(crate::upstream::LAST_CHUNK));
+                true
+            }
+            // A body until close is whole when it ends, and the connection then closes (`Encoded::last`).
+            Framing::Close => true,
+        };
+        Ok(())
+    }
+}

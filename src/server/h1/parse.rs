@@ -1,0 +1,219 @@
+//! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1, no body, no
+//! upgrade, no `Expect`, nothing hyper's server would treat specially. Everything else is left to hyper with its
+//! bytes untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414, the HTTP/2 preface) and every rare
+//! form keeps hyper's exact answer.
+
+use std::mem::MaybeUninit;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+use crate::body::ClientBody;
+
+/// Headers parsed on the stack; a head with more goes to hyper, which has the configured limit.
+const MAX_HEADERS: usize = 100;
+
+/// hyper's limit on a request target: a longer one is answered 414 by hyper.
+const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
+
+/// What the bytes at the start of a connection's buffer are.
+#[derive(Debug)]
+pub(super) enum Parsed {
+    /// A whole head the engine takes; `len` bytes of the buffer are its head.
+    Request(Head),
+    /// Not a whole head yet.
+    Partial,
+    /// A head (or bytes) the engine leaves to hyper.
+    Other,
+}
+
+/// Where a parsed head's parts lie in the buffer, so the request can be built from the frozen head.
+#[derive(Debug)]
+pub(super) struct Head {
+    pub(super) len: usize,
+    method: (u32, u32),
+    target: (u32, u32),
+    headers: Vec<((u32, u32), (u32, u32))>,
+    /// The client asked to close after this request (`Connection: close`).
+    pub(super) close: bool,
+}
+
+/// Look at the start of `buf`: a head the engine takes, not yet a whole head, or one for hyper.
+pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Parsed {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let limit = max_headers.min(MAX_HEADERS);
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut storage[..limit]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    if len > max_head_bytes || target.len() > MAX_URI_LEN || method == "CONNECT" {
+        return Parsed::Other;
+    }
+    let span = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        (start as u32, (start + part.len()) as u32)
+    };
+    let (mut close, mut seen_length) = (false, false);
+    let mut headers = Vec::with_capacity(req.headers.len());
+    for header in req.headers.iter() {
+        let name = header.name.as_bytes();
+        match name.len() {
+            // Framing, upgrades, expectations and trailers are hyper's to handle.
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Other,
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                // Only one, saying there is no body; hyper leaves a repeated one out of the map, its case too.
+                if header.value != b"0" || seen_length {
+                    return Parsed::Other;
+                }
+                seen_length = true;
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
+            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
+            2 if name.eq_ignore_ascii_case(b"te") => return Parsed::Other,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                close |= has_token(header.value, b"close");
+            }
+            _ => {}
+        }
+        // Empty values point at static bytes, not into the buffer.
+        let value = match header.value.is_empty() {
+            true => (0, 0),
+            false => span(header.value),
+        };
+        headers.push((span(header.name.as_bytes()), value));
+    }
+    Parsed::Request(Head {
+        len,
+        method: span(method.as_bytes()),
+        target: span(target.as_bytes()),
+        headers,
+        close,
+    })
+}
+
+/// A comma-separated header value holds `token` (hyper's `connection_has`, which reads only values that are
+/// visible ASCII).
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    let visible = value.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+    visible
+        && value
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+impl Head {
+    /// The request, its parts shared with `head` (the frozen bytes this head was parsed from); `None` for a
+    /// method or target `http` refuses, which goes to hyper for its answer.
+    pub(super) fn request(&self, head: &Bytes) -> Option<Request<ClientBody>> {
+        let part = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
+        let method = Method::from_bytes(&part(self.method)).ok()?;
+        let uri = Uri::from_maybe_shared(part(self.target)).ok()?;
+        let mut request = Request::new(ClientBody::Empty);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        let map = request.headers_mut();
+        map.reserve(self.headers.len());
+        for &(name, value) in &self.headers {
+            let name = HeaderName::from_bytes(&head[name.0 as usize..name.1 as usize]).ok()?;
+            let value = match value.1 {
+                0 => HeaderValue::from_static(""),
+                _ => HeaderValue::from_maybe_shared(part(value)).ok()?,
+            };
+            map.append(name, value);
+        }
+        Some(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(raw: &[u8]) -> Option<Request<ClientBody>> {
+        match head(raw, 100, 8192) {
+            Parsed::Request(h) => h.request(&Bytes::copy_from_slice(&raw[..h.len])),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_get_is_taken_with_its_headers_in_order() {
+        let req =
+            take(b"GET /a?b=1 HTTP/1.1\r\nHost: x.test\r\nX-A: 1\r\nx-a: 2\r\nEmpty:\r\n\r\n")
+                .unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=1");
+        let all: Vec<_> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                ("host", &b"x.test"[..]),
+                ("x-a", b"1"),
+                ("x-a", b"2"),
+                ("empty", b"")
+            ]
+        );
+    }
+
+    #[test]
+    fn bodies_upgrades_expectations_and_http_1_0_go_to_hyper() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(raw, 100, 8192), Parsed::Other),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(take(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+    }
+
+    #[test]
+    fn limits_and_partial_heads() {
+        assert!(matches!(
+            head(b"GET / HTTP/1.1\r\nHost: a\r\n", 100, 8192),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            head(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n", 1, 8192),
+            Parsed::Other
+        ));
+        assert!(matches!(
+            head(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n", 100, 10),
+            Parsed::Other
+        ));
+    }
+
+    #[test]
+    fn connection_close_is_seen_among_other_tokens() {
+        let Parsed::Request(h) = head(
+            b"GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n",
+            100,
+            8192,
+        ) else {
+            panic!("taken");
+        };
+        assert!(h.close);
+    }
+}
