@@ -39,6 +39,43 @@ fn content_length_with_transfer_encoding_is_rejected_and_not_forwarded() {
     assert_only_the_follow_up_reached_the_backend(&proxy, &backend);
 }
 
+/// The same on a connection that already served requests, sent after a response and pipelined behind a
+/// request: a request the proxy's own engine answered leaves the head counting right for the next one.
+#[test]
+fn content_length_with_transfer_encoding_is_rejected_after_other_requests_on_the_connection() {
+    let (_redis, proxy, backend) = setup(&[]);
+    let smuggle = b"POST /smuggle HTTP/1.1\r\nHost: a.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let mut conn = ClientConn::connect(proxy.addr());
+    for path in ["/first", "/again"] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a.com\r\n\r\n");
+        conn.send(head.as_bytes()).unwrap();
+        assert_eq!(conn.read_response().body_str(), format!("seen {path}"));
+    }
+    conn.send(smuggle).unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+
+    // Two requests ahead of it in the same write: the first read (at most 512 bytes) takes all three heads.
+    let mut conn = ClientConn::connect(proxy.addr());
+    let mut pipelined = b"GET /second HTTP/1.1\r\nHost: a.com\r\n\r\n".to_vec();
+    pipelined.extend_from_slice(b"GET /third HTTP/1.1\r\nHost: a.com\r\n\r\n");
+    pipelined.extend_from_slice(smuggle);
+    conn.send(&pipelined).unwrap();
+    assert_eq!(conn.read_response().body_str(), "seen /second");
+    assert_eq!(conn.read_response().body_str(), "seen /third");
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+
+    let resp = get(proxy.addr(), "good.com", "/ok", &[]);
+    assert_eq!(resp.status, 200, "{}", resp.head_text());
+    let targets: Vec<String> = backend.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        ["/first", "/again", "/second", "/third", "/ok"],
+        "rejected requests must not be forwarded"
+    );
+}
+
 #[test]
 fn invalid_host_values_are_rejected() {
     let (_redis, proxy, backend) = setup(&[]);

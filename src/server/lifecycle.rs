@@ -17,10 +17,10 @@ use tokio::sync::watch;
 
 use super::gate::Gated;
 use super::h1::{self, Handed};
-use super::timeouts::{watchdog, ConnState, Phase, PhaseLimits, TimedIo};
+use super::timeouts::{idle_for, watchdog, ConnState, PhaseLimits, TimedIo};
 use super::Handler;
 use crate::config::{Config, Timeouts};
-use crate::rt::clock::{instant_at, now_ms};
+use crate::rt::clock::instant_at;
 
 /// A keep-alive connection idle for this long is parked: hyper's connection and its buffers (about 20 KB)
 /// are dropped, and the socket waits on its own until the client sends again, as nginx frees a keep-alive
@@ -128,16 +128,8 @@ pub(super) async fn serve_http1<IO, S>(
         // The engine of our own first; what it does not take, hyper serves. Boxed: a parked connection's
         // future does not carry the engine's state.
         let handle = |req| handler.call(req);
-        match Box::pin(h1::serve(
-            io,
-            state,
-            handle,
-            &config.timeouts,
-            &config.limits,
-            stop,
-        ))
-        .await
-        {
+        let limits = (&config.timeouts, &config.limits, park_after());
+        match Box::pin(h1::serve(io, state, handle, limits, stop)).await {
             Handed::Closed => return,
             Handed::Idle => continue,
             Handed::Hyper => {}
@@ -286,29 +278,6 @@ enum Aux {
 /// Resolves once shutdown has begun (at once when it already has).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
-}
-
-/// Resolves when the connection has served a request and been idle for `after` since.
-///
-/// One timer for the connection's life, and no timer work per request: the timer is only moved later when it
-/// fires, and while a request is in flight the wait is on `went_idle` instead.
-async fn idle_for(state: &ConnState, after: Duration) {
-    let after_ms = after.as_millis() as u64;
-    let mut timer = pin!(tokio::time::sleep(after));
-    loop {
-        if state.phase() != Phase::Idle || state.requests.load(Ordering::Acquire) == 0 {
-            // Busy, or no request yet (the head timeout covers that): nothing to time until it goes idle.
-            state.went_idle.notified().await;
-            continue;
-        }
-        let deadline = state.since.load(Ordering::Relaxed) + after_ms;
-        if now_ms() >= deadline {
-            return;
-        }
-        // Only ever later than the timer's last deadline, which tokio handles without touching its wheel.
-        timer.as_mut().reset(instant_at(deadline));
-        timer.as_mut().await;
-    }
 }
 
 /// How long an HTTP/2 connection gets to deliver its GOAWAY after the watchdog fired.

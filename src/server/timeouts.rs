@@ -5,6 +5,7 @@
 //! (Hipache's access-log byte count).
 
 use std::io;
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -289,23 +290,48 @@ impl<IO> TimedIo<IO> {
 
     /// Bytes from the client: the first of a request head starts the head timer, and heads are scanned.
     pub(super) fn saw(&mut self, new: &[u8]) {
-        if let (false, Some(scan)) = (new.is_empty(), self.scan.as_mut()) {
-            if self.state.phase() == Phase::Idle {
-                if self.state.requests.load(Ordering::Acquire) == 0 {
-                    // The first head's clock started at accept: a trickle of bytes does not restart it.
-                    self.state.phase.store(Phase::Head as u8, Ordering::Release);
-                } else {
-                    self.state.enter(Phase::Head);
-                }
+        if new.is_empty() || self.scan.is_none() {
+            return;
+        }
+        if self.saw_bytes() {
+            if let Some(scan) = self.scan.as_mut() {
                 scan.start();
             }
-            if let Some(conflict) = scan.feed(new) {
-                let head = self.state.heads.fetch_add(1, Ordering::AcqRel) + 1;
-                if conflict {
-                    self.state.conflict_head.store(head, Ordering::Release);
-                }
+        }
+        if let Some(conflict) = self.scan.as_mut().and_then(|scan| scan.feed(new)) {
+            let head = self.state.heads.fetch_add(1, Ordering::AcqRel) + 1;
+            if conflict {
+                self.state.conflict_head.store(head, Ordering::Release);
             }
         }
+    }
+
+    /// Bytes from the client, without scanning them (the proxy's own engine reads heads whole): the first of
+    /// a request head starts the head timer. Returns whether a new head began.
+    pub(super) fn saw_bytes(&mut self) -> bool {
+        if self.state.phase() != Phase::Idle {
+            return false;
+        }
+        if self.state.requests.load(Ordering::Acquire) == 0 {
+            // The first head's clock started at accept: a trickle of bytes does not restart it.
+            self.state.phase.store(Phase::Head as u8, Ordering::Release);
+        } else {
+            self.state.enter(Phase::Head);
+        }
+        true
+    }
+
+    /// Hand what is buffered to hyper: `prefix` is scanned again from a fresh start as hyper reads it, and the
+    /// head count is brought level with the requests begun, so that the next head scanned is numbered as the
+    /// request hyper will begin for it (the engine's own heads were never counted).
+    pub(super) fn rescan(&mut self, prefix: Bytes) {
+        self.prefix = prefix;
+        self.prefix_scanned = false;
+        if let Some(scan) = self.scan.as_mut() {
+            scan.start();
+        }
+        let begun = self.state.requests.load(Ordering::Acquire);
+        self.state.heads.store(begun, Ordering::Release);
     }
 }
 
@@ -350,5 +376,28 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for TimedIo<IO> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when the connection has served a request and been idle for `after` since.
+///
+/// One timer for the connection's life, and no timer work per request: the timer is only moved later when it
+/// fires, and while a request is in flight the wait is on `went_idle` instead.
+pub(super) async fn idle_for(state: &ConnState, after: Duration) {
+    let after_ms = after.as_millis() as u64;
+    let mut timer = pin!(tokio::time::sleep(after));
+    loop {
+        if state.phase() != Phase::Idle || state.requests.load(Ordering::Acquire) == 0 {
+            // Busy, or no request yet (the head timeout covers that): nothing to time until it goes idle.
+            state.went_idle.notified().await;
+            continue;
+        }
+        let deadline = state.since.load(Ordering::Relaxed) + after_ms;
+        if now_ms() >= deadline {
+            return;
+        }
+        // Only ever later than the timer's last deadline, which tokio handles without touching its wheel.
+        timer.as_mut().reset(instant_at(deadline));
+        timer.as_mut().await;
     }
 }

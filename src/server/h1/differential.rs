@@ -183,15 +183,8 @@ async fn ours(bytes: &[u8], spec: &Spec) -> Option<(Vec<u8>, Seen)> {
         let resp = answer(spec, &seen, &req);
         async move { resp }
     };
-    let handed = serve(
-        &mut io,
-        &state,
-        handle,
-        &timeouts(),
-        &Limits::default(),
-        &mut stop,
-    )
-    .await;
+    let limits = (&timeouts(), &Limits::default(), Duration::from_millis(50));
+    let handed = serve(&mut io, &state, handle, limits, &mut stop).await;
     if handed == Handed::Hyper && seen.lock().unwrap().is_empty() {
         return None;
     }

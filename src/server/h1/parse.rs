@@ -14,6 +14,9 @@ use crate::body::ClientBody;
 /// Headers parsed on the stack; a head with more goes to hyper, which has the configured limit.
 const MAX_HEADERS: usize = 100;
 
+/// How many headers the proxy may add to a request (see `Head::request`).
+const ADDED_HEADERS: usize = 8;
+
 /// hyper's limit on a request target: a longer one is answered 414 by hyper.
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 
@@ -119,7 +122,9 @@ impl Head {
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         let map = request.headers_mut();
-        map.reserve(self.headers.len());
+        // Room for the headers the proxy adds on the way to a backend (forwarding, Host copies, request id),
+        // so that none of them grows the map: each growth rehashes it, about 450 instructions.
+        map.reserve(self.headers.len() + ADDED_HEADERS);
         for &(name, value) in &self.headers {
             let name = HeaderName::from_bytes(&head[name.0 as usize..name.1 as usize]).ok()?;
             let value = match value.1 {
