@@ -506,6 +506,23 @@ pub struct Timeouts {
     pub websocket_idle: Option<Duration>,
 }
 
+/// PlanB's defaults (its flags' defaults), which the CLI's flags override one by one.
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            request: Some(Duration::from_secs(30)),
+            request_is_inactivity: false,
+            dial: Duration::from_secs(10),
+            client_read: None,
+            client_read_header: Duration::from_secs(60),
+            client_write: None,
+            client_idle: None,
+            shutdown: Duration::from_secs(30),
+            websocket_idle: None,
+        }
+    }
+}
+
 /// The TLS listener's policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
@@ -628,17 +645,7 @@ impl Config {
             read_redis: redis.clone(),
             write_redis: redis,
             access_log: AccessLogTarget::None,
-            timeouts: Timeouts {
-                request: Some(Duration::from_secs(30)),
-                request_is_inactivity: false,
-                dial: Duration::from_secs(10),
-                client_read: None,
-                client_read_header: Duration::from_secs(60),
-                client_write: None,
-                client_idle: None,
-                shutdown: Duration::from_secs(30),
-                websocket_idle: None,
-            },
+            timeouts: Timeouts::default(),
             dead_backend_ttl: Duration::from_secs(30),
             flush_interval: Duration::from_millis(10),
             request_id_header: None,

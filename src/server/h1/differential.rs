@@ -151,20 +151,6 @@ async fn theirs(bytes: &[u8], spec: &Spec) -> (Vec<u8>, Seen) {
     (out, seen)
 }
 
-fn timeouts() -> Timeouts {
-    Timeouts {
-        request: None,
-        request_is_inactivity: false,
-        dial: Duration::from_secs(10),
-        client_read: None,
-        client_read_header: Duration::from_secs(60),
-        client_write: None,
-        client_idle: None,
-        shutdown: Duration::from_secs(30),
-        websocket_idle: None,
-    }
-}
-
 /// `None` when the engine left the first request to hyper.
 async fn ours(bytes: &[u8], spec: &Spec) -> Option<(Vec<u8>, Seen)> {
     let (client, server) = tokio::io::duplex(1 << 20);
@@ -183,7 +169,11 @@ async fn ours(bytes: &[u8], spec: &Spec) -> Option<(Vec<u8>, Seen)> {
         let resp = answer(spec, &seen, &req);
         async move { resp }
     };
-    let limits = (&timeouts(), &Limits::default(), Duration::from_millis(50));
+    let limits = (
+        &Timeouts::default(),
+        &Limits::default(),
+        Duration::from_millis(50),
+    );
     let handed = serve(&mut io, &state, handle, limits, &mut stop).await;
     if handed == Handed::Hyper && seen.lock().unwrap().is_empty() {
         return None;

@@ -171,25 +171,20 @@ pub(super) fn head(
                 must_write_chunked = !ends_chunked(value.as_bytes());
                 if !name_written {
                     framing = Framing::Chunked;
-                    name_written = true;
-                    dst.extend_from_slice(b"transfer-encoding: ");
-                } else {
-                    dst.extend_from_slice(b", ");
                 }
-                dst.extend_from_slice(value.as_bytes());
+                joined(
+                    dst,
+                    &mut name_written,
+                    b"transfer-encoding: ",
+                    value.as_bytes(),
+                );
                 continue 'headers;
             }
             header::CONNECTION => {
                 if !last && has_token(value.as_bytes(), b"close") {
                     last = true;
                 }
-                if !name_written {
-                    name_written = true;
-                    dst.extend_from_slice(b"connection: ");
-                } else {
-                    dst.extend_from_slice(b", ");
-                }
-                dst.extend_from_slice(value.as_bytes());
+                joined(dst, &mut name_written, b"connection: ", value.as_bytes());
                 continue 'headers;
             }
             header::DATE => wrote_date = true,
@@ -197,13 +192,7 @@ pub(super) fn head(
                 if http10 || !can_chunk {
                     continue;
                 }
-                if !name_written {
-                    name_written = true;
-                    dst.extend_from_slice(b"trailer: ");
-                } else {
-                    dst.extend_from_slice(b", ");
-                }
-                dst.extend_from_slice(value.as_bytes());
+                joined(dst, &mut name_written, b"trailer: ", value.as_bytes());
                 continue 'headers;
             }
             _ => {}
@@ -256,6 +245,16 @@ pub(super) fn head(
     // A body until close ends the connection; hyper marks it so when the body ends.
     last |= framing == Framing::Close;
     Ok(Encoded { framing, last })
+}
+
+/// One value of a header written as a single line, its values joined with `, ` (hyper's form for
+/// `transfer-encoding`, `connection` and `trailer`); the line is ended by the next name or the end of the head.
+fn joined(dst: &mut Vec<u8>, name_written: &mut bool, name_colon: &[u8], value: &[u8]) {
+    match std::mem::replace(name_written, true) {
+        false => dst.extend_from_slice(name_colon),
+        true => dst.extend_from_slice(b", "),
+    }
+    dst.extend_from_slice(value);
 }
 
 /// 204 and 304 carry no body and no length.
