@@ -1,0 +1,121 @@
+//! The client side of HTTP/1 as the proxy's own server handles it (docs/http1.md): a client that goes away
+//! while its request is handled, a client that asks to close, and a connection whose requests alternate
+//! between the proxy's server and hyper's. The backends are raw sockets, so what they see is exact.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::mpsc;
+
+use support::*;
+
+fn backend_for(redis: &RedisServer, host: &str) -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    redis.set_frontend(host, &[&url]);
+    listener
+}
+
+/// Read until `buf` ends a request head; false when the stream ends first.
+fn read_head(stream: &mut impl Read, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+#[test]
+fn a_client_that_goes_away_while_its_request_is_handled_lets_go_of_the_backend() {
+    let redis = RedisServer::start();
+    let listener = backend_for(&redis, "slow.test");
+    let proxy = Proxy::start(&redis, &[]);
+    let (got_head, head_seen) = mpsc::channel();
+    let backend = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(secs(20))).unwrap();
+        let mut buf = Vec::new();
+        assert!(read_head(&mut stream, &mut buf));
+        got_head.send(()).unwrap();
+        // Never answers: the proxy must close this connection once its client is gone.
+        let mut rest = [0u8; 64];
+        stream.read(&mut rest).map_err(|e| e.kind())
+    });
+    let mut client = ClientConn::connect(proxy.addr());
+    client
+        .send(b"GET /slow HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .unwrap();
+    head_seen
+        .recv_timeout(secs(10))
+        .expect("the backend got the request");
+    drop(client);
+    // `Ok(0)`: the proxy closed it; a timeout would be an error of kind WouldBlock or TimedOut.
+    assert_eq!(backend.join().unwrap(), Ok(0));
+}
+
+#[test]
+fn a_client_that_asks_to_close_gets_connection_close_and_the_end_of_the_stream() {
+    let redis = RedisServer::start();
+    let backend = Backend::named("closing");
+    redis.set_frontend("close.test", &[&backend.url()]);
+    let proxy = Proxy::start(&redis, &[]);
+    let mut conn = ClientConn::connect(proxy.addr());
+    conn.send(b"GET / HTTP/1.1\r\nHost: close.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.head_text());
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(resp.header("date").is_some(), "{}", resp.head_text());
+    assert!(
+        conn.wait_closed(secs(5)),
+        "the proxy closes after the answer"
+    );
+}
+
+#[test]
+fn requests_with_and_without_bodies_alternate_on_one_connection() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(|req| {
+        Reply::text(
+            200,
+            &format!("{} {} {}", req.method, req.target, req.body.len()),
+        )
+    });
+    redis.set_frontend("mixed.test", &[&backend.url()]);
+    let proxy = Proxy::start(&redis, &[]);
+    let mut conn = ClientConn::connect(proxy.addr());
+    let exchanges: [(&[u8], &str); 4] = [
+        (b"GET /a HTTP/1.1\r\nHost: mixed.test\r\n\r\n", "GET /a 0"),
+        (
+            b"POST /b HTTP/1.1\r\nHost: mixed.test\r\nContent-Length: 5\r\n\r\nhello",
+            "POST /b 5",
+        ),
+        (b"HEAD /c HTTP/1.1\r\nHost: mixed.test\r\n\r\n", ""),
+        (b"GET /d HTTP/1.1\r\nHost: mixed.test\r\n\r\n", "GET /d 0"),
+    ];
+    for (request, body) in exchanges {
+        conn.send(request).unwrap();
+        let head_request = request.starts_with(b"HEAD");
+        let resp = conn
+            .try_read_response(secs(10), head_request)
+            .expect("an answer");
+        assert_eq!(resp.status, 200, "{}", resp.head_text());
+        assert_eq!(
+            resp.body_str(),
+            body,
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let targets: Vec<String> = backend.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/a", "/b", "/c", "/d"]);
+    // The same connection still serves, and ends when asked.
+    conn.send(b"GET /e HTTP/1.1\r\nHost: mixed.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(conn.read_response().body_str(), "GET /e 0");
+    assert!(conn.wait_closed(secs(5)));
+}
