@@ -86,7 +86,12 @@ where
     let mut buf = BytesMut::from(std::mem::take(&mut io.prefix));
     loop {
         let head = loop {
-            match parse::head(&buf, limits.max_headers, limits.max_header_bytes) {
+            // Nothing buffered (the usual case after a response) is a partial head without parsing it.
+            let parsed = match buf.is_empty() {
+                true => Parsed::Partial,
+                false => parse::head(&buf, limits.max_headers, limits.max_header_bytes),
+            };
+            match parsed {
                 Parsed::Request(head) => break head,
                 Parsed::Partial if buf.is_empty() => {
                     // Between requests: the next bytes, or park once idle long enough.
