@@ -31,6 +31,8 @@ use crate::server::tls::{handshake_error, TlsTerminator};
 
 mod gate;
 mod h1;
+#[doc(hidden)]
+pub use h1::fuzzing;
 pub mod head_scan;
 mod lifecycle;
 mod timeouts;

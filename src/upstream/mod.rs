@@ -23,6 +23,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 mod h1;
+#[doc(hidden)]
+pub use h1::fuzzing;
 
 /// Chunked framing, shared with the server's own HTTP/1 engine.
 pub use h1::{chunk_size_line, LAST_CHUNK};

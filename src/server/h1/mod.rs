@@ -37,6 +37,8 @@ use respond::{BodyLength, Framing};
 mod date;
 #[cfg(test)]
 mod differential;
+#[doc(hidden)]
+pub mod fuzzing;
 mod parse;
 mod respond;
 

@@ -24,6 +24,8 @@ mod decode;
 #[cfg(test)]
 mod differential;
 mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use encode::{chunk_size_line, LAST_CHUNK};
 
