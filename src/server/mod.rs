@@ -1,8 +1,9 @@
 //! The downstream side: listeners, the accept loop, and the start of each connection.
 //!
 //! Three kinds of listener share one accept loop: plain HTTP/1, TLS (HTTP/2 or HTTP/1.1 by ALPN, see [`tls`])
-//! and the SNI passthrough ([`sni`]). Each HTTP connection runs hyper's server next to a small watchdog that
-//! enforces the client timeouts (`timeouts`); `lifecycle` serves, parks and drains it.
+//! and the SNI passthrough ([`sni`]). Each HTTP connection runs next to a small watchdog that enforces the
+//! client timeouts (`timeouts`): HTTP/1 requests without a body are served by the proxy's own server (`h1`),
+//! the others and HTTP/2 by hyper's; `lifecycle` serves, parks and drains it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -386,5 +387,6 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 }
 
 /// What an HTTP/1 connection buffers towards its client before it stops reading the backend (see
-/// `upstream::BACKEND_READ_BUFFER`). Also its read buffer's bound, so never below the request-head limit.
+/// `upstream::BACKEND_READ_BUFFER`), in both HTTP/1 servers. Also hyper's read buffer's bound, so never below
+/// the request-head limit.
 const CLIENT_WRITE_BUFFER: usize = 64 * 1024;

@@ -29,6 +29,7 @@ use super::gate::Gated;
 use super::timeouts::{idle_for, watchdog, ConnState, TimedIo};
 #[cfg(doc)]
 use super::Handler;
+use super::CLIENT_WRITE_BUFFER;
 use crate::body::ClientBody;
 use crate::config::{Limits, Timeouts};
 use parse::Parsed;
@@ -52,10 +53,6 @@ pub(super) enum Handed {
     /// A request the engine does not take; its bytes are the socket's prefix for hyper.
     Hyper,
 }
-
-/// What is queued towards the client before the engine stops reading the response body (as hyper's
-/// `max_buf_size` bounds its write buffer).
-const WRITE_QUEUE: usize = 64 * 1024;
 
 /// Serve requests from the bytes in `io.prefix` on, until the connection has been idle for the parking delay
 /// (`Handed::Idle`), closes, or meets a request for hyper.
@@ -295,7 +292,7 @@ where
         loop {
             // Gather what the body has ready, so the head and a body already there leave in one write.
             while let Some(body) = self.body.as_mut() {
-                if self.queued >= WRITE_QUEUE {
+                if self.queued >= CLIENT_WRITE_BUFFER {
                     break;
                 }
                 match Pin::new(&mut *body).poll_frame(cx) {
