@@ -102,13 +102,17 @@ fn a_refused_backend_fails_over_and_is_marked_dead_in_process() {
     for _ in 0..4 {
         assert_eq!(get(proxy.addr(), "fo.test", "/", &[]).body_str(), "good");
     }
-    // The first request found the refused backend and marked it; the others skipped it.
-    let refused = proxy
-        .stderr_lines()
-        .iter()
-        .filter(|l| l.contains("*DEAD*"))
-        .count();
-    assert_eq!(refused, 1, "{:#?}", proxy.stderr_lines());
+    // The first request found the refused backend and marked it; the others skipped it. The error log is
+    // written by its own thread, so the line is waited for.
+    let dead_lines = || {
+        proxy
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("*DEAD*"))
+            .count()
+    };
+    assert_eventually(SOON, "the dead mark's error-log line", || dead_lines() >= 1);
+    assert_eq!(dead_lines(), 1, "{:#?}", proxy.stderr_lines());
     assert_eq!(good.hits(), 4);
 }
 
