@@ -1,7 +1,7 @@
-//! The life of a connection once accepted: HTTP/1 is served by the proxy's own engine (`h1`), or with hyper
-//! for the requests it leaves to hyper, while requests come, parked (hyper's
-//! connection and buffers dropped) while idle, and asked to finish on shutdown; HTTP/2 is driven until it ends,
-//! its watchdog fires or shutdown asks for a GOAWAY.
+//! The life of a connection once accepted: HTTP/1 is served by the proxy's own engine (`h1`), or by hyper for
+//! the requests the engine leaves to it, while requests come; parked (every buffer dropped) while idle; and
+//! asked to finish on shutdown. HTTP/2 is driven until it ends, its watchdog fires or shutdown asks for a
+//! GOAWAY.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::gate::Gated;
 use super::h1::{self, Handed};
-use super::timeouts::{idle_for, watchdog, ConnState, PhaseLimits, TimedIo};
+use super::timeouts::{idle_for, stopped, watchdog, ConnState, PhaseLimits, TimedIo};
 use super::Handler;
 use crate::config::{Config, Timeouts};
 use crate::rt::clock::instant_at;
@@ -273,11 +273,6 @@ enum Aux {
     Watchdog,
     Stop,
     Park,
-}
-
-/// Resolves once shutdown has begun (at once when it already has).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 /// How long an HTTP/2 connection gets to deliver its GOAWAY after the watchdog fired.

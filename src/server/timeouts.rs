@@ -5,8 +5,7 @@
 //! (Hipache's access-log byte count).
 
 use std::io;
-use std::pin::pin;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::Timeouts;
@@ -400,4 +399,9 @@ pub(super) async fn idle_for(state: &ConnState, after: Duration) {
         timer.as_mut().reset(instant_at(deadline));
         timer.as_mut().await;
     }
+}
+
+/// Resolves once shutdown has begun (at once when it already has).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }

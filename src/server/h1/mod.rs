@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::gate::Gated;
-use super::timeouts::{idle_for, watchdog, ConnState, TimedIo};
+use super::timeouts::{idle_for, stopped, watchdog, ConnState, TimedIo};
 #[cfg(doc)]
 use super::Handler;
 use super::CLIENT_WRITE_BUFFER;
@@ -78,9 +78,7 @@ where
     let idle = pin!(idle_for(state, park_after));
     let mut idle = Gated::new(idle);
     let mut stop_rx = stop.clone();
-    let stopping = pin!(async move {
-        let _ = stop_rx.wait_for(|stopping| *stopping).await;
-    });
+    let stopping = pin!(stopped(&mut stop_rx));
     let mut stopping = Gated::new(stopping);
     let mut buf = BytesMut::from(std::mem::take(&mut io.prefix));
     loop {
