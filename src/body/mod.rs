@@ -14,14 +14,17 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+pub mod pipe;
 pub mod tee;
 
+pub use pipe::{Feed, Piped};
 pub use tee::{Copied, CopyReceiver, Tee};
 
-/// A client's request body as the server read it: hyper's, or none at all (a request the proxy's own HTTP/1
-/// engine took, which takes only requests without a body: `crate::server`'s `h1`).
+/// A client's request body as the server read it: hyper's, one the proxy's own HTTP/1 server feeds as it
+/// reads it (`crate::server`'s `h1`, see [`pipe`]), or none at all.
 pub enum ClientBody {
     Hyper(Incoming),
+    Piped(Piped),
     Empty,
 }
 
@@ -33,14 +36,17 @@ impl From<Incoming> for ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(ClientBodyError::Hyper),
+            ClientBody::Piped(body) => Pin::new(body).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -48,6 +54,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Piped(body) => body.is_end_stream(),
             ClientBody::Empty => true,
         }
     }
@@ -55,6 +62,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Piped(body) => body.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -169,21 +177,32 @@ async fn read_frames(
     Ok(buffered)
 }
 
-/// The client's body failed while it was streamed to a backend: malformed framing, or the client went away
-/// mid-body. Its text says so in the error log; the backend client counts any error of a [`RequestBody`] as the
-/// client's (`UpstreamError::Client`), never the backend's.
+/// The client's body failed while it was read: malformed framing, or the client went away mid-body. Its text
+/// says so in the error log; the backend client counts any error of a [`RequestBody`] as the client's
+/// (`UpstreamError::Client`), never the backend's.
 #[derive(Debug)]
-pub struct ClientBodyError(pub hyper::Error);
+pub enum ClientBodyError {
+    /// As hyper's server read it.
+    Hyper(hyper::Error),
+    /// As the proxy's own server read it: what was wrong, in hyper's words for the same fault.
+    Framing(&'static str),
+}
 
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client body: {}", self.0)
+        match self {
+            ClientBodyError::Hyper(e) => write!(f, "client body: {e}"),
+            ClientBodyError::Framing(why) => write!(f, "client body: {why}"),
+        }
     }
 }
 
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        match self {
+            ClientBodyError::Hyper(e) => Some(e),
+            ClientBodyError::Framing(_) => None,
+        }
     }
 }
 
@@ -196,9 +215,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(ClientBodyError),
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
             RequestBody::Watched(body, last) => {
-                let polled = Pin::new(body).poll_frame(cx).map_err(ClientBodyError);
+                let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(_))) = &polled {
                     last.store(crate::rt::clock::now_ms(), Ordering::Relaxed);
                 }

@@ -26,8 +26,9 @@ mod h1;
 #[doc(hidden)]
 pub use h1::fuzzing;
 
-/// Chunked framing, shared with the server's own HTTP/1 engine.
-pub use h1::{chunk_size_line, LAST_CHUNK};
+/// Body framing, shared with the server's own HTTP/1 engine: it writes responses with the same chunk lines
+/// and reads request bodies with the same decoder (and so the same strictness rules) as backends' answers.
+pub use h1::{chunk_size_line, Chunked, Decoded, Framing as BodyDecoder, LAST_CHUNK};
 pub mod once;
 mod target;
 pub mod tls;

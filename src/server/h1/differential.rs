@@ -2,8 +2,10 @@
 //! the same responses by both. The requests each one hands to its service must be equal (method, target,
 //! version, headers in order), and the bytes written back identical, the `date` value aside.
 //!
-//! Requests are generated inside and outside what the engine takes (bodies, upgrades, HTTP/1.0 are left to
-//! hyper, and then only that is checked); responses cover the framing decisions: statuses without bodies,
+//! Requests are generated inside and outside what the engine takes (odd framing, upgrades, HTTP/1.0 are left
+//! to hyper, and then only that is checked), with bodies of both framings (chunk extensions, trailers, a
+//! malformed chunk), read by the service or left unread; responses cover the framing decisions: statuses
+//! without bodies,
 //! HEAD, HTTP/1.0 versions, custom reasons, `content-length` given or not, bodies of known and unknown length
 //! (some ending short or long of their header), `transfer-encoding`, `connection` and `trailer` headers.
 
@@ -17,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -99,26 +102,39 @@ impl Body for TestBody {
     }
 }
 
-/// What a service was handed: method, target, version, headers in order.
-type Seen = Vec<(String, String, Version, Vec<(String, Vec<u8>)>)>;
+/// The body a service read: its bytes, `Err` when reading it failed, `None` when it was left unread.
+type ReadBody = Option<Result<Vec<u8>, ()>>;
 
-fn note<B>(seen: &Mutex<Seen>, req: &Request<B>) {
-    let headers = req
-        .headers()
+/// What a service was handed: method, target, version, headers in order, body.
+type Seen = Vec<(String, String, Version, Vec<(String, Vec<u8>)>, ReadBody)>;
+
+/// Answer `req` as `spec` says, after reading its body whole (unless it has `x-skip`: then it is dropped).
+async fn answer<B: Body<Data = Bytes>>(
+    spec: &Spec,
+    seen: &Mutex<Seen>,
+    req: Request<B>,
+) -> Response<TestBody> {
+    let (parts, body) = req.into_parts();
+    let read = match parts.headers.contains_key("x-skip") {
+        true => None,
+        false => Some(match body.collect().await {
+            Ok(collected) => Ok(collected.to_bytes().to_vec()),
+            Err(_) => Err(()),
+        }),
+    };
+    let headers = parts
+        .headers
         .iter()
         .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
         .collect();
     seen.lock().unwrap().push((
-        req.method().to_string(),
-        req.uri().to_string(),
-        req.version(),
+        parts.method.to_string(),
+        parts.uri.to_string(),
+        parts.version,
         headers,
+        read,
     ));
-}
-
-fn answer<B>(spec: &Spec, seen: &Mutex<Seen>, req: &Request<B>) -> Response<TestBody> {
-    note(seen, req);
-    match req.uri().path() == "/end" {
+    match parts.uri.path() == "/end" {
         true => end_response(),
         false => spec.response(),
     }
@@ -138,8 +154,8 @@ async fn theirs(bytes: &[u8], spec: &Spec) -> (Vec<u8>, Seen) {
     let seen = Arc::new(Mutex::new(Seen::new()));
     let (spec, noted) = (spec.clone(), seen.clone());
     let service = service_fn(move |req: Request<Incoming>| {
-        let resp = answer(&spec, &noted, &req);
-        async move { Ok::<_, Infallible>(resp) }
+        let (spec, noted) = (spec.clone(), noted.clone());
+        async move { Ok::<_, Infallible>(answer(&spec, &noted, req).await) }
     });
     let conn = crate::server::http1_builder(&Limits::default())
         .serve_connection(TokioIo::new(server), service);
@@ -165,10 +181,7 @@ async fn ours(bytes: &[u8], spec: &Spec) -> Option<(Vec<u8>, Seen)> {
     io.saw(bytes);
     let seen = Mutex::new(Seen::new());
     let (_stop_tx, mut stop) = watch::channel(false);
-    let handle = |req: Request<ClientBody>| {
-        let resp = answer(spec, &seen, &req);
-        async move { resp }
-    };
+    let handle = |req: Request<ClientBody>| answer(spec, &seen, req);
     let limits = (
         &Timeouts::default(),
         &Limits::default(),
@@ -225,22 +238,65 @@ fn request(rng: &mut fastrand::Rng) -> Vec<u8> {
         "TE: trailers",
         "Transfer-Encoding: chunked",
         "Cookie: a=1; b=2",
+        "Content-Length: 12",
     ];
     for _ in 0..rng.usize(0..5) {
         // Mostly the ordinary ones; the engine's refusals are rarer.
-        let line = match rng.usize(0..10) {
+        let line = match rng.usize(0..12) {
             0 => lines[rng.usize(10..lines.len())],
+            1 => "Transfer-Encoding: chunked",
             _ => lines[rng.usize(0..10)],
         };
         head.push_str(line);
         head.push_str("\r\n");
     }
+    let has = |line: &str| head.contains(&format!("{line}\r\n"));
+    let (three, twelve, chunked) = (
+        has("Content-Length: 3"),
+        has("Content-Length: 12"),
+        has("Transfer-Encoding: chunked"),
+    );
+    // A body of known length may be left unread by the service; both servers then skip it, as it is all
+    // buffered. (An unread chunked body is not compared: hyper's server skips one chunk of it and closes the
+    // connection when there are more; the engine skips what is buffered. See docs/http1.md.)
+    if (three || twelve) && !chunked && rng.usize(0..3) == 0 {
+        head.push_str("X-Skip: 1\r\n");
+    }
     head.push_str("\r\n");
     let mut bytes = head.into_bytes();
-    if bytes.windows(17).any(|w| w == b"Content-Length: 3") {
+    if chunked && (three || twelve) {
+        // Both framings: hyper's to answer (the proxy refuses these before hyper reads them, see
+        // `head_scan`); no body, so that hyper reads the next request as a bad chunk and ends.
+        return bytes;
+    }
+    if three {
         bytes.extend_from_slice(b"abc");
     }
+    if twelve {
+        bytes.extend_from_slice(b"twelve bytes");
+    }
+    if chunked {
+        bytes.extend_from_slice(&chunked_body(rng));
+    }
     bytes
+}
+
+/// A chunked body: chunks (some with extensions), sometimes trailers, rarely a malformed size line.
+fn chunked_body(rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut body = Vec::new();
+    for _ in 0..rng.usize(0..4) {
+        let data = vec![b'a' + rng.u8(0..26); rng.usize(1..30)];
+        let ext = ["", ";x=y", "; name=\"v\""][rng.usize(0..3)];
+        body.extend_from_slice(format!("{:x}{ext}\r\n", data.len()).as_bytes());
+        body.extend_from_slice(&data);
+        body.extend_from_slice(b"\r\n");
+    }
+    match rng.usize(0..10) {
+        0 => body.extend_from_slice(b"zz\r\n"),
+        1 => body.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n"),
+        _ => body.extend_from_slice(b"0\r\n\r\n"),
+    }
+    body
 }
 
 fn response(rng: &mut fastrand::Rng) -> Spec {
@@ -296,6 +352,8 @@ fn response(rng: &mut fastrand::Rng) -> Spec {
 async fn the_engine_answers_as_hypers_server_did() {
     let mut rng = fastrand::Rng::with_seed(0x5e7e);
     let (mut taken, mut compared) = (0, 0);
+    // Requests the engine took with a body: read whole, failed (a malformed chunk), left unread.
+    let (mut read, mut failed, mut unread) = (0, 0, 0);
     for case in 0..2_000 {
         let mut bytes = request(&mut rng);
         bytes.extend_from_slice(END);
@@ -306,6 +364,17 @@ async fn the_engine_answers_as_hypers_server_did() {
             continue;
         };
         taken += 1;
+        for (.., headers, body) in &our_seen {
+            let framed = headers.iter().any(|(n, v)| {
+                n == "transfer-encoding" || (n == "content-length" && v.as_slice() != b"0")
+            });
+            match body {
+                Some(Ok(_)) if framed => read += 1,
+                Some(Err(_)) => failed += 1,
+                None => unread += 1,
+                _ => {}
+            }
+        }
         assert_eq!(
             our_seen,
             their_seen,
@@ -321,4 +390,8 @@ async fn the_engine_answers_as_hypers_server_did() {
     }
     // The generator mostly writes requests the engine takes; the rest were left to hyper.
     assert!(taken > compared / 2, "taken {taken} of {compared}");
+    assert!(
+        read > 200 && failed > 5 && unread > 50,
+        "bodies read {read}, failed {failed}, unread {unread}"
+    );
 }

@@ -5,25 +5,70 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Response, StatusCode, Version};
 
-use super::parse::{self, Parsed};
+use super::parse::{self, BodyFraming, Parsed};
 use super::respond::{self, BodyLength, Framing};
+use crate::upstream::{BodyDecoder, Chunked, Decoded};
 
-/// A request head as a client may send it: the engine takes it, leaves it to hyper, or waits for more; a head
-/// it takes is built into a request that keeps the engine's promises.
+/// A request as a client may send it: the engine takes its head, leaves it to hyper, or waits for more; a head
+/// it takes is built into a request that keeps the engine's promises, and the bytes after it are decoded as
+/// its body the way the engine reads it (never more data than a `Content-Length` says).
 pub fn request_head(data: &[u8]) {
     let Parsed::Request(head) = parse::head(data, 100, 64 * 1024) else {
         return;
     };
     assert!(head.len <= data.len() && head.len <= 64 * 1024);
     let raw = Bytes::copy_from_slice(&data[..head.len]);
-    let Some(request) = head.request(&raw) else {
+    let Some(request) = head.request(&raw, crate::body::ClientBody::Empty) else {
         return;
     };
     assert_eq!(request.version(), Version::HTTP_11);
-    assert!(!request.headers().contains_key(TRANSFER_ENCODING));
+    let codings: Vec<_> = request
+        .headers()
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .collect();
     let lengths: Vec<_> = request.headers().get_all(CONTENT_LENGTH).iter().collect();
-    assert!(lengths.len() <= 1 && lengths.iter().all(|v| v.as_bytes() == b"0"));
+    assert!(codings.len() + lengths.len() <= 1);
+    let mut decoder = match head.body {
+        BodyFraming::None => {
+            assert!(codings.is_empty() && lengths.iter().all(|v| v.as_bytes() == b"0"));
+            return;
+        }
+        BodyFraming::Length(len) => {
+            assert_eq!(lengths.len(), 1);
+            assert_eq!(
+                lengths[0].to_str().ok().and_then(|v| v.parse().ok()),
+                Some(len)
+            );
+            BodyDecoder::Length(len)
+        }
+        BodyFraming::Chunked => {
+            assert!(codings.len() == 1 && codings[0].as_bytes().eq_ignore_ascii_case(b"chunked"));
+            BodyDecoder::Chunked(Chunked::default())
+        }
+    };
     assert!(!request.headers().contains_key(http::header::UPGRADE));
+    let mut rest = bytes::BytesMut::from(&data[head.len..]);
+    let before = rest.len();
+    let mut data_len = 0;
+    while let Ok(decoded) = decoder.decode(&mut rest, 4096) {
+        match decoded {
+            Decoded::Data(d) => data_len += d.len() as u64,
+            Decoded::Trailers(_) => {}
+            Decoded::End | Decoded::NeedMore => break,
+        }
+    }
+    assert!(data_len <= before as u64);
+    if let Some(len) = decoder.remaining() {
+        assert_eq!(data_len + len, head_length(&head.body));
+    }
+}
+
+fn head_length(body: &BodyFraming) -> u64 {
+    match body {
+        BodyFraming::Length(len) => *len,
+        _ => 0,
+    }
 }
 
 /// A response head written from fuzzed parts (status, version, reason phrase, headers, body length, `HEAD`,

@@ -1,13 +1,15 @@
-//! The proxy's own HTTP/1 server, for the requests most traffic is made of: an HTTP/1.1 head without a body,
-//! an upgrade or an expectation. It reads the head into one buffer, builds the request from slices of it, runs
-//! the same [`Handler`] hyper's server runs, and writes the response head and body itself in as few writes as
-//! the body allows (head and a body that is already there go out in one `writev`).
+//! The proxy's own HTTP/1 server, for the requests most traffic is made of: HTTP/1.1, without a body or with
+//! one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, no upgrade, no expectation. It
+//! reads the head into one buffer, builds the request from slices of it, runs the same [`Handler`] hyper's
+//! server runs, reads the request's body as the request takes it (`upload`), and writes the response head and
+//! body itself in as few writes as the body allows (head and a body that is already there go out in one
+//! `writev`).
 //!
 //! Whatever it does not take goes to hyper with its bytes untouched: the connection's buffered bytes become the
 //! socket's prefix and `lifecycle` serves it with hyper from there, so every refusal (400, 431, 414, the HTTP/2
-//! preface), request bodies, `Expect: 100-continue`, WebSocket upgrades and HTTP/1.0 keep hyper's behaviour
-//! byte for byte. The responses it writes follow hyper's server encoding (`respond`), checked against hyper
-//! by `differential`.
+//! preface, `Content-Length` with `Transfer-Encoding`), `Expect: 100-continue`, WebSocket upgrades and HTTP/1.0
+//! keep hyper's behaviour byte for byte. The responses it writes follow hyper's server encoding (`respond`),
+//! checked against hyper by `differential`.
 //!
 //! Between requests it keeps its read buffer for the parking delay (50 ms, 5 ms with many connections open),
 //! then gives the connection back to `lifecycle`'s parked wait, which holds only the socket.
@@ -30,10 +32,12 @@ use super::timeouts::{idle_for, stopped, watchdog, ConnState, TimedIo};
 #[cfg(doc)]
 use super::Handler;
 use super::CLIENT_WRITE_BUFFER;
-use crate::body::ClientBody;
+use crate::body::{pipe, ClientBody};
 use crate::config::{Limits, Timeouts};
-use parse::Parsed;
+use crate::upstream::{BodyDecoder, Chunked};
+use parse::{BodyFraming, Parsed};
 use respond::{BodyLength, Framing};
+use upload::{Settled, Upload};
 
 mod date;
 #[cfg(test)]
@@ -42,6 +46,7 @@ mod differential;
 pub mod fuzzing;
 mod parse;
 mod respond;
+mod upload;
 
 /// How the engine left a connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,7 +130,20 @@ where
             }
         };
         let raw = buf.split_to(head.len).freeze();
-        let Some(request) = head.request(&raw) else {
+        let (body, mut upload) = match head.body {
+            BodyFraming::None => (ClientBody::Empty, None),
+            BodyFraming::Length(len) => {
+                let (body, feed) = pipe::pipe(Some(len));
+                let decoder = BodyDecoder::Length(len);
+                (ClientBody::Piped(body), Some(Upload::new(feed, decoder)))
+            }
+            BodyFraming::Chunked => {
+                let (body, feed) = pipe::pipe(None);
+                let decoder = BodyDecoder::Chunked(Chunked::default());
+                (ClientBody::Piped(body), Some(Upload::new(feed, decoder)))
+            }
+        };
+        let Some(request) = head.request(&raw, body) else {
             return to_hyper(io, buf, raw);
         };
         let head_request = request.method() == Method::HEAD;
@@ -133,25 +151,64 @@ where
         // hyper drops a request whose client closed its side while it waits (no half-close).
         let response = tokio::select! {
             biased;
-            response = answer => response,
-            () = client_gone(io, &mut buf) => return Handed::Closed,
+            response = answering(answer, io, &mut buf, &mut upload) => match response {
+                Some(response) => response,
+                None => return Handed::Closed,
+            },
             _ = &mut watchdog => return Handed::Closed,
         };
-        let keep_alive = !head.close && !*stop.borrow();
+        // A body still being read may end yet; one left with more to come than is buffered is said to close the
+        // connection (hyper's rule).
+        let unread = upload
+            .as_mut()
+            .is_some_and(|u| u.settled(&mut buf) == Settled::Unread);
+        let keep_alive = !head.close && !*stop.borrow() && !unread;
         let written = tokio::select! {
             biased;
-            written = respond(io, &mut buf, response, head_request, keep_alive) => written,
+            written = respond(io, &mut buf, &mut upload, response, head_request, keep_alive) => written,
             _ = &mut watchdog => return Handed::Closed,
         };
         match written {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(true)
+                if upload
+                    .as_mut()
+                    .is_none_or(|u| u.settled(&mut buf) == Settled::Read) => {}
+            // A body not read to its end ends the connection, whatever the head said (hyper's rule too).
+            Ok(_) => {
                 let _ = io.shutdown().await;
                 return Handed::Closed;
             }
             Err(Aborted) => return Handed::Closed,
         }
     }
+}
+
+/// Wait for the request's answer while its body is read; `None` when the client went away first.
+async fn answering<IO, Fut, B>(
+    answer: Fut,
+    io: &mut TimedIo<IO>,
+    buf: &mut BytesMut,
+    upload: &mut Option<Upload>,
+) -> Option<Response<B>>
+where
+    IO: AsyncRead + Unpin,
+    Fut: Future<Output = Response<B>>,
+{
+    let mut answer = pin!(answer);
+    std::future::poll_fn(|cx| {
+        // The body first, so that a frame it reads is there when the request looks.
+        let reading = upload
+            .as_mut()
+            .is_some_and(|u| u.poll(io, buf, cx).is_pending() || !u.done());
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        match !reading && poll_gone(io, buf, cx).is_ready() {
+            true => Poll::Ready(None),
+            false => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// How much room a read gets in the connection's buffer.
@@ -190,12 +247,8 @@ fn poll_read_more<IO: AsyncRead + Unpin>(
     polled
 }
 
-/// Resolves when the client closed its side (or its socket failed) while nothing of its next request is
+/// Ready when the client closed its side (or its socket failed) while nothing of its next request is
 /// buffered; bytes it sends meanwhile are kept in `buf` for the next request.
-async fn client_gone<IO: AsyncRead + Unpin>(io: &mut TimedIo<IO>, buf: &mut BytesMut) {
-    std::future::poll_fn(|cx| poll_gone(io, buf, cx)).await
-}
-
 fn poll_gone<IO: AsyncRead + Unpin>(
     io: &mut TimedIo<IO>,
     buf: &mut BytesMut,
@@ -220,6 +273,7 @@ struct Aborted;
 async fn respond<IO, B>(
     io: &mut TimedIo<IO>,
     buf: &mut BytesMut,
+    upload: &mut Option<Upload>,
     response: Response<B>,
     head_request: bool,
     keep_alive: bool,
@@ -259,7 +313,7 @@ where
         // Nothing to write: the body is dropped unread, as hyper drops it.
         out.end(false)?;
     }
-    let whole = std::future::poll_fn(|cx| out.poll(io, buf, cx)).await?;
+    let whole = std::future::poll_fn(|cx| out.poll(io, buf, upload, cx)).await?;
     // Flushing the socket also writes the access-log records of responses that left whole.
     io.flush().await.map_err(|_| Aborted)?;
     Ok(whole && !encoded.last)
@@ -285,8 +339,14 @@ where
         &mut self,
         io: &mut TimedIo<IO>,
         buf: &mut BytesMut,
+        upload: &mut Option<Upload>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<bool, Aborted>> {
+        // The request's body keeps being read while the response goes out (a backend may answer before an
+        // upload ends, and stream both ways).
+        let reading = upload
+            .as_mut()
+            .is_some_and(|u| u.poll(io, buf, cx).is_pending() || !u.done());
         loop {
             // Gather what the body has ready, so the head and a body already there leave in one write.
             while let Some(body) = self.body.as_mut() {
@@ -317,7 +377,7 @@ where
                         }
                     }
                     Poll::Pending => {
-                        if self.queue.is_empty() && poll_gone(io, buf, cx).is_ready() {
+                        if self.queue.is_empty() && !reading && poll_gone(io, buf, cx).is_ready() {
                             return Poll::Ready(Err(Aborted));
                         }
                         break;

@@ -1,7 +1,8 @@
-//! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1, no body, no
-//! upgrade, no `Expect`, nothing hyper's server would treat specially. Everything else is left to hyper with its
-//! bytes untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414, the HTTP/2 preface) and every rare
-//! form keeps hyper's exact answer.
+//! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1, without a body or
+//! with one framed plainly (a single `Content-Length`, or `Transfer-Encoding: chunked` alone), no upgrade, no
+//! `Expect`, nothing hyper's server would treat specially. Everything else is left to hyper with its bytes
+//! untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414, the HTTP/2 preface, `Content-Length`
+//! with `Transfer-Encoding`) and every rare form keeps hyper's exact answer.
 
 use std::mem::MaybeUninit;
 
@@ -40,6 +41,16 @@ pub(super) struct Head {
     headers: Vec<((u32, u32), (u32, u32))>,
     /// The client asked to close after this request (`Connection: close`).
     pub(super) close: bool,
+    pub(super) body: BodyFraming,
+}
+
+/// How the request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    /// No body (none announced, or `Content-Length: 0`).
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// Look at the start of `buf`: a head the engine takes, not yet a whole head, or one for hyper.
@@ -62,19 +73,31 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         (start as u32, (start + part.len()) as u32)
     };
-    let (mut close, mut seen_length) = (false, false);
+    let mut close = false;
+    let mut body = None;
     let mut headers = Vec::with_capacity(req.headers.len());
     for header in req.headers.iter() {
         let name = header.name.as_bytes();
         match name.len() {
-            // Framing, upgrades, expectations and trailers are hyper's to handle.
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::Other,
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                // Only one, saying there is no body; hyper leaves a repeated one out of the map, its case too.
-                if header.value != b"0" || seen_length {
+            // One framing header, in its plain form; any other (repeated, both, a list, another coding) is
+            // hyper's to answer. Upgrades, expectations and trailers are hyper's too.
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if body.is_some() || !header.value.eq_ignore_ascii_case(b"chunked") {
                     return Parsed::Other;
                 }
-                seen_length = true;
+                body = Some(BodyFraming::Chunked);
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let Some(length) = digits(header.value) else {
+                    return Parsed::Other;
+                };
+                if body.is_some() {
+                    return Parsed::Other;
+                }
+                body = Some(match length {
+                    0 => BodyFraming::None,
+                    n => BodyFraming::Length(n),
+                });
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
             6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
@@ -97,7 +120,16 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         target: span(target.as_bytes()),
         headers,
         close,
+        body: body.unwrap_or(BodyFraming::None),
     })
+}
+
+/// A `Content-Length` value of digits alone that fits in 64 bits.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 /// A comma-separated header value holds `token` (hyper's `connection_has`, which reads only values that are
@@ -111,13 +143,13 @@ pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 impl Head {
-    /// The request, its parts shared with `head` (the frozen bytes this head was parsed from); `None` for a
-    /// method or target `http` refuses, which goes to hyper for its answer.
-    pub(super) fn request(&self, head: &Bytes) -> Option<Request<ClientBody>> {
+    /// The request with `body`, its parts shared with `head` (the frozen bytes this head was parsed from);
+    /// `None` for a method or target `http` refuses, which goes to hyper for its answer.
+    pub(super) fn request(&self, head: &Bytes, body: ClientBody) -> Option<Request<ClientBody>> {
         let part = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
         let method = Method::from_bytes(&part(self.method)).ok()?;
         let uri = Uri::from_maybe_shared(part(self.target)).ok()?;
-        let mut request = Request::new(ClientBody::Empty);
+        let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
@@ -143,7 +175,9 @@ mod tests {
 
     fn take(raw: &[u8]) -> Option<Request<ClientBody>> {
         match head(raw, 100, 8192) {
-            Parsed::Request(h) => h.request(&Bytes::copy_from_slice(&raw[..h.len])),
+            Parsed::Request(h) => {
+                h.request(&Bytes::copy_from_slice(&raw[..h.len]), ClientBody::Empty)
+            }
             _ => None,
         }
     }
@@ -172,11 +206,17 @@ mod tests {
     }
 
     #[test]
-    fn bodies_upgrades_expectations_and_http_1_0_go_to_hyper() {
+    fn odd_framing_upgrades_expectations_and_http_1_0_go_to_hyper() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
@@ -192,6 +232,31 @@ mod tests {
             );
         }
         assert!(take(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+    }
+
+    #[test]
+    fn plainly_framed_bodies_are_taken() {
+        let framing = |raw: &[u8]| match head(raw, 100, 8192) {
+            Parsed::Request(h) => h.body,
+            other => panic!("not taken: {other:?}"),
+        };
+        assert_eq!(framing(b"GET / HTTP/1.1\r\n\r\n"), BodyFraming::None);
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            BodyFraming::None
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\ncontent-length: 007\r\n\r\n"),
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n"),
+            BodyFraming::Length(9_999_999_999_999_999_999)
+        );
+        assert_eq!(
+            framing(b"PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            BodyFraming::Chunked
+        );
     }
 
     #[test]

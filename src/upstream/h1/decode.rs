@@ -8,6 +8,9 @@
 //! reads until the backend closes, and an HTTP/1.0 response may not have one; every `Content-Length` value must
 //! agree; obs-fold and bare CR in the head are refused (httparse); chunk sizes may not overflow, chunk
 //! extensions and trailers are bounded, and every chunk line ends in CRLF.
+//!
+//! The body decoder ([`Framing`]) also reads clients' request bodies in the proxy's own HTTP/1 server, with the
+//! same rules: hyper's server and client share one decoder too.
 
 use std::mem::MaybeUninit;
 

@@ -27,10 +27,9 @@ mod encode;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use encode::{chunk_size_line, LAST_CHUNK};
-
-use decode::{Decoded, Framing};
+pub use decode::{Chunked, Decoded, Framing};
 use encode::Encode;
+pub use encode::{chunk_size_line, LAST_CHUNK};
 
 use super::{BackendStream, Pool, UpstreamError, BACKEND_READ_BUFFER};
 use crate::body::RequestBody;
