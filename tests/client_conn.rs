@@ -1,6 +1,7 @@
 //! The client side of HTTP/1 as the proxy's own server handles it (docs/http1.md): a client that goes away
-//! while its request is handled, a client that asks to close, and a connection whose requests alternate
-//! between the proxy's server and hyper's. The backends are raw sockets, so what they see is exact.
+//! while its request is handled, a client that asks to close, a connection whose requests alternate between
+//! the proxy's server and hyper's, request bodies of both framings read on a kept-alive connection, and a body
+//! the proxy never reads. Some backends are raw sockets, so what they see is exact.
 
 mod support;
 
@@ -118,4 +119,73 @@ fn requests_with_and_without_bodies_alternate_on_one_connection() {
         .unwrap();
     assert_eq!(conn.read_response().body_str(), "GET /e 0");
     assert!(conn.wait_closed(secs(5)));
+}
+
+#[test]
+fn chunked_and_length_bodies_reach_the_backend_whole_and_the_connection_carries_on() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(|req| {
+        Reply::text(
+            200,
+            &format!("{} {} {}", req.target, req.chunked, req.body_str()),
+        )
+    });
+    redis.set_frontend("bodies.test", &[&backend.url()]);
+    let proxy = Proxy::start(&redis, &[]);
+    let mut conn = ClientConn::connect(proxy.addr());
+    // Three requests in one write: a chunked body with an extension and a trailer, a body by length, a GET.
+    conn.send(
+        b"POST /chunked HTTP/1.1\r\nHost: bodies.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+          PUT /length HTTP/1.1\r\nHost: bodies.test\r\nContent-Length: 7\r\n\r\nsized!!\
+          GET /after HTTP/1.1\r\nHost: bodies.test\r\n\r\n",
+    )
+    .unwrap();
+    for expected in [
+        "/chunked true hello world",
+        "/length false sized!!",
+        "/after false ",
+    ] {
+        let resp = conn.read_response();
+        assert_eq!(resp.status, 200, "{}", resp.head_text());
+        assert_eq!(resp.body_str(), expected);
+        assert_eq!(resp.header("connection"), None, "{}", resp.head_text());
+    }
+    assert_eq!(backend.hits(), 3);
+}
+
+#[test]
+fn a_body_the_proxy_does_not_read_is_skipped_when_all_there_and_closes_the_connection_otherwise() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis, &[]);
+    // No route: the proxy answers without reading the body.
+    let mut conn = ClientConn::connect(proxy.addr());
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+    assert_eq!(resp.header("connection"), None, "{}", resp.head_text());
+    // Its body was all there: what the proxy had not read of it is skipped, and the next request on the
+    // connection is read from after it.
+    conn.send(b"GET /next HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(conn.read_response().body_str(), "no such route");
+    // A body of which only a part has come: the answer says the connection closes, and it does.
+    conn.send(b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 100000\r\n\r\nfirst")
+        .unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "{}",
+        resp.head_text()
+    );
+    assert!(
+        conn.wait_closed(secs(5)),
+        "the proxy closes after the answer"
+    );
 }
