@@ -17,7 +17,8 @@
 //!   beside [`app`] as a composition root of its own and uses no Redis.
 //! - [`server`]: the downstream side: listeners and the accept loop, each connection's lifecycle (parking
 //!   idle HTTP/1 connections, draining) and client timeouts, the HTTP/1 server of the proxy's own for
-//!   requests without a body (hyper serves the rest, and HTTP/2), the TLS terminator ([`server::tls`]) and
+//!   plain HTTP/1.1 requests, bodies included (hyper serves the rest, and HTTP/2), the TLS terminator
+//!   ([`server::tls`]) and
 //!   the SNI passthrough ([`server::sni`]).
 //! - [`proxy`]: the request phases: handle (Host, `__ping__`, lookup), forward (policies), relay (rewrite,
 //!   select and fail over, send), finish (response headers, access log); [`proxy::reject`] writes every
@@ -32,7 +33,8 @@
 //! - [`store`]: the read and write Redis clients, the lookup pipeline and dead marks.
 //! - [`upstream`]: backend URLs ([`upstream::Target`]), dialing (TCP, TLS for `https://`), the keep-alive pool
 //!   per backend, and the error classification that decides failover and blame ([`upstream::UpstreamError`]).
-//! - [`body`]: the request body on its way to a backend (streamed, watched for activity, or read whole).
+//! - [`body`]: the request body on its way to a backend (streamed, watched for activity, or read whole), and
+//!   the pipe through which the proxy's own HTTP/1 server feeds a body it reads ([`body::pipe`]).
 //! - [`rt`]: runtime helpers that know nothing of HTTP: worker threads, the drain tracker, the clock, the
 //!   tunnel copy, dropping privileges.
 //! - [`config`]: the resolved [`config::Config`] (every policy field says why it exists) and what fills it:
