@@ -1,7 +1,7 @@
 //! The client side of HTTP/1 as the proxy's own server handles it (docs/http1.md): a client that goes away
 //! while its request is handled, a client that asks to close, a connection whose requests alternate between
 //! the proxy's server and hyper's, request bodies of both framings read on a kept-alive connection, and a body
-//! the proxy never reads. Some backends are raw sockets, so what they see is exact.
+//! the proxy never reads (skipped, or the connection closed after lingering). Some backends are raw sockets, so what they see is exact.
 
 mod support;
 
@@ -188,4 +188,35 @@ fn a_body_the_proxy_does_not_read_is_skipped_when_all_there_and_closes_the_conne
         conn.wait_closed(secs(5)),
         "the proxy closes after the answer"
     );
+}
+
+#[test]
+fn after_refusing_an_upload_the_proxy_lingers_until_the_client_stops_sending() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis, &[]);
+    let mut conn = ClientConn::connect(proxy.addr());
+    conn.send(b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 4000000\r\n\r\n")
+        .unwrap();
+    // No route: answered at once, without reading the body.
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "{}",
+        resp.head_text()
+    );
+    // The client goes on sending its body, as a client that does not read while it uploads would. Had the
+    // proxy closed the socket with those bytes unread, its kernel would reset the connection: these writes
+    // would fail, and a reset can destroy an answer the client has not read yet.
+    for _ in 0..8 {
+        conn.send(&[b'x'; 64 * 1024])
+            .expect("the proxy still reads what the client sends");
+    }
+    conn.shutdown_write();
+    assert!(
+        conn.wait_closed(secs(10)),
+        "the proxy closes once the client stopped sending"
+    );
+    assert!(conn.buf.is_empty(), "nothing after the answer");
 }

@@ -176,11 +176,41 @@ where
             // A body not read to its end ends the connection, whatever the head said (hyper's rule too).
             Ok(_) => {
                 let _ = io.shutdown().await;
+                if upload
+                    .as_mut()
+                    .is_some_and(|u| u.settled(&mut buf) != Settled::Read)
+                {
+                    linger(io, buf).await;
+                }
                 return Handed::Closed;
             }
             Err(Aborted) => return Handed::Closed,
         }
     }
+}
+
+/// How long a closing connection may keep discarding a body nobody reads, and how much of it.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// After the answer to a request whose body was not read to its end, and the write side shut: discard what the
+/// client still sends (up to [`LINGER_TIME`] and [`LINGER_BYTES`]) before closing. Closing a socket with unread
+/// bytes makes the kernel answer with a reset, which can reach the client before it has read the answer and
+/// make it lose it (a `413` or `400` for an upload it is still sending). Go's server and nginx linger the same
+/// way.
+async fn linger<IO: AsyncRead + Unpin>(io: &mut TimedIo<IO>, mut buf: BytesMut) {
+    let discard = async {
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            buf.clear();
+            buf.reserve(READ_SIZE * 4);
+            match read_more(io, &mut buf).await {
+                Ok(n) if n > 0 => discarded += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, discard).await;
 }
 
 /// Wait for the request's answer while its body is read; `None` when the client went away first.
