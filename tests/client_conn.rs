@@ -220,3 +220,42 @@ fn after_refusing_an_upload_the_proxy_lingers_until_the_client_stops_sending() {
     );
     assert!(conn.buf.is_empty(), "nothing after the answer");
 }
+
+#[test]
+fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(|req| Reply::text(200, &format!("got {}", req.body_str())));
+    redis.set_frontend("expect.test", &[&backend.url()]);
+    let proxy = Proxy::start(&redis, &[]);
+    let mut conn = ClientConn::connect(proxy.addr());
+    conn.send(b"PUT /up HTTP/1.1\r\nHost: expect.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    // Nothing of the body is sent until the proxy says so.
+    assert!(
+        conn.read_until_contains(b"HTTP/1.1 100 Continue\r\n\r\n", secs(10)),
+        "{:?}",
+        String::from_utf8_lossy(&conn.buf)
+    );
+    conn.buf.drain(..25);
+    conn.send(b"hello").unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.head_text());
+    assert_eq!(resp.body_str(), "got hello");
+    // A request the proxy refuses before wanting its body: no 100, and the connection closes after the answer.
+    conn.send(b"PUT /up HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "{}",
+        resp.head_text()
+    );
+    assert!(conn.wait_closed(secs(5)));
+    assert!(
+        conn.buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&conn.buf)
+    );
+}

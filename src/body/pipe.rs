@@ -36,6 +36,8 @@ struct Slot {
     feeder: Option<Waker>,
     /// The body was dropped: nobody takes another frame.
     dropped: bool,
+    /// The body has been asked for a frame (a client that sent `Expect: 100-continue` is told to send it then).
+    wanted: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,20 @@ impl Feed {
         }
         if slot.frame.is_none() {
             return Poll::Ready(true);
+        }
+        register(&mut slot.feeder, cx.waker());
+        Poll::Pending
+    }
+
+    /// `Ready(true)` once the body has been asked for a frame, `Ready(false)` once it was dropped without
+    /// that; `Pending` until then, with the task woken when it happens.
+    pub fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut slot = lock(&self.shared);
+        if slot.wanted {
+            return Poll::Ready(true);
+        }
+        if slot.dropped {
+            return Poll::Ready(false);
         }
         register(&mut slot.feeder, cx.waker());
         Poll::Pending
@@ -145,6 +161,7 @@ impl Body for Piped {
         let this = self.get_mut();
         let (polled, feeder) = {
             let mut slot = lock(&this.shared);
+            slot.wanted = true;
             let polled = match (slot.frame.take(), slot.end) {
                 (Some(frame), _) => Poll::Ready(Some(Ok(frame))),
                 (None, End::Open) => {
@@ -224,6 +241,18 @@ mod tests {
         drop(body);
         assert_eq!(feed.poll_room(&mut cx), Poll::Ready(false));
         assert!(feed.abandoned());
+    }
+
+    #[tokio::test]
+    async fn the_feed_learns_when_the_body_is_first_asked_for() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (mut body, feed) = pipe(Some(2));
+        assert_eq!(feed.poll_wanted(&mut cx), Poll::Pending);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(feed.poll_wanted(&mut cx), Poll::Ready(true));
+        let (body, feed) = pipe(Some(2));
+        drop(body);
+        assert_eq!(feed.poll_wanted(&mut cx), Poll::Ready(false));
     }
 
     #[tokio::test]

@@ -1,13 +1,13 @@
 //! The proxy's own HTTP/1 server, for the requests most traffic is made of: HTTP/1.1, without a body or with
-//! one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, no upgrade, no expectation. It
-//! reads the head into one buffer, builds the request from slices of it, runs the same [`Handler`] hyper's
-//! server runs, reads the request's body as the request takes it (`upload`), and writes the response head and
-//! body itself in as few writes as the body allows (head and a body that is already there go out in one
-//! `writev`).
+//! one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, no upgrade, no expectation but
+//! `100-continue`. It reads the head into one buffer, builds the request from slices of it, runs the same
+//! [`Handler`] hyper's server runs, reads the request's body as the request takes it (`upload`), and writes the
+//! response head and body itself in as few writes as the body allows (head and a body that is already there go
+//! out in one `writev`).
 //!
 //! Whatever it does not take goes to hyper with its bytes untouched: the connection's buffered bytes become the
 //! socket's prefix and `lifecycle` serves it with hyper from there, so every refusal (400, 431, 414, the HTTP/2
-//! preface, `Content-Length` with `Transfer-Encoding`), `Expect: 100-continue`, WebSocket upgrades and HTTP/1.0
+//! preface, `Content-Length` with `Transfer-Encoding`), other expectations, WebSocket upgrades and HTTP/1.0
 //! keep hyper's behaviour byte for byte. The responses it writes follow hyper's server encoding (`respond`),
 //! checked against hyper by `differential`.
 //!
@@ -135,12 +135,14 @@ where
             BodyFraming::Length(len) => {
                 let (body, feed) = pipe::pipe(Some(len));
                 let decoder = BodyDecoder::Length(len);
-                (ClientBody::Piped(body), Some(Upload::new(feed, decoder)))
+                let upload = Upload::new(feed, decoder, head.expect_continue);
+                (ClientBody::Piped(body), Some(upload))
             }
             BodyFraming::Chunked => {
                 let (body, feed) = pipe::pipe(None);
                 let decoder = BodyDecoder::Chunked(Chunked::default());
-                (ClientBody::Piped(body), Some(Upload::new(feed, decoder)))
+                let upload = Upload::new(feed, decoder, head.expect_continue);
+                (ClientBody::Piped(body), Some(upload))
             }
         };
         let Some(request) = head.request(&raw, body) else {
@@ -159,9 +161,10 @@ where
         };
         // A body still being read may end yet; one left with more to come than is buffered is said to close the
         // connection (hyper's rule).
-        let unread = upload
-            .as_mut()
-            .is_some_and(|u| u.settled(&mut buf) == Settled::Unread);
+        let unread = upload.as_mut().is_some_and(|u| {
+            u.responding();
+            u.settled(&mut buf) == Settled::Unread
+        });
         let keep_alive = !head.close && !*stop.borrow() && !unread;
         let written = tokio::select! {
             biased;
@@ -221,7 +224,7 @@ async fn answering<IO, Fut, B>(
     upload: &mut Option<Upload>,
 ) -> Option<Response<B>>
 where
-    IO: AsyncRead + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
     Fut: Future<Output = Response<B>>,
 {
     let mut answer = pin!(answer);

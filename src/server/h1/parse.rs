@@ -1,8 +1,8 @@
 //! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1, without a body or
 //! with one framed plainly (a single `Content-Length`, or `Transfer-Encoding: chunked` alone), no upgrade, no
-//! `Expect`, nothing hyper's server would treat specially. Everything else is left to hyper with its bytes
-//! untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414, the HTTP/2 preface, `Content-Length`
-//! with `Transfer-Encoding`) and every rare form keeps hyper's exact answer.
+//! expectation but one `100-continue`, nothing hyper's server would treat specially. Everything else is left
+//! to hyper with its bytes untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414, the HTTP/2
+//! preface, `Content-Length` with `Transfer-Encoding`) and every rare form keeps hyper's exact answer.
 
 use std::mem::MaybeUninit;
 
@@ -42,6 +42,8 @@ pub(super) struct Head {
     /// The client asked to close after this request (`Connection: close`).
     pub(super) close: bool,
     pub(super) body: BodyFraming,
+    /// `Expect: 100-continue` with a body: the client waits for `100 Continue` before sending it.
+    pub(super) expect_continue: bool,
 }
 
 /// How the request's body is framed.
@@ -73,14 +75,14 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         (start as u32, (start + part.len()) as u32)
     };
-    let mut close = false;
+    let (mut close, mut expect) = (false, false);
     let mut body = None;
     let mut headers = Vec::with_capacity(req.headers.len());
     for header in req.headers.iter() {
         let name = header.name.as_bytes();
         match name.len() {
             // One framing header, in its plain form; any other (repeated, both, a list, another coding) is
-            // hyper's to answer. Upgrades, expectations and trailers are hyper's too.
+            // hyper's to answer. Upgrades and trailers are hyper's too.
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 if body.is_some() || !header.value.eq_ignore_ascii_case(b"chunked") {
                     return Parsed::Other;
@@ -100,7 +102,13 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
                 });
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
-            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                // One `100-continue`; any other expectation (or several) is hyper's.
+                if expect || !header.value.eq_ignore_ascii_case(b"100-continue") {
+                    return Parsed::Other;
+                }
+                expect = true;
+            }
             2 if name.eq_ignore_ascii_case(b"te") => return Parsed::Other,
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 close |= has_token(header.value, b"close");
@@ -120,6 +128,8 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         target: span(target.as_bytes()),
         headers,
         close,
+        // Without a body there is nothing to wait for (hyper ignores the expectation then too).
+        expect_continue: expect && body.is_some_and(|b| b != BodyFraming::None),
         body: body.unwrap_or(BodyFraming::None),
     })
 }
@@ -206,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn odd_framing_upgrades_expectations_and_http_1_0_go_to_hyper() {
+    fn odd_framing_upgrades_odd_expectations_and_http_1_0_go_to_hyper() {
         for raw in [
             &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
@@ -218,7 +228,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 200-ok\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
@@ -257,6 +268,24 @@ mod tests {
             framing(b"PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
             BodyFraming::Chunked
         );
+    }
+
+    #[test]
+    fn expect_100_continue_is_taken_and_noted_only_with_a_body() {
+        let expects = |raw: &[u8]| match head(raw, 100, 8192) {
+            Parsed::Request(h) => h.expect_continue,
+            other => panic!("not taken: {other:?}"),
+        };
+        assert!(expects(
+            b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-Continue\r\n\r\n"
+        ));
+        assert!(expects(
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(!expects(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+        assert!(!expects(
+            b"PUT / HTTP/1.1\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -2,18 +2,20 @@
 //! buffer with the backend reader's decoder (the same strictness rules: chunk-size overflow, extension and
 //! trailer bounds, CRLF after every chunk) and hands it to the request's `Piped` body one frame at a time
 //! (`crate::body::pipe`). It reads only when the body has taken the last frame, so a slow backend slows the
-//! client down, and stops when the body is dropped.
+//! client down, and stops when the body is dropped. A client that sent `Expect: 100-continue` is told
+//! `100 Continue` when the body is first asked for, unless the response has begun (hyper's rule).
 //!
 //! Once the response is ready the body is settled ([`Settled`]): read to its end, or dropped with the rest of
 //! it already buffered (then it is skipped and the connection carries on), or not. A body left unread makes
 //! the response say `connection: close`, and a malformed or cut one closes the connection after the response
 //! without saying so: hyper's server does both, byte for byte.
 
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use http_body::Frame;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::poll_read_more;
 use crate::body::Feed;
@@ -24,11 +26,16 @@ use crate::upstream::{BodyDecoder, Decoded};
 /// and grows them; uploads are where larger reads pay).
 const BODY_READ: usize = 16 * 1024;
 
+/// What a client that expects it is told before it sends its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// A body being read for its request.
 pub(super) struct Upload {
     feed: Feed,
     decoder: BodyDecoder,
     state: State,
+    /// Bytes of [`CONTINUE`] still owed to a client that expects it, from this offset (`None`: none owed).
+    owed_continue: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +66,19 @@ pub(super) enum Settled {
 }
 
 impl Upload {
-    pub(super) fn new(feed: Feed, decoder: BodyDecoder) -> Upload {
+    /// `expect_continue`: the client waits for `100 Continue` before it sends the body.
+    pub(super) fn new(feed: Feed, decoder: BodyDecoder, expect_continue: bool) -> Upload {
         Upload {
             feed,
             decoder,
             state: State::Reading,
+            owed_continue: expect_continue.then_some(0),
         }
+    }
+
+    /// The response has begun: a `100 Continue` not sent by now is not sent at all.
+    pub(super) fn responding(&mut self) {
+        self.owed_continue = None;
     }
 
     /// The body has been read to its end (the connection's next bytes are the next request).
@@ -74,12 +88,18 @@ impl Upload {
 
     /// Read and hand over frames while the body takes them; `Ready` once there is nothing more to do for it
     /// (read to its end, failed, or abandoned).
-    pub(super) fn poll<IO: AsyncRead + Unpin>(
+    pub(super) fn poll<IO: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut TimedIo<IO>,
         buf: &mut BytesMut,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
+        if self.state == State::Reading
+            && self.owed_continue.is_some()
+            && self.poll_continue(io, cx).is_pending()
+        {
+            return Poll::Pending;
+        }
         while self.state == State::Reading {
             match self.feed.poll_room(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -105,6 +125,36 @@ impl Upload {
                         }
                     }
                     Err(e) => self.fail(e),
+                },
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Once the body is asked for, tell the client to send it; `Ready` when that is done (or no longer owed).
+    fn poll_continue<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut TimedIo<IO>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        while let Some(at) = self.owed_continue {
+            match self.feed.poll_wanted(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(false) => {
+                    // Dropped unread: the client is never told to send it.
+                    self.owed_continue = None;
+                    self.state = State::Abandoned;
+                }
+                Poll::Ready(true) => match Pin::new(&mut *io).poll_write(cx, &CONTINUE[at..]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) if n > 0 && at + n < CONTINUE.len() => {
+                        self.owed_continue = Some(at + n)
+                    }
+                    Poll::Ready(Ok(n)) if n > 0 => self.owed_continue = None,
+                    Poll::Ready(_) => {
+                        self.owed_continue = None;
+                        self.fail("connection error writing 100 Continue");
+                    }
                 },
             }
         }
