@@ -17,9 +17,8 @@
 //!   beside [`app`] as a composition root of its own and uses no Redis.
 //! - [`server`]: the downstream side: listeners and the accept loop, each connection's lifecycle (parking
 //!   idle HTTP/1 connections, draining) and client timeouts, the HTTP/1 server of the proxy's own for
-//!   plain HTTP/1.1 requests, bodies included (hyper serves the rest, and HTTP/2), the TLS terminator
-//!   ([`server::tls`]) and
-//!   the SNI passthrough ([`server::sni`]).
+//!   plain HTTP/1.1 and 1.0 requests, bodies included (hyper serves the rest, and HTTP/2), the TLS
+//!   terminator ([`server::tls`]) and the SNI passthrough ([`server::sni`]).
 //! - [`proxy`]: the request phases: handle (Host, `__ping__`, lookup), forward (policies), relay (rewrite,
 //!   select and fail over, send), finish (response headers, access log); [`proxy::reject`] writes every
 //!   answer of the proxy's own, [`proxy::headers`] rewrites headers, [`proxy::upgrade`] runs WebSockets.

@@ -2,8 +2,8 @@
 //!
 //! Three kinds of listener share one accept loop: plain HTTP/1, TLS (HTTP/2 or HTTP/1.1 by ALPN, see [`tls`])
 //! and the SNI passthrough ([`sni`]). Each HTTP connection runs next to a small watchdog that enforces the
-//! client timeouts (`timeouts`): plain HTTP/1.1 requests, bodies included, are served by the proxy's own
-//! server (`h1`), the others and HTTP/2 by hyper's; `lifecycle` serves, parks and drains it.
+//! client timeouts (`timeouts`): plain HTTP/1.1 and 1.0 requests, bodies included, are served by the proxy's
+//! own server (`h1`), the others and HTTP/2 by hyper's; `lifecycle` serves, parks and drains it.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -2,12 +2,12 @@
 //! the same responses by both. The requests each one hands to its service must be equal (method, target,
 //! version, headers in order), and the bytes written back identical, the `date` value aside.
 //!
-//! Requests are generated inside and outside what the engine takes (odd framing, upgrades, HTTP/1.0 are left
-//! to hyper, and then only that is checked), with bodies of both framings (chunk extensions, trailers, a
-//! malformed chunk, `Expect: 100-continue`), read by the service or left unread; responses cover the framing decisions: statuses
-//! without bodies,
-//! HEAD, HTTP/1.0 versions, custom reasons, `content-length` given or not, bodies of known and unknown length
-//! (some ending short or long of their header), `transfer-encoding`, `connection` and `trailer` headers.
+//! Requests are generated inside and outside what the engine takes (odd framing and upgrades are left to
+//! hyper, and then only that is checked), in HTTP/1.1 and HTTP/1.0, with bodies of both framings (chunk
+//! extensions, trailers, a malformed chunk, `Expect: 100-continue`), read by the service or left unread;
+//! responses cover the framing decisions: statuses without bodies, HEAD, HTTP/1.0 versions, custom reasons,
+//! `content-length` given or not, bodies of known and unknown length (some ending short or long of their
+//! header), `transfer-encoding`, `connection` and `trailer` headers.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -359,8 +359,8 @@ async fn the_engine_answers_as_hypers_server_did() {
     let (mut taken, mut compared) = (0, 0);
     // Requests the engine took with a body: read whole, failed (a malformed chunk), left unread.
     let (mut read, mut failed, mut unread) = (0, 0, 0);
-    // Answers that began with `100 Continue` (a body read after `Expect: 100-continue`).
-    let mut continued = 0;
+    // Answers that began with `100 Continue` (a body read after `Expect: 100-continue`); HTTP/1.0 requests.
+    let (mut continued, mut http10) = (0, 0);
     for case in 0..2_000 {
         let mut bytes = request(&mut rng);
         bytes.extend_from_slice(END);
@@ -372,6 +372,10 @@ async fn the_engine_answers_as_hypers_server_did() {
         };
         taken += 1;
         continued += usize::from(our_out.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        http10 += our_seen
+            .iter()
+            .filter(|(_, _, version, ..)| *version == Version::HTTP_10)
+            .count();
         for (.., headers, body) in &our_seen {
             let framed = headers.iter().any(|(n, v)| {
                 n == "transfer-encoding" || (n == "content-length" && v.as_slice() != b"0")
@@ -399,7 +403,7 @@ async fn the_engine_answers_as_hypers_server_did() {
     // The generator mostly writes requests the engine takes; the rest were left to hyper.
     assert!(taken > compared / 2, "taken {taken} of {compared}");
     assert!(
-        read > 200 && failed > 5 && unread > 50 && continued > 5,
-        "bodies read {read}, failed {failed}, unread {unread}; continued {continued}"
+        read > 200 && failed > 5 && unread > 50 && continued > 5 && http10 > 100,
+        "bodies read {read}, failed {failed}, unread {unread}; continued {continued}; HTTP/1.0 {http10}"
     );
 }

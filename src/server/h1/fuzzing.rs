@@ -21,7 +21,10 @@ pub fn request_head(data: &[u8]) {
     let Some(request) = head.request(&raw, crate::body::ClientBody::Empty) else {
         return;
     };
-    assert_eq!(request.version(), Version::HTTP_11);
+    assert!(matches!(
+        request.version(),
+        Version::HTTP_11 | Version::HTTP_10
+    ));
     let codings: Vec<_> = request
         .headers()
         .get_all(TRANSFER_ENCODING)
@@ -72,8 +75,8 @@ fn head_length(body: &BodyFraming) -> u64 {
 }
 
 /// A response head written from fuzzed parts (status, version, reason phrase, headers, body length, `HEAD`,
-/// keep-alive): whatever is written must be one whole response head that httparse reads back with the same
-/// status, and the framing must agree with the rules for bodies.
+/// an HTTP/1.0 client, keep-alive): whatever is written must be one whole response head that httparse reads
+/// back with the same status, and the framing must agree with the rules for bodies.
 pub fn response_head(data: &[u8]) {
     let [a, b, flags, len, rest @ ..] = data else {
         return;
@@ -110,6 +113,7 @@ pub fn response_head(data: &[u8]) {
     };
     let head_request = flags & 16 != 0;
     let keep_alive = flags & 32 == 0;
+    let peer_http10 = flags & 64 != 0;
     let (mut parts, ()) = response.into_parts();
     let mut out = Vec::new();
     let reason_bytes = reason.as_ref().map(|r| r.as_bytes());
@@ -117,7 +121,7 @@ pub fn response_head(data: &[u8]) {
         &mut parts,
         reason_bytes,
         body,
-        head_request,
+        (head_request, peer_http10),
         keep_alive,
         &mut out,
     ) else {
@@ -132,6 +136,11 @@ pub fn response_head(data: &[u8]) {
     };
     assert_eq!(end, out.len(), "bytes after the head");
     assert_eq!(parsed.code, Some(status.as_u16()));
+    if peer_http10 {
+        // An HTTP/1.0 client is answered in HTTP/1.0, without chunked coding.
+        assert_eq!(parsed.version, Some(0));
+        assert_ne!(encoded.framing, Framing::Chunked);
+    }
     if !keep_alive {
         assert!(encoded.last, "a connection that will close must say so");
     }

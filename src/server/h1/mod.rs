@@ -1,15 +1,15 @@
-//! The proxy's own HTTP/1 server, for the requests most traffic is made of: HTTP/1.1, without a body or with
-//! one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, no upgrade, no expectation but
-//! `100-continue`. It reads the head into one buffer, builds the request from slices of it, runs the same
-//! [`Handler`] hyper's server runs, reads the request's body as the request takes it (`upload`), and writes the
-//! response head and body itself in as few writes as the body allows (head and a body that is already there go
-//! out in one `writev`).
+//! The proxy's own HTTP/1 server, for the requests most traffic is made of: HTTP/1.1 or 1.0, without a body
+//! or with one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, no upgrade, no
+//! expectation but `100-continue`. It reads the head into one buffer, builds the request from slices of it,
+//! runs the same [`Handler`] hyper's server runs, reads the request's body as the request takes it
+//! (`upload`), and writes the response head and body itself in as few writes as the body allows (head and a
+//! body that is already there go out in one `writev`).
 //!
 //! Whatever it does not take goes to hyper with its bytes untouched: the connection's buffered bytes become the
 //! socket's prefix and `lifecycle` serves it with hyper from there, so every refusal (400, 431, 414, the HTTP/2
-//! preface, `Content-Length` with `Transfer-Encoding`), other expectations, WebSocket upgrades and HTTP/1.0
-//! keep hyper's behaviour byte for byte. The responses it writes follow hyper's server encoding (`respond`),
-//! checked against hyper by `differential`.
+//! preface, `Content-Length` with `Transfer-Encoding`), other expectations and WebSocket upgrades keep hyper's
+//! behaviour byte for byte. The responses it writes follow hyper's server encoding (`respond`), checked
+//! against hyper by `differential`.
 //!
 //! Between requests it keeps its read buffer for the parking delay (50 ms, 5 ms with many connections open),
 //! then gives the connection back to `lifecycle`'s parked wait, which holds only the socket.
@@ -168,7 +168,7 @@ where
         let keep_alive = !head.close && !*stop.borrow() && !unread;
         let written = tokio::select! {
             biased;
-            written = respond(io, &mut buf, &mut upload, response, head_request, keep_alive) => written,
+            written = respond(io, &mut buf, &mut upload, response, (head_request, head.http10), keep_alive) => written,
             _ = &mut watchdog => return Handed::Closed,
         };
         match written {
@@ -302,13 +302,14 @@ fn poll_gone<IO: AsyncRead + Unpin>(
 #[derive(Debug)]
 struct Aborted;
 
-/// Write a response; `Ok(true)` when the connection may serve another request.
+/// Write a response to a request (`HEAD`, HTTP/1.0: see `respond::head`); `Ok(true)` when the connection may
+/// serve another request.
 async fn respond<IO, B>(
     io: &mut TimedIo<IO>,
     buf: &mut BytesMut,
     upload: &mut Option<Upload>,
     response: Response<B>,
-    head_request: bool,
+    request: (bool, bool),
     keep_alive: bool,
 ) -> Result<bool, Aborted>
 where
@@ -329,7 +330,7 @@ where
         &mut parts,
         reason.as_ref().map(|r| r.as_bytes()),
         length,
-        head_request,
+        request,
         keep_alive,
         &mut head,
     )

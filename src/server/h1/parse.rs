@@ -1,8 +1,9 @@
-//! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1, without a body or
-//! with one framed plainly (a single `Content-Length`, or `Transfer-Encoding: chunked` alone), no upgrade, no
-//! expectation but one `100-continue`, nothing hyper's server would treat specially. Everything else is left
-//! to hyper with its bytes untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414, the HTTP/2
-//! preface, `Content-Length` with `Transfer-Encoding`) and every rare form keeps hyper's exact answer.
+//! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1 or 1.0, without a
+//! body or with one framed plainly (a single `Content-Length`, or `Transfer-Encoding: chunked` alone), no
+//! upgrade, no expectation but one `100-continue`, nothing hyper's server would treat specially. Everything
+//! else is left to hyper with its bytes untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414,
+//! the HTTP/2 preface, `Content-Length` with `Transfer-Encoding`) and every rare form keeps hyper's exact
+//! answer.
 
 use std::mem::MaybeUninit;
 
@@ -39,8 +40,11 @@ pub(super) struct Head {
     method: (u32, u32),
     target: (u32, u32),
     headers: Vec<((u32, u32), (u32, u32))>,
-    /// The client asked to close after this request (`Connection: close`).
+    /// The connection closes after this request: the client said `Connection: close`, or it speaks HTTP/1.0
+    /// and did not say `Connection: keep-alive`.
     pub(super) close: bool,
+    /// The request is HTTP/1.0: its answer is written as HTTP/1.0 (see `respond::head`).
+    pub(super) http10: bool,
     pub(super) body: BodyFraming,
     /// `Expect: 100-continue` with a body: the client waits for `100 Continue` before sending it.
     pub(super) expect_continue: bool,
@@ -65,9 +69,10 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
+    let http10 = version == 0;
     if len > max_head_bytes || target.len() > MAX_URI_LEN || method == "CONNECT" {
         return Parsed::Other;
     }
@@ -75,7 +80,9 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         (start as u32, (start + part.len()) as u32)
     };
-    let (mut close, mut expect) = (false, false);
+    // hyper's rule: one `close` token in any `Connection` line is final; HTTP/1.0 is kept alive only when a
+    // line asks for it.
+    let (mut saw_close, mut asked_keep_alive, mut expect) = (false, false, false);
     let mut body = None;
     let mut headers = Vec::with_capacity(req.headers.len());
     for header in req.headers.iter() {
@@ -84,7 +91,8 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
             // One framing header, in its plain form; any other (repeated, both, a list, another coding) is
             // hyper's to answer. Upgrades and trailers are hyper's too.
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                if body.is_some() || !header.value.eq_ignore_ascii_case(b"chunked") {
+                // HTTP/1.0 has no chunked coding: hyper refuses it.
+                if http10 || body.is_some() || !header.value.eq_ignore_ascii_case(b"chunked") {
                     return Parsed::Other;
                 }
                 body = Some(BodyFraming::Chunked);
@@ -111,7 +119,11 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
             }
             2 if name.eq_ignore_ascii_case(b"te") => return Parsed::Other,
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                close |= has_token(header.value, b"close");
+                if saw_close || has_token(header.value, b"close") {
+                    saw_close = true;
+                } else if !asked_keep_alive {
+                    asked_keep_alive = has_token(header.value, b"keep-alive");
+                }
             }
             _ => {}
         }
@@ -127,19 +139,24 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         method: span(method.as_bytes()),
         target: span(target.as_bytes()),
         headers,
-        close,
-        // Without a body there is nothing to wait for (hyper ignores the expectation then too).
-        expect_continue: expect && body.is_some_and(|b| b != BodyFraming::None),
+        close: saw_close || (http10 && !asked_keep_alive),
+        http10,
+        // Without a body there is nothing to wait for, and HTTP/1.0 has no `100 Continue` (hyper ignores the
+        // expectation in both cases).
+        expect_continue: !http10 && expect && body.is_some_and(|b| b != BodyFraming::None),
         body: body.unwrap_or(BodyFraming::None),
     })
 }
 
-/// A `Content-Length` value of digits alone that fits in 64 bits.
-fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+/// A `Content-Length` value: digits only (no sign, no spaces, no list), within `u64`.
+pub(super) fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
         return None;
     }
-    Some(value.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+    value.iter().try_fold(0u64, |n, &b| match b {
+        b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    })
 }
 
 /// A comma-separated header value holds `token` (hyper's `connection_has`, which reads only values that are
@@ -162,7 +179,10 @@ impl Head {
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
+        *request.version_mut() = match self.http10 {
+            true => Version::HTTP_10,
+            false => Version::HTTP_11,
+        };
         let map = request.headers_mut();
         // Room for the headers the proxy adds on the way to a backend (forwarding, Host copies, request id),
         // so that none of them grows the map: each growth rehashes it, about 450 instructions.
@@ -216,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn odd_framing_upgrades_odd_expectations_and_http_1_0_go_to_hyper() {
+    fn odd_framing_upgrades_and_odd_expectations_go_to_hyper() {
         for raw in [
             &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
@@ -231,7 +251,7 @@ mod tests {
             b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 200-ok\r\n\r\n",
             b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
-            b"GET / HTTP/1.0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n",
@@ -302,6 +322,31 @@ mod tests {
             head(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n", 100, 10),
             Parsed::Other
         ));
+    }
+
+    #[test]
+    fn http_1_0_is_kept_alive_only_when_asked_and_a_close_is_final() {
+        let close = |raw: &[u8]| match head(raw, 100, 8192) {
+            Parsed::Request(h) => h.close,
+            other => panic!("not taken: {other:?}"),
+        };
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(!close(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(close(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(close(
+            b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!close(b"GET / HTTP/1.1\r\n\r\n"));
+        let Parsed::Request(h) = head(b"GET / HTTP/1.0\r\n\r\n", 100, 8192) else {
+            panic!("taken");
+        };
+        let req = h.request(
+            &Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"),
+            ClientBody::Empty,
+        );
+        assert_eq!(req.unwrap().version(), Version::HTTP_10);
     }
 
     #[test]

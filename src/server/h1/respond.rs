@@ -2,13 +2,14 @@
 //! names, as the proxy configures it), so that clients see the same bytes whichever engine read their request:
 //! the status line, the headers in the map's order, the framing decisions (`content-length` from the body's
 //! exact size, `transfer-encoding: chunked` otherwise, none after `HEAD`, 204 and 304), `connection: close`
-//! when the connection ends after this response, and hyper's cached `date`.
+//! when the connection ends after this response, and hyper's cached `date`; to an HTTP/1.0 client, an
+//! HTTP/1.0 answer with hyper's keep-alive fix-ups.
 
 use http::header::{self, HeaderValue};
 use http::response::Parts;
 use http::{StatusCode, Version};
 
-use super::parse::has_token;
+use super::parse::{digits, has_token};
 
 /// How long a response body is, as hyper's dispatcher tells its encoder: `None` when the body is already at
 /// its end.
@@ -41,17 +42,37 @@ pub(super) struct Encoded {
 #[derive(Debug)]
 pub(super) struct Unwritable;
 
-/// Write `parts`' head to `dst` for a request that was HTTP/1.1 (`head_request` when its method was `HEAD`);
-/// `keep_alive` is whether the connection may serve another request after this one.
+/// Write `parts`' head to `dst` for a request (`head_request` when its method was `HEAD`, `peer_http10` when
+/// it was HTTP/1.0); `keep_alive` is whether the connection may serve another request after this one.
 pub(super) fn head(
     parts: &mut Parts,
     reason: Option<&[u8]>,
     body: Option<BodyLength>,
-    head_request: bool,
-    keep_alive: bool,
+    (head_request, peer_http10): (bool, bool),
+    mut keep_alive: bool,
     dst: &mut Vec<u8>,
 ) -> Result<Encoded, Unwritable> {
-    if !keep_alive {
+    if peer_http10 {
+        // hyper's `enforce_version` for an HTTP/1.0 peer: an answer that does not say `keep-alive` ends the
+        // connection when it is HTTP/1.0 and says so when it is HTTP/1.1; then it is written as HTTP/1.0.
+        let says_keep_alive = parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"keep-alive"));
+        if !says_keep_alive {
+            match parts.version {
+                Version::HTTP_10 => keep_alive = false,
+                Version::HTTP_11 if keep_alive => {
+                    parts
+                        .headers
+                        .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                }
+                _ => {}
+            }
+        }
+        parts.version = Version::HTTP_10;
+    } else if !keep_alive {
         // hyper's `enforce_version` for an HTTP/1.1 peer whose connection will not be kept.
         let closes = parts
             .headers
@@ -260,17 +281,6 @@ fn joined(dst: &mut Vec<u8>, name_written: &mut bool, name_colon: &[u8], value: 
 /// 204 and 304 carry no body and no length.
 fn no_body(status: StatusCode) -> bool {
     matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-}
-
-/// A `Content-Length` value: digits only (no sign, no spaces), within `u64`.
-fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &b| match b {
-        b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(b - b'0')),
-        _ => None,
-    })
 }
 
 /// The last coding of a `Transfer-Encoding` value is `chunked` (hyper's `is_chunked_`).
