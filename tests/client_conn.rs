@@ -259,3 +259,61 @@ fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
         String::from_utf8_lossy(&conn.buf)
     );
 }
+
+#[test]
+fn bytes_sent_right_behind_an_upgrade_request_reach_the_tunnel() {
+    let redis = RedisServer::start();
+    let listener = backend_for(&redis, "ws.test");
+    let proxy = Proxy::start(&redis, &[]);
+    // A raw backend: answers 101, then echoes whatever comes.
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        assert!(read_head(&mut stream, &mut buf));
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        std::io::Write::write_all(
+            &mut stream,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut stream, &buf[end..]).unwrap();
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut chunk) {
+            if n == 0 || std::io::Write::write_all(&mut stream, &chunk[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = ClientConn::connect(proxy.addr());
+    // The first bytes of the upgraded protocol go out with the request, before any answer.
+    conn.send(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nearly")
+        .unwrap();
+    assert!(
+        conn.read_until_contains(b"early", secs(10)),
+        "{:?}",
+        String::from_utf8_lossy(&conn.buf)
+    );
+    assert!(conn
+        .buf
+        .starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    conn.buf.clear();
+    conn.send(b"later").unwrap();
+    assert!(conn.read_until_contains(b"later", secs(10)));
+}
+
+#[test]
+fn an_upgrade_the_backend_declines_leaves_an_http_connection() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(|req| Reply::text(400, &format!("no upgrade for {}", req.target)));
+    redis.set_frontend("declined.test", &[&backend.url()]);
+    let proxy = Proxy::start(&redis, &[]);
+    let mut conn = ClientConn::connect(proxy.addr());
+    conn.send(b"GET /ws HTTP/1.1\r\nHost: declined.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+    assert_eq!(resp.body_str(), "no upgrade for /ws");
+    conn.send(b"GET /next HTTP/1.1\r\nHost: declined.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(conn.read_response().body_str(), "no upgrade for /next");
+}

@@ -7,7 +7,7 @@
 //! HTTP (`select`, so a backend the breaker ejected gets no tunnel either); an `https://` backend is reached
 //! over TLS (PlanB dialed it in clear); and `--websocket-idle-timeout` closes tunnels nobody uses.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -22,6 +22,59 @@ use crate::proxy::reject::Reject;
 use crate::proxy::response::ProxyBody;
 use crate::rt::tunnel::tunnel;
 use crate::upstream::{Target, UpstreamBody};
+
+/// A client connection once it is upgraded: its socket, with whatever the client sent after its request.
+pub type UpgradedIo = Box<dyn UpgradedStream>;
+
+/// What an upgraded client connection is (any socket of a server that read the request).
+pub trait UpgradedStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> UpgradedStream for T {}
+
+/// Put in an upgrade request's extensions by the proxy's own HTTP/1 server (`crate::server`'s `h1`): the
+/// client's connection arrives here once the `101` has been written. (A request hyper's server read carries
+/// hyper's own `OnUpgrade` instead.) Shared and taken once, as extensions must be `Clone`.
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<Mutex<Option<tokio::sync::oneshot::Receiver<UpgradedIo>>>>);
+
+impl PendingUpgrade {
+    /// The extension for a request, and the server's side that hands the connection over.
+    pub fn new() -> (PendingUpgrade, tokio::sync::oneshot::Sender<UpgradedIo>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (PendingUpgrade(Arc::new(Mutex::new(Some(rx)))), tx)
+    }
+}
+
+/// The client's side of an upgrade, from whichever server read the request.
+enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Engine(Option<tokio::sync::oneshot::Receiver<UpgradedIo>>),
+}
+
+impl ClientUpgrade {
+    fn of<B>(req: &mut Request<B>) -> ClientUpgrade {
+        match req.extensions_mut().remove::<PendingUpgrade>() {
+            Some(pending) => {
+                ClientUpgrade::Engine(pending.0.lock().unwrap_or_else(|p| p.into_inner()).take())
+            }
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The client's connection, once the `101` has been written to it.
+    async fn connection(self) -> Result<UpgradedIo, String> {
+        match self {
+            ClientUpgrade::Hyper(on) => match on.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(e) => Err(e.to_string()),
+            },
+            ClientUpgrade::Engine(Some(rx)) => rx
+                .await
+                .map_err(|_| "the client connection was not upgraded".to_string()),
+            ClientUpgrade::Engine(None) => Err("the client connection was upgraded twice".into()),
+        }
+    }
+}
 
 /// `Upgrade: websocket` (the first Upgrade value, case-insensitive); `Connection` is not checked, as in PlanB.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
@@ -65,7 +118,7 @@ impl Proxy {
         let path_and_query = route
             .stripped_target(path_and_query)
             .unwrap_or_else(|| path_and_query.to_string());
-        let client_upgrade = hyper::upgrade::on(&mut req);
+        let client_upgrade = ClientUpgrade::of(&mut req);
         let attempt = |target: Arc<Target>, ()| async move {
             match self.upstream.open(&target, target.authority()).await {
                 Ok(stream) => Ok((stream, target)),
@@ -131,14 +184,13 @@ impl Proxy {
         let prefix = self.error_prefix(ctx, &ctx.backend_url);
         tokio::spawn(async move {
             let _open = open;
-            let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    error_log.line(format!("{prefix}{e}"));
-                    return;
-                }
+            let (client, backend) = match tokio::join!(client_upgrade.connection(), backend_upgrade)
+            {
+                (Ok(client), Ok(backend)) => (client, backend),
+                (Err(e), _) => return error_log.line(format!("{prefix}{e}")),
+                (_, Err(e)) => return error_log.line(format!("{prefix}{e}")),
             };
-            tunnel(TokioIo::new(client), TokioIo::new(backend), idle).await;
+            tunnel(client, TokioIo::new(backend), idle).await;
         });
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::Full(None))

@@ -133,6 +133,13 @@ pub(super) async fn serve_http1<IO, S>(
             Handed::Closed => return,
             Handed::Idle => continue,
             Handed::Hyper => {}
+            Handed::Upgraded(handover) => {
+                // The connection is the tunnel's now (tracked by the proxy's tunnel count, as with hyper).
+                if let Some(io) = slot.take() {
+                    let _ = handover.0.send(Box::new(io));
+                }
+                return;
+            }
         }
         let Some(io) = slot.take() else { return };
         *slot = Box::pin(serve_stretch(io, service.clone(), state, config, stop)).await;

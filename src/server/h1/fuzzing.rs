@@ -35,6 +35,9 @@ pub fn request_head(data: &[u8]) {
     let mut decoder = match head.body {
         BodyFraming::None => {
             assert!(codings.is_empty() && lengths.iter().all(|v| v.as_bytes() == b"0"));
+            if request.headers().contains_key(http::header::UPGRADE) {
+                assert!(head.upgrade && request.version() == Version::HTTP_11);
+            }
             return;
         }
         BodyFraming::Length(len) => {
@@ -50,6 +53,7 @@ pub fn request_head(data: &[u8]) {
             BodyDecoder::Chunked(Chunked::default())
         }
     };
+    // An upgrade is taken only in HTTP/1.1 and without a body (checked above: `BodyFraming::None` returns).
     assert!(!request.headers().contains_key(http::header::UPGRADE));
     let mut rest = bytes::BytesMut::from(&data[head.len..]);
     let before = rest.len();

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -34,6 +34,7 @@ use super::Handler;
 use super::CLIENT_WRITE_BUFFER;
 use crate::body::{pipe, ClientBody};
 use crate::config::{Limits, Timeouts};
+use crate::proxy::upgrade::{PendingUpgrade, UpgradedIo};
 use crate::upstream::{BodyDecoder, Chunked};
 use parse::{BodyFraming, Parsed};
 use respond::{BodyLength, Framing};
@@ -57,7 +58,27 @@ pub(super) enum Handed {
     Idle,
     /// A request the engine does not take; its bytes are the socket's prefix for hyper.
     Hyper,
+    /// Upgraded (a `101` was written): the socket, with what the client sent after its request as its prefix,
+    /// goes to the request that asked.
+    Upgraded(Handover),
 }
+
+/// Where an upgraded connection goes (the proxy's WebSocket tunnel, see `proxy::upgrade`).
+pub(super) struct Handover(pub(super) tokio::sync::oneshot::Sender<UpgradedIo>);
+
+impl std::fmt::Debug for Handover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handover")
+    }
+}
+
+impl PartialEq for Handover {
+    fn eq(&self, _: &Handover) -> bool {
+        true
+    }
+}
+
+impl Eq for Handover {}
 
 /// Serve requests from the bytes in `io.prefix` on, until the connection has been idle for the parking delay
 /// (`Handed::Idle`), closes, or meets a request for hyper.
@@ -145,10 +166,16 @@ where
                 (ClientBody::Piped(body), Some(upload))
             }
         };
-        let Some(request) = head.request(&raw, body) else {
+        let Some(mut request) = head.request(&raw, body) else {
             return to_hyper(io, buf, raw);
         };
         let head_request = request.method() == Method::HEAD;
+        let mut handover = None;
+        if head.upgrade {
+            let (pending, tx) = PendingUpgrade::new();
+            request.extensions_mut().insert(pending);
+            handover = Some(Handover(tx));
+        }
         let answer = handle(request);
         // hyper drops a request whose client closed its side while it waits (no half-close).
         let response = tokio::select! {
@@ -166,11 +193,20 @@ where
             u.settled(&mut buf) == Settled::Unread
         });
         let keep_alive = !head.close && !*stop.borrow() && !unread;
+        // hyper's rule: a `101` to a request that asked for an upgrade hands the connection over; any other
+        // answer leaves it an HTTP connection.
+        let handover = handover.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS);
         let written = tokio::select! {
             biased;
             written = respond(io, &mut buf, &mut upload, response, (head_request, head.http10), keep_alive) => written,
             _ = &mut watchdog => return Handed::Closed,
         };
+        if let (Ok(_), Some(handover)) = (&written, handover) {
+            io.rescan(buf.freeze());
+            // What follows is the upgraded protocol's, not HTTP: no head scan.
+            io.scan = None;
+            return Handed::Upgraded(handover);
+        }
         match written {
             Ok(true)
                 if upload

@@ -1,6 +1,7 @@
 //! A request head read into an `http::Request`, for the requests the engine takes: HTTP/1.1 or 1.0, without a
-//! body or with one framed plainly (a single `Content-Length`, or `Transfer-Encoding: chunked` alone), no
-//! upgrade, no expectation but one `100-continue`, nothing hyper's server would treat specially. Everything
+//! body or with one framed plainly (a single `Content-Length`, or `Transfer-Encoding: chunked` alone), an
+//! upgrade only without a body, no expectation but one `100-continue`, nothing hyper's server would treat
+//! specially. Everything
 //! else is left to hyper with its bytes untouched ([`Parsed::Other`]), so that every refusal (400, 431, 414,
 //! the HTTP/2 preface, `Content-Length` with `Transfer-Encoding`) and every rare form keeps hyper's exact
 //! answer.
@@ -45,6 +46,8 @@ pub(super) struct Head {
     pub(super) close: bool,
     /// The request is HTTP/1.0: its answer is written as HTTP/1.0 (see `respond::head`).
     pub(super) http10: bool,
+    /// The request asks for an upgrade (`Upgrade`): a `101` answer hands the connection over.
+    pub(super) upgrade: bool,
     pub(super) body: BodyFraming,
     /// `Expect: 100-continue` with a body: the client waits for `100 Continue` before sending it.
     pub(super) expect_continue: bool,
@@ -83,13 +86,14 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
     // hyper's rule: one `close` token in any `Connection` line is final; HTTP/1.0 is kept alive only when a
     // line asks for it.
     let (mut saw_close, mut asked_keep_alive, mut expect) = (false, false, false);
+    let mut upgrade = false;
     let mut body = None;
     let mut headers = Vec::with_capacity(req.headers.len());
     for header in req.headers.iter() {
         let name = header.name.as_bytes();
         match name.len() {
             // One framing header, in its plain form; any other (repeated, both, a list, another coding) is
-            // hyper's to answer. Upgrades and trailers are hyper's too.
+            // hyper's to answer. Trailers are hyper's too.
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 // HTTP/1.0 has no chunked coding: hyper refuses it.
                 if http10 || body.is_some() || !header.value.eq_ignore_ascii_case(b"chunked") {
@@ -109,7 +113,14 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
                     n => BodyFraming::Length(n),
                 });
             }
-            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Other,
+            // An upgrade (WebSocket) in HTTP/1.1 without a body; in HTTP/1.0 hyper ignores it, and a body with
+            // it is hyper's.
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                if http10 {
+                    return Parsed::Other;
+                }
+                upgrade = true;
+            }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 // One `100-continue`; any other expectation (or several) is hyper's.
                 if expect || !header.value.eq_ignore_ascii_case(b"100-continue") {
@@ -134,6 +145,9 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         };
         headers.push((span(header.name.as_bytes()), value));
     }
+    if upgrade && body.is_some_and(|b| b != BodyFraming::None) {
+        return Parsed::Other;
+    }
     Parsed::Request(Head {
         len,
         method: span(method.as_bytes()),
@@ -141,6 +155,7 @@ pub(super) fn head(buf: &[u8], max_headers: usize, max_head_bytes: usize) -> Par
         headers,
         close: saw_close || (http10 && !asked_keep_alive),
         http10,
+        upgrade,
         // Without a body there is nothing to wait for, and HTTP/1.0 has no `100 Continue` (hyper ignores the
         // expectation in both cases).
         expect_continue: !http10 && expect && body.is_some_and(|b| b != BodyFraming::None),
@@ -236,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn odd_framing_upgrades_and_odd_expectations_go_to_hyper() {
+    fn odd_framing_odd_upgrades_and_odd_expectations_go_to_hyper() {
         for raw in [
             &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
@@ -247,7 +262,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n",
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\n",
+            b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 200-ok\r\n\r\n",
             b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
@@ -347,6 +363,18 @@ mod tests {
             ClientBody::Empty,
         );
         assert_eq!(req.unwrap().version(), Version::HTTP_10);
+    }
+
+    #[test]
+    fn a_websocket_upgrade_without_a_body_is_taken() {
+        let Parsed::Request(h) = head(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            100,
+            8192,
+        ) else {
+            panic!("taken");
+        };
+        assert!(h.upgrade && !h.close);
     }
 
     #[test]
