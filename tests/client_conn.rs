@@ -30,6 +30,20 @@ fn read_head(stream: &mut impl Read, buf: &mut Vec<u8>) -> bool {
     true
 }
 
+/// Send `request`, for a host without a route, and read the proxy's `400`, which says the connection closes
+/// (the request's body was not read to its end).
+fn refused_saying_close(conn: &mut ClientConn, request: &[u8]) {
+    conn.send(request).unwrap();
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 400, "{}", resp.head_text());
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "{}",
+        resp.head_text()
+    );
+}
+
 #[test]
 fn a_client_that_goes_away_while_its_request_is_handled_lets_go_of_the_backend() {
     let redis = RedisServer::start();
@@ -174,15 +188,9 @@ fn a_body_the_proxy_does_not_read_is_skipped_when_all_there_and_closes_the_conne
         .unwrap();
     assert_eq!(conn.read_response().body_str(), "no such route");
     // A body of which only a part has come: the answer says the connection closes, and it does.
-    conn.send(b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 100000\r\n\r\nfirst")
-        .unwrap();
-    let resp = conn.read_response();
-    assert_eq!(resp.status, 400, "{}", resp.head_text());
-    assert_eq!(
-        resp.header("connection"),
-        Some("close"),
-        "{}",
-        resp.head_text()
+    refused_saying_close(
+        &mut conn,
+        b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 100000\r\n\r\nfirst",
     );
     assert!(
         conn.wait_closed(secs(5)),
@@ -195,16 +203,10 @@ fn after_refusing_an_upload_the_proxy_lingers_until_the_client_stops_sending() {
     let redis = RedisServer::start();
     let proxy = Proxy::start(&redis, &[]);
     let mut conn = ClientConn::connect(proxy.addr());
-    conn.send(b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 4000000\r\n\r\n")
-        .unwrap();
     // No route: answered at once, without reading the body.
-    let resp = conn.read_response();
-    assert_eq!(resp.status, 400, "{}", resp.head_text());
-    assert_eq!(
-        resp.header("connection"),
-        Some("close"),
-        "{}",
-        resp.head_text()
+    refused_saying_close(
+        &mut conn,
+        b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 4000000\r\n\r\n",
     );
     // The client goes on sending its body, as a client that does not read while it uploads would. Had the
     // proxy closed the socket with those bytes unread, its kernel would reset the connection: these writes
@@ -242,15 +244,9 @@ fn a_client_that_expects_100_continue_is_told_when_its_body_is_wanted() {
     assert_eq!(resp.status, 200, "{}", resp.head_text());
     assert_eq!(resp.body_str(), "got hello");
     // A request the proxy refuses before wanting its body: no 100, and the connection closes after the answer.
-    conn.send(b"PUT /up HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-        .unwrap();
-    let resp = conn.read_response();
-    assert_eq!(resp.status, 400, "{}", resp.head_text());
-    assert_eq!(
-        resp.header("connection"),
-        Some("close"),
-        "{}",
-        resp.head_text()
+    refused_saying_close(
+        &mut conn,
+        b"PUT /up HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
     );
     assert!(conn.wait_closed(secs(5)));
     assert!(

@@ -218,6 +218,14 @@ impl Head {
 mod tests {
     use super::*;
 
+    /// The head of `raw`, which the engine must take.
+    fn taken(raw: &[u8]) -> Head {
+        match head(raw, 100, 8192) {
+            Parsed::Request(h) => h,
+            other => panic!("not taken: {other:?}"),
+        }
+    }
+
     fn take(raw: &[u8]) -> Option<Request<ClientBody>> {
         match head(raw, 100, 8192) {
             Parsed::Request(h) => {
@@ -283,10 +291,7 @@ mod tests {
 
     #[test]
     fn plainly_framed_bodies_are_taken() {
-        let framing = |raw: &[u8]| match head(raw, 100, 8192) {
-            Parsed::Request(h) => h.body,
-            other => panic!("not taken: {other:?}"),
-        };
+        let framing = |raw: &[u8]| taken(raw).body;
         assert_eq!(framing(b"GET / HTTP/1.1\r\n\r\n"), BodyFraming::None);
         assert_eq!(
             framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
@@ -308,10 +313,7 @@ mod tests {
 
     #[test]
     fn expect_100_continue_is_taken_and_noted_only_with_a_body() {
-        let expects = |raw: &[u8]| match head(raw, 100, 8192) {
-            Parsed::Request(h) => h.expect_continue,
-            other => panic!("not taken: {other:?}"),
-        };
+        let expects = |raw: &[u8]| taken(raw).expect_continue;
         assert!(expects(
             b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-Continue\r\n\r\n"
         ));
@@ -342,10 +344,7 @@ mod tests {
 
     #[test]
     fn http_1_0_is_kept_alive_only_when_asked_and_a_close_is_final() {
-        let close = |raw: &[u8]| match head(raw, 100, 8192) {
-            Parsed::Request(h) => h.close,
-            other => panic!("not taken: {other:?}"),
-        };
+        let close = |raw: &[u8]| taken(raw).close;
         assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(!close(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
         assert!(close(

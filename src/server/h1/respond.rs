@@ -55,12 +55,7 @@ pub(super) fn head(
     if peer_http10 {
         // hyper's `enforce_version` for an HTTP/1.0 peer: an answer that does not say `keep-alive` ends the
         // connection when it is HTTP/1.0 and says so when it is HTTP/1.1; then it is written as HTTP/1.0.
-        let says_keep_alive = parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"keep-alive"));
-        if !says_keep_alive {
+        if !connection_has(&parts.headers, b"keep-alive") {
             match parts.version {
                 Version::HTTP_10 => keep_alive = false,
                 Version::HTTP_11 if keep_alive => {
@@ -74,12 +69,7 @@ pub(super) fn head(
         parts.version = Version::HTTP_10;
     } else if !keep_alive {
         // hyper's `enforce_version` for an HTTP/1.1 peer whose connection will not be kept.
-        let closes = parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
-        if !closes {
+        if !connection_has(&parts.headers, b"close") {
             parts
                 .headers
                 .append(header::CONNECTION, HeaderValue::from_static("close"));
@@ -266,6 +256,14 @@ pub(super) fn head(
     // A body until close ends the connection; hyper marks it so when the body ends.
     last |= framing == Framing::Close;
     Ok(Encoded { framing, last })
+}
+
+/// A `Connection` line of `headers` holds `token`.
+fn connection_has(headers: &http::HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), token))
 }
 
 /// One value of a header written as a single line, its values joined with `, ` (hyper's form for
