@@ -1,6 +1,6 @@
 //! The proxy's own HTTP/1 server, for the requests most traffic is made of: HTTP/1.1 or 1.0, without a body
-//! or with one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, no upgrade, no
-//! expectation but `100-continue`. It reads the head into one buffer, builds the request from slices of it,
+//! or with one framed by a single `Content-Length` or by `Transfer-Encoding: chunked`, an upgrade only
+//! without a body, no expectation but `100-continue`. It reads the head into one buffer, builds the request from slices of it,
 //! runs the same [`Handler`] hyper's server runs, reads the request's body as the request takes it
 //! (`upload`), and writes the response head and body itself in as few writes as the body allows (head and a
 //! body that is already there go out in one `writev`).
@@ -151,17 +151,16 @@ where
             }
         };
         let raw = buf.split_to(head.len).freeze();
-        let (body, mut upload) = match head.body {
-            BodyFraming::None => (ClientBody::Empty, None),
-            BodyFraming::Length(len) => {
-                let (body, feed) = pipe::pipe(Some(len));
-                let decoder = BodyDecoder::Length(len);
-                let upload = Upload::new(feed, decoder, head.expect_continue);
-                (ClientBody::Piped(body), Some(upload))
-            }
-            BodyFraming::Chunked => {
-                let (body, feed) = pipe::pipe(None);
-                let decoder = BodyDecoder::Chunked(Chunked::default());
+        // A body's length when known, and its decoder.
+        let framed = match head.body {
+            BodyFraming::None => None,
+            BodyFraming::Length(len) => Some((Some(len), BodyDecoder::Length(len))),
+            BodyFraming::Chunked => Some((None, BodyDecoder::Chunked(Chunked::default()))),
+        };
+        let (body, mut upload) = match framed {
+            None => (ClientBody::Empty, None),
+            Some((length, decoder)) => {
+                let (body, feed) = pipe::pipe(length);
                 let upload = Upload::new(feed, decoder, head.expect_continue);
                 (ClientBody::Piped(body), Some(upload))
             }
@@ -266,9 +265,7 @@ where
     let mut answer = pin!(answer);
     std::future::poll_fn(|cx| {
         // The body first, so that a frame it reads is there when the request looks.
-        let reading = upload
-            .as_mut()
-            .is_some_and(|u| u.poll(io, buf, cx).is_pending() || !u.done());
+        let reading = still_reading(upload, io, buf, cx);
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
@@ -314,6 +311,20 @@ fn poll_read_more<IO: AsyncRead + Unpin>(
         }
     }
     polled
+}
+
+/// Read the request's body as far as it is wanted (see `upload`). `true` unless there is no body or it has
+/// been read to its end: until then the socket's next bytes are not a new request's, so they cannot tell that
+/// the client went away.
+fn still_reading<IO: AsyncRead + AsyncWrite + Unpin>(
+    upload: &mut Option<Upload>,
+    io: &mut TimedIo<IO>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> bool {
+    upload
+        .as_mut()
+        .is_some_and(|u| u.poll(io, buf, cx).is_pending() || !u.done())
 }
 
 /// Ready when the client closed its side (or its socket failed) while nothing of its next request is
@@ -414,9 +425,7 @@ where
     ) -> Poll<Result<bool, Aborted>> {
         // The request's body keeps being read while the response goes out (a backend may answer before an
         // upload ends, and stream both ways).
-        let reading = upload
-            .as_mut()
-            .is_some_and(|u| u.poll(io, buf, cx).is_pending() || !u.done());
+        let reading = still_reading(upload, io, buf, cx);
         loop {
             // Gather what the body has ready, so the head and a body already there leave in one write.
             while let Some(body) = self.body.as_mut() {
